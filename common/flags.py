@@ -1,0 +1,48 @@
+"""Command-line flags that fall back to environment variables, documented in --help."""
+import argparse
+import os
+import re
+
+
+def add_flag(parser: argparse.ArgumentParser, name: str, *, env: str, default=None, type=str, help: str, **kwargs):
+    """Add `--name`; its value comes from the flag, else from $env, else from `default`."""
+    raw = os.environ.get(env)
+    value = type(raw) if raw not in (None, "") else default
+    shown = "unset" if default is None else default
+    parser.add_argument(
+        f"--{name}", default=value, type=type, help=f"{help} [env {env}; default {shown}]", **kwargs
+    )
+
+
+_UNITS = {"": 1, "b": 1, "k": 1000, "kb": 1000, "kib": 1024, "m": 1000**2, "mb": 1000**2, "mib": 1024**2,
+          "g": 1000**3, "gb": 1000**3, "gib": 1024**3, "t": 1000**4, "tb": 1000**4, "tib": 1024**4}
+
+
+def parse_bytes(text: str) -> int:
+    """'2GiB', '512MB', '1e9' -> bytes."""
+    match = re.fullmatch(r"\s*([0-9.eE+]+)\s*([a-zA-Z]*)\s*", str(text))
+    if not match or match.group(2).lower() not in _UNITS:
+        raise argparse.ArgumentTypeError(f"not a size in bytes: {text!r} (e.g. 2GiB, 512MB)")
+    return int(float(match.group(1)) * _UNITS[match.group(2).lower()])
+
+
+def add_model_service_flags(parser: argparse.ArgumentParser, *, default_port: int, default_metrics_port: int):
+    """The flags the generator and reward services share."""
+    add_server_flags(parser, default_port=default_port, default_metrics_port=default_metrics_port)
+    add_flag(parser, "model", env="SPECREJ_MODEL", default=None,
+             help="Hugging Face model folder or hub id; unset = the embedded SmolLM2-135M-Instruct")
+    add_flag(parser, "device", env="SPECREJ_DEVICE", default="auto",
+             help="torch device: cpu, cuda, cuda:1, or auto (cuda when available)")
+    add_flag(parser, "dtype", env="SPECREJ_DTYPE", default="auto",
+             help="float32, bfloat16 or float16; auto = bfloat16 on CUDA, float32 on CPU")
+    add_flag(parser, "model-cache", env="SPECREJ_MODEL_CACHE", default=None,
+             help="folder for the converted default model; unset = ~/.cache/specrej")
+
+
+def add_server_flags(parser: argparse.ArgumentParser, *, default_port: int, default_metrics_port: int):
+    add_flag(parser, "host", env="SPECREJ_HOST", default="[::]", help="address to bind the gRPC server to")
+    add_flag(parser, "port", env="SPECREJ_PORT", default=default_port, type=int, help="gRPC port")
+    add_flag(parser, "metrics-port", env="SPECREJ_METRICS_PORT", default=default_metrics_port, type=int,
+             help="HTTP port of the Prometheus /metrics endpoint; 0 = off")
+    add_flag(parser, "max-workers", env="SPECREJ_MAX_WORKERS", default=16, type=int,
+             help="gRPC server threads (concurrent RPCs)")

