@@ -13,6 +13,8 @@ from .request import InvalidRequest, plan_request
 
 log = logging.getLogger(__name__)
 
+_NO_DEADLINE = 10**7  # seconds
+
 
 class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServicer):
     def __init__(self, generator: GeneratorClient, reward: RewardClient, *, max_n: int, memory_round_tokens: int,
@@ -58,7 +60,8 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServicer):
         except InvalidRequest as error:
             raise _Abort(grpc.StatusCode.INVALID_ARGUMENT, str(error)) from None
         remaining = context.time_remaining()
-        timeout = remaining if remaining is not None else self.default_timeout
+        # Without a client deadline gRPC reports a time far in the future; use the default instead.
+        timeout = remaining if remaining is not None and remaining < _NO_DEADLINE else self.default_timeout
         session = self.generator.open(timeout)
         # A client that cancels or disconnects must not leave a session decoding on the generator.
         context.add_callback(session.cancel)

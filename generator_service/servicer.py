@@ -9,15 +9,10 @@ from specrej.v1 import generator_pb2_grpc
 from . import metrics
 from .admission import Overloaded
 from .engine import GeneratorEngine
-from .sampling import SamplingParams
+from .messages import advanced_message, pruned_message, sampling_params, started_message
 from .session import SessionCancelled, SessionError
 
 log = logging.getLogger(__name__)
-
-
-def _sampling(params: pb.SamplingParams) -> SamplingParams:
-    return SamplingParams(temperature=params.temperature, top_p=params.top_p or 1.0, top_k=params.top_k,
-                          seed=params.seed)
 
 
 def _check_start(start: pb.StartSession) -> str | None:
@@ -75,7 +70,7 @@ class GeneratorServicer(generator_pb2_grpc.GeneratorServicer):
         messages = [{"role": m.role or "user", "content": m.content} for m in start.messages]
         try:
             session = engine.open_session(
-                messages, n=start.n, max_new_tokens=start.max_new_tokens, sampling=_sampling(start.sampling),
+                messages, n=start.n, max_new_tokens=start.max_new_tokens, sampling=sampling_params(start.sampling),
                 min_tokens_before_full=start.min_tokens_before_full,
             )
         except PromptError as error:
@@ -86,10 +81,7 @@ class GeneratorServicer(generator_pb2_grpc.GeneratorServicer):
         try:
             prefill_seconds = session.start()
             metrics.PREFILL_SECONDS.labels(metrics.SERVICE).observe(prefill_seconds)
-            yield pb.SessionEvent(started=pb.SessionStarted(
-                n=session.n, prompt_tokens=session.prompt_length, kv_cache_budget_bytes=engine.planner.budget_bytes,
-                kv_cache_bytes=session.kv_cache_bytes, prefill_seconds=prefill_seconds, capacity_tokens=session.capacity,
-            ))
+            yield pb.SessionEvent(started=started_message(session, prefill_seconds))
             for command in request_iterator:
                 kind = command.WhichOneof("command")
                 if kind == "advance":
@@ -106,13 +98,7 @@ class GeneratorServicer(generator_pb2_grpc.GeneratorServicer):
     def _advance(self, session, until_tokens: int) -> pb.Advanced:
         result = session.advance(until_tokens)
         metrics.observe_advance(result)
-        return pb.Advanced(
-            sequences=[pb.SequenceUpdate(index=u.index, text_delta=u.text_delta, num_tokens=u.num_tokens,
-                                         finish_reason=u.finish_reason) for u in result.updates],
-            position=session.position, steps=result.steps, decoded_tokens=result.decoded_tokens,
-            decode_seconds=result.decode_seconds, kv_cache_bytes=session.kv_cache_bytes,
-            capacity_tokens=session.capacity, memory_full=result.memory_full,
-        )
+        return advanced_message(session, result)
 
     def _prune(self, session, keep: list[int], context) -> pb.Pruned:
         try:
@@ -120,5 +106,4 @@ class GeneratorServicer(generator_pb2_grpc.GeneratorServicer):
         except SessionError as error:
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(error))
         metrics.PRUNE_SECONDS.labels(metrics.SERVICE).observe(seconds)
-        return pb.Pruned(running=len(session.running_indices), kv_cache_bytes=session.kv_cache_bytes,
-                         prune_seconds=seconds, capacity_tokens=session.capacity)
+        return pruned_message(session, seconds)

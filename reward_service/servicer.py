@@ -8,6 +8,16 @@ from common.chat import PromptError
 from specrej.v1 import reward_pb2 as pb
 from specrej.v1 import reward_pb2_grpc
 from . import metrics
+from .scorers import Scored
+
+
+def score(scorer, request: pb.ScoreRequest) -> tuple[pb.ScoreResponse, Scored]:
+    """Score a request's responses; raises PromptError for a conversation the template rejects."""
+    messages = [{"role": m.role or "user", "content": m.content} for m in request.messages]
+    began = time.perf_counter()
+    scored = scorer.score(messages, [i.response for i in request.items], [i.complete for i in request.items])
+    seconds = time.perf_counter() - began
+    return pb.ScoreResponse(scores=scored.scores, scored_tokens=scored.tokens, score_seconds=seconds), scored
 
 
 class RewardServicer(reward_pb2_grpc.RewardServicer):
@@ -35,13 +45,10 @@ class RewardServicer(reward_pb2_grpc.RewardServicer):
         if len(request.items) > self.max_items:
             context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED,
                           f"items: {len(request.items)} responses in one request; the limit is {self.max_items}")
-        messages = [{"role": m.role or "user", "content": m.content} for m in request.messages]
-        began = time.perf_counter()
         try:
             with self._model_lock:
-                scored = scorer.score(messages, [i.response for i in request.items], [i.complete for i in request.items])
+                response, scored = score(scorer, request)
         except PromptError as error:
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"messages: {error}")
-        seconds = time.perf_counter() - began
-        metrics.observe(scored, seconds)
-        return pb.ScoreResponse(scores=scored.scores, scored_tokens=scored.tokens, score_seconds=seconds)
+        metrics.observe(scored, response.score_seconds)
+        return response
