@@ -1,5 +1,6 @@
 """Starting a gRPC server with health, reflection and metrics, the same way in every service."""
 import logging
+import signal
 from concurrent import futures
 
 import grpc
@@ -9,6 +10,8 @@ from grpc_reflection.v1alpha import reflection
 from .metrics import MetricsInterceptor, start_metrics_server
 
 log = logging.getLogger(__name__)
+
+_SHUTDOWN_GRACE_SECONDS = 30.0
 
 
 class Server:
@@ -23,7 +26,11 @@ class Server:
             futures.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix=service),
             interceptors=[MetricsInterceptor(service)],
             options=[("grpc.max_receive_message_length", 64 * 1024 * 1024),
-                     ("grpc.max_send_message_length", 64 * 1024 * 1024)],
+                     ("grpc.max_send_message_length", 64 * 1024 * 1024),
+                     # Clients reconnect now and then, so round-robin over a headless Service finds
+                     # new replicas; the grace period lets the longest request finish first.
+                     ("grpc.max_connection_age_ms", 5 * 60 * 1000),
+                     ("grpc.max_connection_age_grace_ms", 15 * 60 * 1000)],
         )
         self.health = health.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.grpc)
@@ -55,4 +62,9 @@ class Server:
         self.grpc.stop(grace).wait()
 
     def wait(self) -> None:
-        self.grpc.wait_for_termination()
+        """Serve until SIGTERM or SIGINT, then drain: health goes NOT_SERVING, running calls get a grace period."""
+        signal.signal(signal.SIGTERM, lambda *_: self.stop(_SHUTDOWN_GRACE_SECONDS))
+        try:
+            self.grpc.wait_for_termination()
+        except KeyboardInterrupt:
+            self.stop(_SHUTDOWN_GRACE_SECONDS)

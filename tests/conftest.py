@@ -12,7 +12,6 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
 
 
 def free_port() -> int:
@@ -158,7 +157,7 @@ def tiny_stack(tiny_model_dir, service_logs):
     """All three services on the tiny model; a small KV budget so memory-driven decision points come early."""
     stack = Stack(
         service_logs,
-        generator_args=("--model", str(tiny_model_dir), "--kv-cache-budget", "256KiB", "--max-sessions", "2"),
+        generator_args=("--model", str(tiny_model_dir), "--kv-cache-budget", "1MiB", "--max-sessions", "2"),
         reward_args=("--model", str(tiny_model_dir)),
     )
     yield stack

@@ -1,0 +1,132 @@
+"""The generator's session alone, on a tiny random model: pruning, memory, seeds, limits."""
+import pytest
+import torch
+
+from generator_service.engine import GeneratorEngine
+from generator_service.sampling import SamplingParams
+from generator_service.session import SessionError
+
+MESSAGES = [{"role": "user", "content": "Write a short poem about rivers."}]
+
+
+@pytest.fixture(scope="module")
+def engine(tiny_model_dir):
+    return GeneratorEngine(str(tiny_model_dir), device="cpu", kv_cache_budget=64 * 1024**2, max_batch_size=64)
+
+
+def run(engine, *, n=12, max_new_tokens=30, seed=3, prune_at=None, keep=(), temperature=1.0, top_p=1.0):
+    session = engine.open_session(MESSAGES, n=n, max_new_tokens=max_new_tokens, min_tokens_before_full=0,
+                                  sampling=SamplingParams(temperature=temperature, top_p=top_p, seed=seed))
+    try:
+        session.start()
+        before = after = None
+        if prune_at:
+            session.advance(prune_at)
+            before = session.kv_cache_bytes
+            session.prune(list(keep))
+            after = session.kv_cache_bytes
+        session.advance(0)
+        return [s.tokens for s in session.sequences], before, after, session
+    finally:
+        engine.close_session(session)
+
+
+@pytest.mark.parametrize("row_block", [16, 0])
+def test_pruned_survivors_decode_exactly_what_they_would_have_without_the_prune(engine, row_block):
+    engine.decoder.row_block = row_block
+    try:
+        unpruned, *_ = run(engine)
+        keep = [0, 5, 6, 11]
+        pruned, *_ = run(engine, prune_at=9, keep=keep)
+    finally:
+        engine.decoder.row_block = 16
+    for index in keep:
+        assert pruned[index] == unpruned[index]
+    for index in set(range(12)) - set(keep):
+        assert pruned[index] == unpruned[index][:9]  # rejected ones stop where they were cut
+
+
+def test_kv_cache_bytes_after_a_prune_are_proportional_to_the_survivors(engine):
+    _, before, after, session = run(engine, n=16, prune_at=5, keep=[1, 2, 3, 4])
+    prompt_bytes = session.prompt_length * engine.decoder.kv_bytes_per_token()
+    assert before - prompt_bytes == 4 * (after - prompt_bytes)
+
+
+def test_a_fixed_seed_reproduces_and_another_seed_differs(engine):
+    first, *_ = run(engine, seed=11)
+    assert first == run(engine, seed=11)[0]
+    assert first != run(engine, seed=12)[0]
+    assert len({tuple(tokens) for tokens in first}) == len(first)  # candidates differ from each other
+
+
+def test_greedy_decoding_matches_hugging_face_generate(engine, tiny_model_dir):
+    from transformers import AutoModelForCausalLM
+
+    tokens, *_ = run(engine, n=2, max_new_tokens=12, temperature=0)
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    prompt = engine.tokenizer.apply_chat_template(MESSAGES, add_generation_prompt=True, return_tensors="pt")
+    expected = model.generate(prompt, max_new_tokens=12, do_sample=False, eos_token_id=None)[0, prompt.shape[1]:]
+    assert tokens[0] == tokens[1] == expected.tolist()
+
+
+def test_memory_driven_capacity_grows_when_rows_are_pruned(tiny_model_dir):
+    per_token = 512  # 2 layers x (k, v) x 2 kv heads x 16 dims x 4 bytes
+    engine = GeneratorEngine(str(tiny_model_dir), device="cpu", kv_cache_budget=per_token * 400)
+    session = engine.open_session(MESSAGES, n=8, max_new_tokens=200, min_tokens_before_full=16,
+                                  sampling=SamplingParams(seed=1))
+    session.start()
+    room = 400 - session.prompt_length
+    assert session.capacity == room // 8
+    result = session.advance(0)
+    assert result.memory_full and session.position == room // 8
+    session.prune([0, 1, 2, 3])
+    assert session.capacity == min(200, room // 4)
+    assert session.advance(0).steps > 0
+    engine.close_session(session)
+
+
+def test_n_zero_takes_as_many_candidates_as_the_budget_allows(tiny_model_dir):
+    engine = GeneratorEngine(str(tiny_model_dir), device="cpu", kv_cache_budget=512 * 1000, max_batch_size=500)
+    session = engine.open_session(MESSAGES, n=0, max_new_tokens=100, min_tokens_before_full=20,
+                                  sampling=SamplingParams())
+    assert session.n == (1000 - session.prompt_length) // 20
+    with pytest.raises(SessionError) as error:
+        engine.open_session(MESSAGES, n=session.n + 1, max_new_tokens=100, min_tokens_before_full=20,
+                            sampling=SamplingParams())
+    assert error.value.field == "n"
+
+
+def test_limits_name_the_field(engine):
+    with pytest.raises(SessionError) as error:
+        engine.open_session(MESSAGES, n=2, max_new_tokens=5000, min_tokens_before_full=0, sampling=SamplingParams())
+    assert error.value.field == "max_new_tokens" and "context" in str(error.value)
+    session = engine.open_session(MESSAGES, n=2, max_new_tokens=5, min_tokens_before_full=0, sampling=SamplingParams())
+    session.start()
+    with pytest.raises(SessionError) as error:
+        session.prune([7])
+    assert error.value.field == "keep"
+    engine.close_session(session)
+
+
+def test_finished_rows_are_compacted_away_and_sequences_end_at_eos(engine):
+    # Make the end-of-turn token likely so sequences finish at different lengths.
+    eos = engine.tokenizer.eos_token_id
+    bias = torch.zeros(engine.decoder.vocab_size)
+    bias[eos] = 6.0
+    head = engine.decoder.lm_head
+    head.bias = torch.nn.Parameter(bias)
+    try:
+        session = engine.open_session(MESSAGES, n=64, max_new_tokens=60, min_tokens_before_full=0,
+                                      sampling=SamplingParams(seed=2))
+        session.start()
+        result = session.advance(0)
+    finally:
+        head.bias = None
+        engine.close_session(session)
+    tokens = [s.tokens for s in session.sequences]
+    assert any(t[-1] == eos for t in tokens) and all(eos not in t[:-1] for t in tokens)
+    assert all(s.finish_reason == ("stop" if s.tokens[-1] == eos else "length") for s in session.sequences)
+    # The batch shrank as rows finished, instead of decoding dead rows to the end.
+    assert result.step_rows[-1] < result.step_rows[0] == 64
+    assert result.decoded_tokens == sum(len(t) for t in tokens) - 64  # first tokens come from the prefill
+    assert session.rows is None  # closed: memory released
