@@ -47,3 +47,20 @@ def observe_result(response: pb.GenerateResponse) -> None:
     STAGE_SECONDS.labels(SERVICE, "score").inc(stats.score_seconds)
     STAGE_SECONDS.labels(SERVICE, "coordinate").inc(stats.coordinator_seconds)
     REWARD.labels(SERVICE, method).observe(response.best.score)
+
+
+def _initialise() -> None:
+    """Create every label set known in advance, at zero, when the process starts: a fresh
+    coordinator then reports 0 in flight and 0 queued instead of nothing, and rate() counts the
+    first request (a series that appears already incremented shows no increase)."""
+    for metric in (IN_FLIGHT, QUEUED, RANKED, REJECTED, KEPT, SURVIVORS):
+        metric.labels(SERVICE)
+    for stage in ("generate", "score", "coordinate"):
+        STAGE_SECONDS.labels(SERVICE, stage)
+    for method in pb.Method.keys():
+        REQUESTS.labels(SERVICE, method, "OK")
+        for metric in (REQUEST_SECONDS, ROUNDS, DECODED_TOKENS, REWARD):
+            metric.labels(SERVICE, method)
+
+
+_initialise()

@@ -34,3 +34,8 @@ def observe_advance(result) -> None:
         DECODE_STEP_SECONDS.labels(SERVICE).observe(seconds)
         BATCH_SIZE.labels(SERVICE).observe(rows)
     TOKENS.labels(SERVICE).inc(result.decoded_tokens)
+
+
+# Series at zero from start-up, so rate() counts the first request (see coordinator/metrics.py).
+for _metric in (BATCH_SIZE, DECODE_STEP_SECONDS, PREFILL_SECONDS, PRUNE_SECONDS, TOKENS):
+    _metric.labels(SERVICE)

