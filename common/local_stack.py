@@ -35,6 +35,17 @@ def wait_serving(address: str, process: subprocess.Popen, timeout: float = 300.0
     raise TimeoutError(f"{address} did not become SERVING in {timeout}s")
 
 
+def stop_process(process: subprocess.Popen, grace: float = 10.0) -> None:
+    """SIGTERM, then SIGKILL if it has not exited within `grace` seconds."""
+    if process.poll() is None:
+        process.terminate()
+        try:
+            process.wait(grace)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
 class Service:
     """One service as a real process: `python -m module --port P --metrics-port M ...`."""
 
@@ -60,13 +71,7 @@ class Service:
             raise RuntimeError(f"{self.module} failed to start:\n{self.log()[-3000:]}")
 
     def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        stop_process(self.process)
         self._log.close()
 
     def log(self) -> str:

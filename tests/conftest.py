@@ -1,14 +1,10 @@
 """Shared fixtures: tiny random models with the real tokenizer, and the real services started as
 processes on loopback ports."""
 import pathlib
-import sys
 
 import pytest
 
-ROOT = pathlib.Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-
-from common.local_stack import Service, Stack, free_port, wait_serving  # noqa: E402,F401  (re-exported for tests)
+from common.local_stack import Stack
 
 
 @pytest.fixture(scope="session")

@@ -24,7 +24,7 @@ import grpc
 import pytest
 import yaml
 
-from tests.conftest import Service, free_port
+from common.local_stack import Service, free_port, stop_process
 
 from specrej.v1 import coordinator_pb2 as pb
 from specrej.v1 import coordinator_pb2_grpc
@@ -148,13 +148,7 @@ class Prometheus:
         return self.log_path.read_text()
 
     def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        stop_process(self.process)
         self._log.close()
 
 
