@@ -1,0 +1,114 @@
+"""python -m bench: Speculative Rejection against Best-of-N, generator throughput against Hugging Face
+generate(), and the cost of the gRPC path; writes results.json, results.md and PNG plots.
+
+By default the generator engine and reward scorer run in this process; with --generator and
+--reward the decoding runs go through those gRPC services instead.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import shlex
+import sys
+
+from bench.config import PRESETS, parse_schedule
+from bench.driver import PARTS, Options, run_bench
+from bench.prompts import DEFAULT_PROMPTS
+from common.flags import parse_bytes
+
+
+def _list(kind):
+    def parse(text: str):
+        try:
+            return tuple(kind(item) for item in text.split(",") if item.strip())
+        except ValueError as error:
+            raise argparse.ArgumentTypeError(str(error)) from None
+    return parse
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    preset = parser.add_mutually_exclusive_group()
+    preset.add_argument("--preset", choices=sorted(PRESETS), default="full",
+                        help="sizes of the experiment; full (the default) is meant for a GPU")
+    preset.add_argument("--quick", action="store_const", const="quick", dest="preset",
+                        help="same as --preset quick: a few minutes on a 2-core CPU")
+    parser.add_argument("--out", default="bench/results", help="results folder [default bench/results]")
+    parser.add_argument("--parts", type=_list(str), default=None,
+                        help=f"comma-separated subset of {','.join(PARTS)} [default: all in process; "
+                             "efficiency over gRPC]")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+    where = parser.add_argument_group("where the engines are")
+    where.add_argument("--in-process", action="store_true", help="engines in this process (the default)")
+    where.add_argument("--generator", metavar="HOST:PORT", help="decode through this generator service")
+    where.add_argument("--reward", metavar="HOST:PORT", help="score through this reward service")
+
+    models = parser.add_argument_group("models (in process)")
+    models.add_argument("--model", default=None, help="generator: Hugging Face folder or hub id [default: the "
+                                                       "embedded SmolLM2-135M-Instruct]")
+    models.add_argument("--reward-model", default=None, help="reward model [default: --model, i.e. the "
+                                                              "generator's own likelihood]")
+    models.add_argument("--reward-scorer", default="lm-logprob", choices=["lm-logprob", "classifier"])
+    models.add_argument("--device", default="auto", help="cpu, cuda, cuda:1 or auto")
+    models.add_argument("--dtype", default="auto", help="float32, bfloat16, float16 or auto")
+    models.add_argument("--kv-cache-budget", type=parse_bytes, default=None,
+                        help="the engine's own KV budget (schedule `memory`, pools, fixed intervals) [default: "
+                             "free CUDA memory less 10%%, 2GiB on CPU]")
+    models.add_argument("--row-block", type=int, default=16, help="as the generator service's --row-block")
+    models.add_argument("--token-budget", type=int, default=8192, help="as the reward service's --token-budget")
+
+    sizes = parser.add_argument_group("experiment (overrides the preset)")
+    sizes.add_argument("--prompts-file", default=str(DEFAULT_PROMPTS),
+                       help="JSON list or JSON Lines of prompts (strings or objects with `prompt`) "
+                            f"[default {DEFAULT_PROMPTS}]")
+    sizes.add_argument("--prompts", type=int, help="how many prompts, from the start of the file")
+    sizes.add_argument("--pool", type=int, dest="pool_size", help="complete samples per prompt for Best-of-N")
+    sizes.add_argument("--pool-batch", type=int, help="most pool samples per generator session")
+    sizes.add_argument("--n", type=_list(int), help="initial batch sizes of Speculative Rejection, e.g. 64,128")
+    sizes.add_argument("--max-new-tokens", type=int)
+    sizes.add_argument("--rejection-rates", type=_list(float), help="e.g. 0.5,0.7,0.9")
+    sizes.add_argument("--schedules", type=_list(parse_schedule),
+                       help="memory-B (KV budget of B response tokens), memory (the generator's budget), every-K")
+    sizes.add_argument("--seeds", type=int, help="runs per prompt and configuration")
+    sizes.add_argument("--best-of-n", type=_list(int), help="live Best-of-N sizes, a check on the pool's curve")
+    sizes.add_argument("--throughput-batch-sizes", type=_list(int))
+    sizes.add_argument("--throughput-new-tokens", type=int)
+    sizes.add_argument("--repeats", type=int, help="alternating measurements for throughput and gRPC overhead")
+    sizes.add_argument("--temperature", type=float)
+    sizes.add_argument("--top-p", type=float)
+    sizes.add_argument("--top-k", type=int)
+    args = parser.parse_args(argv)
+    if args.in_process and (args.generator or args.reward):
+        parser.error("--in-process cannot be combined with --generator/--reward")
+    if bool(args.generator) != bool(args.reward):
+        parser.error("--generator and --reward go together")
+    return args
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    import transformers
+
+    transformers.logging.set_verbosity_error()
+    overrides = {name: getattr(args, name) for name in (
+        "prompts", "pool_size", "pool_batch", "n", "max_new_tokens", "rejection_rates", "schedules", "seeds",
+        "best_of_n", "throughput_batch_sizes", "throughput_new_tokens", "repeats", "temperature", "top_p", "top_k")}
+    config = PRESETS[args.preset].with_overrides(**overrides)
+    parts = args.parts or (("efficiency",) if args.generator else PARTS)
+    options = Options(
+        model=args.model, reward_model=args.reward_model, reward_scorer=args.reward_scorer, device=args.device,
+        dtype=args.dtype, kv_cache_budget=args.kv_cache_budget, row_block=args.row_block,
+        token_budget=args.token_budget, generator=args.generator, reward=args.reward,
+        prompts_file=args.prompts_file, parts=tuple(parts), progress=not args.no_progress,
+        command=shlex.join(["python", "-m", "bench", *(sys.argv[1:] if argv is None else argv)]), preset=args.preset,
+    )
+    results = run_bench(config, options, args.out)
+    print(f"wrote {args.out}/results.md, results.json and plots", file=sys.stderr)
+    return results
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,115 @@
+"""What one benchmark run measures: sizes, rejection rates, decision schedules, seeds; two presets."""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, replace
+
+MEMORY = "memory"
+EVERY = "every"
+
+# Run seeds are 1, 2, ... and pool chunks use POOL_SEED_BASE + chunk, so no Speculative Rejection
+# or live Best-of-N run ever samples the pool's own candidates (a sequence's tokens are a pure
+# function of seed, sequence index and position).
+POOL_SEED_BASE = 1 << 40
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """Where decision points fall.
+
+    `memory-B`: memory-driven, with a KV-cache budget of B response tokens beyond the shared prompt,
+    so for an initial n the first decision point falls at B/n tokens and, after rejecting a fraction
+    alpha, the next at B/(n(1-alpha)) (doubling lengths at alpha = 0.5). Plain `memory`: the
+    generator's own budget (the service's --kv-cache-budget, or this benchmark's). `every-K`: a
+    decision point every K tokens.
+    """
+
+    kind: str  # MEMORY or EVERY
+    tokens: int = 0  # MEMORY: budget in response tokens (0 = the generator's own); EVERY: the interval
+
+    @property
+    def name(self) -> str:
+        return f"{self.kind}-{self.tokens}" if self.tokens else self.kind
+
+    def __str__(self) -> str:
+        return self.name
+
+
+def parse_schedule(text: str) -> Schedule:
+    match = re.fullmatch(r"\s*(memory|every)(?:-(\d+))?\s*", text)
+    if not match:
+        raise ValueError(f"not a schedule: {text!r} (use memory, memory-TOKENS or every-TOKENS)")
+    kind, tokens = match.group(1), int(match.group(2) or 0)
+    if kind == EVERY and tokens < 1:
+        raise ValueError(f"schedule {text!r}: every-K needs K >= 1")
+    return Schedule(kind, tokens)
+
+
+@dataclass(frozen=True)
+class BenchConfig:
+    prompts: int  # how many prompts, from the start of the prompt file
+    pool_size: int  # complete samples per prompt for the Best-of-N curve (at least 2x the largest n)
+    n: tuple[int, ...]  # initial batch sizes of Speculative Rejection
+    max_new_tokens: int
+    rejection_rates: tuple[float, ...]
+    schedules: tuple[Schedule, ...]
+    seeds: int  # runs per (prompt, configuration), with seeds 1..seeds
+    best_of_n: tuple[int, ...]  # live Best-of-N runs, a check on the pool's expected curve
+    throughput_batch_sizes: tuple[int, ...]
+    throughput_new_tokens: int
+    repeats: int  # alternating measurements per throughput batch size and for the gRPC overhead
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int = 0
+    pool_batch: int = 512  # most pool samples per generator session (halved while the generator refuses)
+
+    def with_overrides(self, **changes) -> "BenchConfig":
+        return replace(self, **{k: v for k, v in changes.items() if v is not None})
+
+    def check(self) -> None:
+        if self.prompts < 1 or self.pool_size < 1 or self.seeds < 1 or self.max_new_tokens < 1:
+            raise ValueError("prompts, pool size, seeds and max_new_tokens must be at least 1")
+        if not self.n or min(self.n) < 1:
+            raise ValueError("n: give at least one initial batch size >= 1")
+        for alpha in self.rejection_rates:
+            if not 0 <= alpha < 1:
+                raise ValueError(f"rejection rate {alpha} is not in [0, 1)")
+        for schedule in self.schedules:
+            if schedule.kind == MEMORY and schedule.tokens:
+                too_small = [n for n in self.n if schedule.tokens < n]
+                if too_small:
+                    raise ValueError(f"schedule {schedule}: a budget of {schedule.tokens} tokens cannot hold one "
+                                     f"token for each of n = {too_small}")
+
+
+QUICK = BenchConfig(
+    prompts=3,
+    pool_size=32,
+    n=(16,),
+    max_new_tokens=64,
+    rejection_rates=(0.5, 0.7, 0.9),
+    # memory-128 at n = 16: decision points at 8, 16, 32 tokens for alpha = 0.5.
+    schedules=(Schedule(MEMORY, 128), Schedule(EVERY, 16)),
+    seeds=1,  # still disjoint from the pool's seeds; more seeds only average out luck
+    best_of_n=(16,),
+    throughput_batch_sizes=(8, 32),
+    throughput_new_tokens=32,
+    repeats=2,
+)
+
+FULL = BenchConfig(
+    prompts=10,
+    pool_size=512,
+    n=(32, 128),
+    max_new_tokens=256,
+    rejection_rates=(0.5, 0.7, 0.9),
+    # memory-4096 at n = 128: decision points at 32, 64, 128 tokens for alpha = 0.5; at n = 32: 128.
+    schedules=(Schedule(MEMORY, 4096), Schedule(EVERY, 64)),
+    seeds=3,
+    best_of_n=(32, 128),
+    throughput_batch_sizes=(8, 32, 128),
+    throughput_new_tokens=256,
+    repeats=3,
+)
+
+PRESETS = {"quick": QUICK, "full": FULL}

@@ -1,0 +1,210 @@
+"""Two ways to reach the generator and reward model, behind the ports the coordinator's Pipeline uses.
+
+In process: the engine and scorer objects are called directly and their results turned into the
+same protobuf messages the services send (generator_service.messages, reward_service.servicer).
+Over gRPC: coordinator.clients, exactly as the coordinator uses them. A `Backend` runs one
+GenerateRequest through the Pipeline either way, so the benchmark measures the real algorithm.
+"""
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import time
+
+import grpc
+
+from common.chat import PromptError, prompt_token_ids
+from coordinator.clients import GeneratorClient, RewardClient, ServiceError
+from coordinator.pipeline import Pipeline
+from coordinator.request import plan_request
+from generator_service.messages import advanced_message, pruned_message, sampling_params, started_message
+from generator_service.session import SessionError
+from reward_service.servicer import score
+from specrej.v1 import coordinator_pb2 as pb
+from specrej.v1 import generator_pb2, reward_pb2
+
+# The benchmark sets n itself; the generator's memory budget is the only limit that matters.
+MAX_N = 1 << 20
+
+
+class InProcessSession:
+    """coordinator.clients.GeneratorSession's interface over a GeneratorEngine in this process.
+
+    `kv_budget_tokens`, when set, gives this session a KV-cache budget of that many response tokens
+    beyond its prompt (the prompt's keys/values are stored once, shared by every candidate), so that
+    memory-driven decision points fall where the benchmark wants them."""
+
+    def __init__(self, engine, kv_budget_tokens: int | None = None):
+        self.engine, self.kv_budget_tokens = engine, kv_budget_tokens
+        self.session = None
+
+    def start(self, start: generator_pb2.StartSession) -> generator_pb2.SessionStarted:
+        messages = [{"role": m.role or "user", "content": m.content} for m in start.messages]
+        try:
+            with self._budget(messages):
+                self.session = self.engine.open_session(
+                    messages, n=start.n, max_new_tokens=start.max_new_tokens,
+                    sampling=sampling_params(start.sampling), min_tokens_before_full=start.min_tokens_before_full,
+                )
+        except PromptError as error:
+            raise ServiceError(grpc.StatusCode.INVALID_ARGUMENT, f"messages: {error}") from error
+        except SessionError as error:
+            raise ServiceError(grpc.StatusCode.INVALID_ARGUMENT, str(error)) from error
+        return started_message(self.session, self.session.start())
+
+    @contextlib.contextmanager
+    def _budget(self, messages: list[dict]):
+        """Open the session under a planner with this session's budget; a session keeps the planner
+        it was made with, so the engine's own is restored at once (the benchmark is single-threaded
+        while it opens sessions)."""
+        if self.kv_budget_tokens is None:
+            yield
+            return
+        engine = self.engine
+        own = engine.planner
+        prompt_tokens = len(prompt_token_ids(engine.tokenizer, messages))
+        budget = (prompt_tokens + self.kv_budget_tokens) * own.bytes_per_token
+        engine.planner = dataclasses.replace(own, budget_bytes=budget)
+        try:
+            yield
+        finally:
+            engine.planner = own
+
+    def advance(self, until_tokens: int) -> generator_pb2.Advanced:
+        return advanced_message(self.session, self.session.advance(until_tokens))
+
+    def prune(self, keep: list[int]) -> generator_pb2.Pruned:
+        try:
+            seconds = self.session.prune(list(keep))
+        except SessionError as error:
+            raise ServiceError(grpc.StatusCode.INVALID_ARGUMENT, str(error)) from error
+        return pruned_message(self.session, seconds)
+
+    def close(self) -> None:
+        if self.session is not None:
+            self.engine.close_session(self.session)
+            self.session = None
+
+
+class InProcessReward:
+    """coordinator.clients.RewardClient's interface over a scorer in this process."""
+
+    def __init__(self, scorer):
+        self.scorer = scorer
+
+    def score(self, request: reward_pb2.ScoreRequest, timeout: float | None = None) -> reward_pb2.ScoreResponse:
+        try:
+            response, _ = score(self.scorer, request)
+        except PromptError as error:
+            raise ServiceError(grpc.StatusCode.INVALID_ARGUMENT, f"messages: {error}") from error
+        return response
+
+
+def run_pipeline(request: pb.GenerateRequest, session, reward, *, memory_round_tokens: int) -> tuple[pb.GenerateResponse, float]:
+    """Run one request through the coordinator's Pipeline; returns the response and the wall seconds
+    from opening to closing the generator session (prefill, decoding, scoring, prunes)."""
+    began = time.perf_counter()
+    try:
+        pipeline = Pipeline(plan_request(request, max_n=MAX_N), session, reward, memory_round_tokens=memory_round_tokens)
+        pipeline.start()
+        result = None
+        for result in pipeline.events():
+            pass
+    finally:
+        session.close()
+    return result, time.perf_counter() - began
+
+
+class InProcessBackend:
+    name = "in-process"
+
+    def __init__(self, engine, scorer, reward_model: str = ""):
+        self.engine, self.scorer, self.reward_model = engine, scorer, reward_model
+        self.reward = InProcessReward(scorer)
+
+    def run(self, request: pb.GenerateRequest, *, memory_round_tokens: int,
+            kv_budget_tokens: int | None = None) -> tuple[pb.GenerateResponse, float]:
+        session = InProcessSession(self.engine, kv_budget_tokens)
+        return run_pipeline(request, session, self.reward, memory_round_tokens=memory_round_tokens)
+
+    def describe(self) -> dict:
+        engine = self.engine
+        return {
+            "backend": self.name,
+            "generator": engine.model_name,
+            "device": str(engine.device),
+            "dtype": str(engine.dtype).removeprefix("torch."),
+            "generator KV budget (bytes)": engine.budget_bytes,
+            "KV bytes per token": engine.decoder.kv_bytes_per_token(),
+            "row block (batch-invariant decoding)": engine.decoder.row_block,
+            "reward": f"{self.scorer.name} ({self.reward_model})",
+        }
+
+    def close(self) -> None:
+        pass
+
+
+class GrpcBackend:
+    """The generator and reward services, reached as the coordinator reaches them."""
+
+    name = "grpc"
+
+    def __init__(self, generator: str, reward: str, timeout: float = 3600.0):
+        self.generator, self.reward = GeneratorClient(generator), RewardClient(reward)
+        self.timeout = timeout
+
+    def run(self, request: pb.GenerateRequest, *, memory_round_tokens: int,
+            kv_budget_tokens: int | None = None) -> tuple[pb.GenerateResponse, float]:
+        if kv_budget_tokens is not None:
+            raise ValueError("a per-run KV budget needs the in-process engine; over gRPC the generator "
+                             "service's --kv-cache-budget applies (use the schedule `memory`)")
+        session = self.generator.open(self.timeout)
+        return run_pipeline(request, session, self.reward, memory_round_tokens=memory_round_tokens)
+
+    def describe(self) -> dict:
+        from specrej.v1 import reward_pb2 as reward_messages
+
+        generator = self.generator.stub.Info(generator_pb2.InfoRequest(), timeout=30)
+        reward = self.reward.stub.Info(reward_messages.RewardInfoRequest(), timeout=30)
+        return {
+            "backend": f"{self.name} (generator {self.generator.target}, reward {self.reward.target})",
+            "generator": generator.model,
+            "device": generator.device,
+            "dtype": generator.dtype,
+            "generator KV budget (bytes)": generator.kv_cache_budget_bytes,
+            "KV bytes per token": generator.kv_cache_bytes_per_token,
+            "reward": f"{reward.scorer} ({reward.model}, {reward.device}/{reward.dtype})",
+        }
+
+    def close(self) -> None:
+        self.generator.channel.close()
+        self.reward.channel.close()
+
+
+class LoopbackServices:
+    """The real gRPC servicers around this process's engine and scorer, on loopback ports: the gRPC
+    path with the very same engines, for measuring what the transport costs."""
+
+    def __init__(self, engine, scorer, model_name: str = ""):
+        from common.server import Server
+        from generator_service.servicer import GeneratorServicer
+        from reward_service.servicer import RewardServicer
+        from specrej.v1 import generator_pb2_grpc, reward_pb2_grpc
+
+        self.servers = []
+        for service, descriptor, add, servicer in (
+            ("generator", generator_pb2.DESCRIPTOR.services_by_name["Generator"],
+             generator_pb2_grpc.add_GeneratorServicer_to_server, GeneratorServicer(engine)),
+            ("reward", reward_pb2.DESCRIPTOR.services_by_name["Reward"],
+             reward_pb2_grpc.add_RewardServicer_to_server, RewardServicer(scorer, model_name=model_name)),
+        ):
+            server = Server(service, [descriptor.full_name], host="127.0.0.1", port=0, max_workers=4, metrics_port=0)
+            add(servicer, server.grpc)
+            server.start()
+            server.mark_serving()
+            self.servers.append(server)
+        self.generator_address, self.reward_address = (f"127.0.0.1:{s.port}" for s in self.servers)
+
+    def stop(self) -> None:
+        for server in self.servers:
+            server.stop(grace=1.0)

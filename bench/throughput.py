@@ -1,0 +1,111 @@
+"""Decoding throughput of our engine against Hugging Face `generate()` on the same model, and the
+wall-time overhead of the gRPC path against the same engines in process.
+
+Both are ratios measured in one run, with the two sides alternated (A B, B A, ...) so that noise
+from a shared machine falls on both alike.
+"""
+from __future__ import annotations
+
+import statistics
+import time
+from collections.abc import Callable, Sequence
+
+import torch
+
+from bench.records import OverheadRow, ThroughputRow
+from generator_service.planner import MemoryPlanner
+from generator_service.sampling import SamplingParams
+from generator_service.session import Session
+
+_WARM_UP = (2, 4)  # batch size, new tokens: first calls pay for lazy initialisation
+
+
+def _synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def engine_seconds(engine, prompt_ids: list[int], batch_size: int, new_tokens: int, sampling: SamplingParams) -> float:
+    """Prefill once, then decode `new_tokens` for each of `batch_size` rows with our Session.
+
+    End of sequence is ignored (no EOS ids), as `min_new_tokens` does for generate(), so both decode
+    exactly batch_size * new_tokens tokens; the KV budget fits them all, so no row is ever dropped."""
+    per_token = engine.decoder.kv_bytes_per_token()
+    planner = MemoryPlanner(budget_bytes=(len(prompt_ids) + batch_size * new_tokens) * per_token,
+                            bytes_per_token=per_token, max_batch_size=batch_size)
+    session = Session(engine.decoder, engine.tokenizer, planner, prompt_ids, batch_size, new_tokens, sampling,
+                      new_tokens, eos_ids=set(), model_lock=engine.model_lock)
+    try:
+        began = time.perf_counter()
+        session.start()
+        session.advance(new_tokens)
+        _synchronize(engine.device)
+        seconds = time.perf_counter() - began
+        decoded = sum(len(sequence.tokens) for sequence in session.sequences)
+    finally:
+        session.close()
+    if decoded != batch_size * new_tokens:
+        raise RuntimeError(f"the engine decoded {decoded} tokens, not {batch_size} x {new_tokens}")
+    return seconds
+
+
+@torch.inference_mode()
+def generate_seconds(model, prompt_ids: list[int], batch_size: int, new_tokens: int, sampling: SamplingParams,
+                     pad_token_id: int) -> float:
+    """Hugging Face generate() with the prompt repeated batch_size times (it prefills every copy)."""
+    ids = torch.tensor([prompt_ids], device=model.device).repeat(batch_size, 1)
+    began = time.perf_counter()
+    output = model.generate(
+        input_ids=ids, attention_mask=torch.ones_like(ids), do_sample=True, max_new_tokens=new_tokens,
+        min_new_tokens=new_tokens, temperature=sampling.temperature or 1.0, top_p=sampling.top_p, top_k=sampling.top_k,
+        pad_token_id=pad_token_id,
+    )
+    _synchronize(model.device)
+    seconds = time.perf_counter() - began
+    if output.shape[1] - ids.shape[1] != new_tokens:
+        raise RuntimeError(f"generate() returned {output.shape[1] - ids.shape[1]} new tokens, not {new_tokens}")
+    return seconds
+
+
+def measure_throughput(engine, model, prompt_ids: list[int], batch_sizes: Sequence[int], new_tokens: int,
+                       repeats: int, sampling: SamplingParams, pad_token_id: int,
+                       step: Callable[[str], None] = lambda _: None) -> list[ThroughputRow]:
+    """Tokens per second (batch size x new tokens over wall seconds, prefill included) of both, at
+    each batch size; `repeats` alternating measurements of each, pooled as total tokens / total time."""
+    engine_seconds(engine, prompt_ids, *_WARM_UP, sampling)
+    generate_seconds(model, prompt_ids, *_WARM_UP, sampling, pad_token_id)
+    rows = []
+    for batch_size in batch_sizes:
+        ours, theirs = [], []
+        sides = [
+            ("engine", lambda: ours.append(engine_seconds(engine, prompt_ids, batch_size, new_tokens, sampling))),
+            ("generate()", lambda: theirs.append(
+                generate_seconds(model, prompt_ids, batch_size, new_tokens, sampling, pad_token_id))),
+        ]
+        for repeat in range(repeats):
+            for name, measure in sides if repeat % 2 == 0 else sides[::-1]:
+                measure()
+                step(f"throughput: {name} at batch {batch_size}")
+        tokens = batch_size * new_tokens * repeats
+        rows.append(ThroughputRow(batch_size, len(prompt_ids), new_tokens, tokens / sum(ours), tokens / sum(theirs)))
+    return rows
+
+
+def measure_overhead(in_process, grpc, label: str, run: Callable, repeats: int,
+                     step: Callable[[str], None] = lambda _: None) -> tuple[OverheadRow, bool]:
+    """Median wall seconds of the same request through `in_process` and `grpc` backends, alternated;
+    `run(backend)` returns (response, seconds). Also says whether both returned the same texts and
+    scores to the last digit (with the same seed and engine they should)."""
+    seconds = {"in-process": [], "grpc": []}
+    results = {"in-process": [], "grpc": []}
+    sides = [("in-process", in_process), ("grpc", grpc)]
+    for _, backend in sides:
+        run(backend)  # warm-up: connections, lazy initialisation, caches
+    for repeat in range(repeats):
+        for name, backend in sides if repeat % 2 == 0 else sides[::-1]:
+            response, wall = run(backend)
+            seconds[name].append(wall)
+            results[name].append([(c.index, c.text, c.num_tokens, c.score) for c in response.ranked])
+            step(f"gRPC overhead: {name}")
+    identical = all(r == results["in-process"][0] for r in results["in-process"] + results["grpc"])
+    return OverheadRow(label, statistics.median(seconds["in-process"]), statistics.median(seconds["grpc"])), identical

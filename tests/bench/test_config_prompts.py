@@ -1,0 +1,54 @@
+import json
+
+import pytest
+
+from bench.config import EVERY, MEMORY, QUICK, Schedule, parse_schedule
+from bench.efficiency import schedule_arguments
+from bench.prompts import DEFAULT_PROMPTS, load_prompts
+
+
+@pytest.mark.parametrize("text, schedule", [
+    ("memory", Schedule(MEMORY, 0)), ("memory-128", Schedule(MEMORY, 128)), ("every-16", Schedule(EVERY, 16)),
+])
+def test_schedules_parse_and_keep_their_names(text, schedule):
+    assert parse_schedule(text) == schedule
+    assert schedule.name == text
+
+
+@pytest.mark.parametrize("text", ["every", "every-0", "fixed-8", "memory-x"])
+def test_bad_schedules_are_refused(text):
+    with pytest.raises(ValueError):
+        parse_schedule(text)
+
+
+def test_memory_budget_puts_the_first_decision_point_at_budget_over_n():
+    assert schedule_arguments(Schedule(MEMORY, 128), 16) == {
+        "every_tokens": 0, "kv_budget_tokens": 128, "memory_round_tokens": 8}
+    assert schedule_arguments(Schedule(EVERY, 16), 16)["every_tokens"] == 16
+    assert schedule_arguments(Schedule(MEMORY), 16)["kv_budget_tokens"] is None
+
+
+def test_config_refuses_a_budget_smaller_than_n():
+    with pytest.raises(ValueError, match="memory-8"):
+        QUICK.with_overrides(schedules=(Schedule(MEMORY, 8),)).check()
+    QUICK.check()
+
+
+def test_prompts_from_json_list_objects_and_json_lines(tmp_path):
+    listed = tmp_path / "prompts.json"
+    listed.write_text(json.dumps([{"prompt": "a"}, "b", {"instruction": "c", "input": "d"}, {"text": "e"}]))
+    assert [(p.id, p.text) for p in load_prompts(listed)] == [("0", "a"), ("1", "b"), ("2", "c\n\nd"), ("3", "e")]
+    assert [p.text for p in load_prompts(listed, 2)] == ["a", "b"]
+    lines = tmp_path / "prompts.jsonl"
+    lines.write_text('{"prompt": "x"}\n\n{"question": "y"}\n')
+    assert [p.text for p in load_prompts(lines)] == ["x", "y"]
+    empty = tmp_path / "bad.json"
+    empty.write_text(json.dumps([{"answer": "no prompt here"}]))
+    with pytest.raises(ValueError, match="no field"):
+        load_prompts(empty)
+
+
+@pytest.mark.skipif(not DEFAULT_PROMPTS.exists(), reason="the shared AlpacaFarm prompts are not here")
+def test_default_prompt_file_loads():
+    prompts = load_prompts(DEFAULT_PROMPTS, 3)
+    assert len(prompts) == 3 and all(p.text for p in prompts)
