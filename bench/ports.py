@@ -7,7 +7,6 @@ GenerateRequest through the Pipeline either way, so the benchmark measures the r
 """
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import time
 
@@ -41,34 +40,24 @@ class InProcessSession:
     def start(self, start: generator_pb2.StartSession) -> generator_pb2.SessionStarted:
         messages = [{"role": m.role or "user", "content": m.content} for m in start.messages]
         try:
-            with self._budget(messages):
-                self.session = self.engine.open_session(
-                    messages, n=start.n, max_new_tokens=start.max_new_tokens,
-                    sampling=sampling_params(start.sampling), min_tokens_before_full=start.min_tokens_before_full,
-                )
+            self.session = self.engine.open_session(
+                messages, n=start.n, max_new_tokens=start.max_new_tokens,
+                sampling=sampling_params(start.sampling), min_tokens_before_full=start.min_tokens_before_full,
+                planner=self._planner(messages),
+            )
         except PromptError as error:
             raise ServiceError(grpc.StatusCode.INVALID_ARGUMENT, f"messages: {error}") from error
         except SessionError as error:
             raise ServiceError(grpc.StatusCode.INVALID_ARGUMENT, str(error)) from error
         return started_message(self.session, self.session.start())
 
-    @contextlib.contextmanager
-    def _budget(self, messages: list[dict]):
-        """Open the session under a planner with this session's budget; a session keeps the planner
-        it was made with, so the engine's own is restored at once (the benchmark is single-threaded
-        while it opens sessions)."""
+    def _planner(self, messages: list[dict]):
+        """The engine's memory plan, with this session's budget when one is set."""
         if self.kv_budget_tokens is None:
-            yield
-            return
-        engine = self.engine
-        own = engine.planner
-        prompt_tokens = len(prompt_token_ids(engine.tokenizer, messages))
-        budget = (prompt_tokens + self.kv_budget_tokens) * own.bytes_per_token
-        engine.planner = dataclasses.replace(own, budget_bytes=budget)
-        try:
-            yield
-        finally:
-            engine.planner = own
+            return None
+        own = self.engine.planner
+        prompt_tokens = len(prompt_token_ids(self.engine.tokenizer, messages))
+        return dataclasses.replace(own, budget_bytes=(prompt_tokens + self.kv_budget_tokens) * own.bytes_per_token)
 
     def advance(self, until_tokens: int) -> generator_pb2.Advanced:
         return advanced_message(self.session, self.session.advance(until_tokens))

@@ -52,9 +52,10 @@ class GeneratorEngine:
         return max(0, int(free - _CUDA_MARGIN * total))
 
     def open_session(self, messages: list[dict], *, n: int, max_new_tokens: int, sampling: SamplingParams,
-                     min_tokens_before_full: int) -> Session:
+                     min_tokens_before_full: int, planner: MemoryPlanner | None = None) -> Session:
+        """A new session over the shared model; `planner` overrides the engine's memory plan."""
         session = Session(
-            self.decoder, self.tokenizer, self.planner, prompt_token_ids(self.tokenizer, messages), n,
+            self.decoder, self.tokenizer, planner or self.planner, prompt_token_ids(self.tokenizer, messages), n,
             max_new_tokens, sampling, min_tokens_before_full, self.eos_ids, self.model_lock,
         )
         with self._sessions_lock:

@@ -12,7 +12,7 @@ def parse_args(argv=None) -> argparse.Namespace:
              help="lm-logprob: mean log-probability of the response under a causal LM; "
                   "classifier: a sequence-classification reward model")
     add_flag(parser, "token-budget", env="SPECREJ_TOKEN_BUDGET", default=8192, type=int,
-             help="most tokens (rows x longest row) in one forward pass")
+             help="most response tokens (rows x longest response) in one forward pass; the prompt is shared")
     return parser.parse_args(argv)
 
 

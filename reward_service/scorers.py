@@ -32,35 +32,43 @@ class LogprobScorer:
         bodies = self.tokenizer(responses, add_special_tokens=False).input_ids if responses else []
         bodies = [b + [self.end_id] if done else b for b, done in zip(bodies, complete)]
         scores = [0.0] * len(bodies)  # an empty partial response has nothing to score
-        lengths = [len(prompt) + len(b) for b in bodies]
         batch_sizes = []
-        for batch in batches_by_token_budget(lengths, self.token_budget):
+        for batch in batches_by_token_budget([len(b) for b in bodies], self.token_budget):
             batch = [i for i in batch if bodies[i]]
             if not batch:
                 continue
             batch_sizes.append(len(batch))
             for index, value in zip(batch, self._mean_logprobs(prompt, [bodies[i] for i in batch])):
                 scores[index] = value
-        return Scored(scores, sum(lengths), batch_sizes)
+        return Scored(scores, len(prompt) * len(batch_sizes) + sum(len(b) for b in bodies), batch_sizes)
 
     def _mean_logprobs(self, prompt: list[int], bodies: list[list[int]]) -> list[float]:
-        width = len(prompt) + max(len(b) for b in bodies)
-        ids = torch.full((len(bodies), width), self.tokenizer.pad_token_id or 0, dtype=torch.long)
-        mask = torch.zeros((len(bodies), width), dtype=torch.long)
-        for row, body in enumerate(bodies):
-            sequence = prompt + body
-            ids[row, : len(sequence)] = torch.tensor(sequence)
-            mask[row, : len(sequence)] = 1
-        hidden = self.model.base_model(input_ids=ids.to(self.device), attention_mask=mask.to(self.device)).last_hidden_state
-        head = self.model.get_output_embeddings()
-        means = []
-        for row, body in enumerate(bodies):
-            # Positions len(prompt)-1 .. predict the response tokens; only those go through the LM head.
-            states = hidden[row, len(prompt) - 1 : len(prompt) - 1 + len(body)]
-            logprobs = head(states).float().log_softmax(dim=-1)
-            target = torch.tensor(body, device=logprobs.device).unsqueeze(-1)
-            means.append(logprobs.gather(-1, target).mean().item())
-        return means
+        """The prompt is run once and its keys/values shared by every response in the batch, so a
+        long prompt costs once per batch, not once per response."""
+        decoder, head = self.model.base_model, self.model.get_output_embeddings()
+        prefix = decoder(input_ids=torch.tensor([prompt], device=self.device), use_cache=True)
+        # The prompt's last position predicts every response's first token.
+        first = head(prefix.last_hidden_state[0, -1]).float().log_softmax(dim=-1)
+        totals = [first[body[0]].item() for body in bodies]
+        # Each response's tokens but its last are inputs; their outputs predict the tokens after them.
+        width = max(len(b) for b in bodies) - 1
+        if width > 0:
+            inputs = torch.full((len(bodies), width), self.tokenizer.pad_token_id or 0, dtype=torch.long)
+            mask = torch.zeros((len(bodies), len(prompt) + width), dtype=torch.long)
+            mask[:, : len(prompt)] = 1
+            for row, body in enumerate(bodies):
+                inputs[row, : len(body) - 1] = torch.tensor(body[:-1])
+                mask[row, len(prompt) : len(prompt) + len(body) - 1] = 1
+            cache = prefix.past_key_values
+            cache.batch_repeat_interleave(len(bodies))
+            hidden = decoder(input_ids=inputs.to(self.device), attention_mask=mask.to(self.device),
+                             past_key_values=cache).last_hidden_state
+            for row, body in enumerate(bodies):
+                if len(body) > 1:
+                    logprobs = head(hidden[row, : len(body) - 1]).float().log_softmax(dim=-1)
+                    target = torch.tensor(body[1:], device=logprobs.device).unsqueeze(-1)
+                    totals[row] += logprobs.gather(-1, target).sum().item()
+        return [total / len(body) for total, body in zip(totals, bodies)]
 
 
 class ClassifierScorer:

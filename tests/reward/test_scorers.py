@@ -10,7 +10,7 @@ RESPONSES = ["An apple.", "Bananas are yellow and sweet, and monkeys like them."
 
 @pytest.fixture(scope="module")
 def logprob(tiny_model_dir):
-    return load_scorer("lm-logprob", str(tiny_model_dir), torch.device("cpu"), torch.float32, token_budget=64)
+    return load_scorer("lm-logprob", str(tiny_model_dir), torch.device("cpu"), torch.float32, token_budget=16)
 
 
 def direct_mean_logprob(scorer, response: str, complete: bool) -> float:
@@ -28,8 +28,12 @@ def test_logprob_is_the_mean_log_probability_of_the_response(logprob):
         if response or done:
             assert value == pytest.approx(direct_mean_logprob(logprob, response, done), abs=1e-4)
     assert scored.scores[1] != scored.scores[0]
-    # The tiny budget forces several batches; the result does not depend on the grouping.
+    # The tiny budget (16 response tokens per batch) forces several batches; the result does not
+    # depend on the grouping, and the prompt is read once per batch.
     assert len(scored.batch_sizes) > 1
+    prompt = logprob.tokenizer.apply_chat_template(MESSAGES, add_generation_prompt=True, tokenize=True)
+    bodies = [len(logprob.tokenizer(r, add_special_tokens=False).input_ids) + d for r, d in zip(RESPONSES, complete)]
+    assert scored.tokens == len(prompt) * len(scored.batch_sizes) + sum(bodies)
     alone = [logprob.score(MESSAGES, [r], [d]).scores[0] for r, d in zip(RESPONSES, complete)]
     assert scored.scores == pytest.approx(alone, abs=1e-5)
 
