@@ -14,6 +14,7 @@ import sys
 from bench.config import PRESETS, parse_schedule
 from bench.driver import PARTS, Options, run_bench
 from bench.prompts import DEFAULT_PROMPTS
+from generator_service.decoder import DEFAULT_ROW_BLOCK
 from common.flags import parse_bytes
 
 
@@ -56,7 +57,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     models.add_argument("--kv-cache-budget", type=parse_bytes, default=None,
                         help="the engine's own KV budget (schedule `memory`, pools, fixed intervals) [default: "
                              "free CUDA memory less 10%%, 2GiB on CPU]")
-    models.add_argument("--row-block", type=int, default=16, help="as the generator service's --row-block")
+    models.add_argument("--row-block", type=int, default=DEFAULT_ROW_BLOCK, help="as the generator service's --row-block")
     models.add_argument("--token-budget", type=int, default=8192, help="as the reward service's --token-budget")
 
     sizes = parser.add_argument_group("experiment (overrides the preset)")

@@ -13,6 +13,7 @@ from bench.config import EVERY, MEMORY, BenchConfig, Schedule
 from bench.efficiency import jobs, request, run_efficiency, schedule_arguments
 from bench.prompts import Prompt, load_prompts
 from bench.records import BenchResults
+from generator_service.decoder import DEFAULT_ROW_BLOCK
 
 EFFICIENCY, THROUGHPUT, OVERHEAD = "efficiency", "throughput", "overhead"
 PARTS = (EFFICIENCY, THROUGHPUT, OVERHEAD)
@@ -40,7 +41,7 @@ class Options:
     device: str = "auto"
     dtype: str = "auto"
     kv_cache_budget: int | None = None
-    row_block: int = 16
+    row_block: int = DEFAULT_ROW_BLOCK
     token_budget: int = 8192
     generator: str | None = None  # gRPC addresses; both or neither
     reward: str | None = None

@@ -3,6 +3,7 @@ import argparse
 import logging
 
 from common.flags import add_flag, add_model_service_flags, parse_bytes
+from .decoder import DEFAULT_ROW_BLOCK
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -16,7 +17,7 @@ def parse_args(argv=None) -> argparse.Namespace:
              help="requests decoding at once; each gets an equal share of the KV-cache budget")
     add_flag(parser, "max-queued", env="SPECREJ_MAX_QUEUED", default=16, type=int,
              help="requests waiting for a session before new ones get RESOURCE_EXHAUSTED")
-    add_flag(parser, "row-block", env="SPECREJ_ROW_BLOCK", default=16, type=int,
+    add_flag(parser, "row-block", env="SPECREJ_ROW_BLOCK", default=DEFAULT_ROW_BLOCK, type=int,
              help="rows per matrix product in batch-invariant mode, so a candidate's text never depends on "
                   "which others are still decoding; 0 = one product over the whole batch (faster, not invariant)")
     return parser.parse_args(argv)

@@ -7,7 +7,7 @@ import torch
 from common.chat import prompt_token_ids
 from common.models import choose_device, choose_dtype, resolve_model
 from .admission import SessionSlots
-from .decoder import CausalDecoder
+from .decoder import DEFAULT_ROW_BLOCK, CausalDecoder
 from .planner import MemoryPlanner
 from .sampling import SamplingParams
 from .session import Session
@@ -21,7 +21,7 @@ _CUDA_MARGIN = 0.10  # of total memory left for activations, logits and the allo
 class GeneratorEngine:
     def __init__(self, model: str | None = None, *, device: str = "auto", dtype: str = "auto",
                  kv_cache_budget: int | None = None, max_batch_size: int = 256, max_sessions: int = 1,
-                 max_queued: int = 16, row_block: int = 16, model_cache: str | None = None):
+                 max_queued: int = 16, row_block: int = DEFAULT_ROW_BLOCK, model_cache: str | None = None):
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         self.device = choose_device(device)

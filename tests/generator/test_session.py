@@ -2,6 +2,7 @@
 import pytest
 import torch
 
+from generator_service.decoder import DEFAULT_ROW_BLOCK
 from generator_service.engine import GeneratorEngine
 from generator_service.sampling import SamplingParams
 from generator_service.session import SessionError
@@ -31,7 +32,7 @@ def run(engine, *, n=12, max_new_tokens=30, seed=3, prune_at=None, keep=(), temp
         engine.close_session(session)
 
 
-@pytest.mark.parametrize("row_block", [16, 0])
+@pytest.mark.parametrize("row_block", [DEFAULT_ROW_BLOCK, 7, 0])
 def test_pruned_survivors_decode_exactly_what_they_would_have_without_the_prune(engine, row_block):
     engine.decoder.row_block = row_block
     try:
@@ -39,7 +40,7 @@ def test_pruned_survivors_decode_exactly_what_they_would_have_without_the_prune(
         keep = [0, 5, 6, 11]
         pruned, *_ = run(engine, prune_at=9, keep=keep)
     finally:
-        engine.decoder.row_block = 16
+        engine.decoder.row_block = DEFAULT_ROW_BLOCK
     for index in keep:
         assert pruned[index] == unpruned[index]
     for index in set(range(12)) - set(keep):
@@ -112,7 +113,7 @@ def test_finished_rows_are_compacted_away_and_sequences_end_at_eos(engine):
     # Make the end-of-turn token likely so sequences finish at different lengths.
     eos = engine.tokenizer.eos_token_id
     bias = torch.zeros(engine.decoder.vocab_size)
-    bias[eos] = 6.0
+    bias[eos] = 7.5
     head = engine.decoder.lm_head
     head.bias = torch.nn.Parameter(bias)
     try:
