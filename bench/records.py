@@ -78,6 +78,11 @@ class ThroughputRow:
     new_tokens: int
     engine_tokens_per_second: float
     hf_generate_tokens_per_second: float
+    # Pruning half the rows at the end of the engine's run, against one decode step at full batch.
+    decode_step_seconds: float = 0.0
+    prune_seconds: float = 0.0
+    kv_bytes_before_prune: int = 0
+    kv_bytes_after_prune: int = 0
 
     @property
     def speedup(self) -> float:

@@ -186,15 +186,19 @@ def _throughput_table(rows: Sequence[ThroughputRow]) -> str:
         return header + "\nNot measured in this run.\n"
     lines = [
         header,
-        "| batch size | prompt tokens | new tokens | engine tokens/s | generate() tokens/s | speedup |",
-        "|---:|---:|---:|---:|---:|---:|",
+        "| batch size | prompt tokens | new tokens | engine tokens/s | generate() tokens/s | speedup "
+        "| decode step ms | prune half ms | KV bytes before → after prune |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|---|",
     ]
     for row in sorted(rows, key=lambda r: r.batch_size):
         lines.append(
             f"| {row.batch_size} | {row.prompt_tokens} | {row.new_tokens} | {_fmt(row.engine_tokens_per_second)} "
-            f"| {_fmt(row.hf_generate_tokens_per_second)} | {_fmt(row.speedup)}× |"
+            f"| {_fmt(row.hf_generate_tokens_per_second)} | {_fmt(row.speedup)}× "
+            f"| {_fmt(row.decode_step_seconds * 1e3)} | {_fmt(row.prune_seconds * 1e3)} "
+            f"| {row.kv_bytes_before_prune:,} → {row.kv_bytes_after_prune:,} |"
         )
-    return "\n".join(lines) + "\n"
+    return "\n".join(lines) + "\n\n*Prune half*: dropping half the rows from the KV cache after the run (their " \
+        "keys/values copied out), beside the mean decode step at the full batch.\n"
 
 
 def _overhead_table(rows: Sequence[OverheadRow]) -> str:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import statistics
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 import torch
 
@@ -25,28 +26,45 @@ def _synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def engine_seconds(engine, prompt_ids: list[int], batch_size: int, new_tokens: int, sampling: SamplingParams) -> float:
-    """Prefill once, then decode `new_tokens` for each of `batch_size` rows with our Session.
+@dataclass(frozen=True)
+class EngineRun:
+    seconds: float
+    decode_step_seconds: float  # mean over the run's steps, all rows present
+    prune_seconds: float  # dropping half the rows afterwards
+    kv_bytes_before_prune: int
+    kv_bytes_after_prune: int
+
+
+def engine_run(engine, prompt_ids: list[int], batch_size: int, new_tokens: int, sampling: SamplingParams) -> EngineRun:
+    """Prefill once, then decode `new_tokens` for each of `batch_size` rows with our Session; then
+    prune half the rows (timed apart from the decoding).
 
     End of sequence is ignored (no EOS ids), as `min_new_tokens` does for generate(), so both decode
     exactly batch_size * new_tokens tokens; the KV budget fits them all, so no row is ever dropped."""
+    # One token of room beyond the run, so the rows are still running (prunable) when it ends.
+    limit = new_tokens + 1
     per_token = engine.decoder.kv_bytes_per_token()
-    planner = MemoryPlanner(budget_bytes=(len(prompt_ids) + batch_size * new_tokens) * per_token,
+    planner = MemoryPlanner(budget_bytes=(len(prompt_ids) + batch_size * limit) * per_token,
                             bytes_per_token=per_token, max_batch_size=batch_size)
-    session = Session(engine.decoder, engine.tokenizer, planner, prompt_ids, batch_size, new_tokens, sampling,
-                      new_tokens, eos_ids=set(), model_lock=engine.model_lock)
+    session = Session(engine.decoder, engine.tokenizer, planner, prompt_ids, batch_size, limit, sampling,
+                      limit, eos_ids=set(), model_lock=engine.model_lock)
     try:
         began = time.perf_counter()
         session.start()
-        session.advance(new_tokens)
+        advanced = session.advance(new_tokens)
         _synchronize(engine.device)
         seconds = time.perf_counter() - began
         decoded = sum(len(sequence.tokens) for sequence in session.sequences)
+        before = session.kv_cache_bytes
+        prune_seconds = session.prune(list(range(0, batch_size, 2)))
+        _synchronize(engine.device)
+        after = session.kv_cache_bytes
     finally:
         session.close()
     if decoded != batch_size * new_tokens:
         raise RuntimeError(f"the engine decoded {decoded} tokens, not {batch_size} x {new_tokens}")
-    return seconds
+    step = sum(advanced.step_seconds) / max(len(advanced.step_seconds), 1)
+    return EngineRun(seconds, step, prune_seconds, before, after)
 
 
 @torch.inference_mode()
@@ -72,13 +90,13 @@ def measure_throughput(engine, model, prompt_ids: list[int], batch_sizes: Sequen
                        step: Callable[[str], None] = lambda _: None) -> list[ThroughputRow]:
     """Tokens per second (batch size x new tokens over wall seconds, prefill included) of both, at
     each batch size; `repeats` alternating measurements of each, pooled as total tokens / total time."""
-    engine_seconds(engine, prompt_ids, *_WARM_UP, sampling)
+    engine_run(engine, prompt_ids, *_WARM_UP, sampling)
     generate_seconds(model, prompt_ids, *_WARM_UP, sampling, pad_token_id)
     rows = []
     for batch_size in batch_sizes:
         ours, theirs = [], []
         sides = [
-            ("engine", lambda: ours.append(engine_seconds(engine, prompt_ids, batch_size, new_tokens, sampling))),
+            ("engine", lambda: ours.append(engine_run(engine, prompt_ids, batch_size, new_tokens, sampling))),
             ("generate()", lambda: theirs.append(
                 generate_seconds(model, prompt_ids, batch_size, new_tokens, sampling, pad_token_id))),
         ]
@@ -87,7 +105,12 @@ def measure_throughput(engine, model, prompt_ids: list[int], batch_sizes: Sequen
                 measure()
                 step(f"throughput: {name} at batch {batch_size}")
         tokens = batch_size * new_tokens * repeats
-        rows.append(ThroughputRow(batch_size, len(prompt_ids), new_tokens, tokens / sum(ours), tokens / sum(theirs)))
+        rows.append(ThroughputRow(
+            batch_size, len(prompt_ids), new_tokens, tokens / sum(run.seconds for run in ours), tokens / sum(theirs),
+            decode_step_seconds=statistics.median(run.decode_step_seconds for run in ours),
+            prune_seconds=statistics.median(run.prune_seconds for run in ours),
+            kv_bytes_before_prune=ours[-1].kv_bytes_before_prune, kv_bytes_after_prune=ours[-1].kv_bytes_after_prune,
+        ))
     return rows
 
 
