@@ -16,7 +16,7 @@ PROMPTS = ROOT / "data" / "alpaca_farm_100.json"
 
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m coordinator.demo", description=__doc__)
-    parser.add_argument("--prompt-index", type=int, default=1, help="which AlpacaFarm prompt of data/alpaca_farm_100.json")
+    parser.add_argument("--prompt-index", type=int, default=5, help="which AlpacaFarm prompt of data/alpaca_farm_100.json")
     parser.add_argument("--n", type=int, default=32)
     parser.add_argument("--max-new-tokens", type=int, default=128)
     parser.add_argument("--rejection-rate", type=float, default=0.5)
