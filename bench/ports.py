@@ -12,7 +12,7 @@ import time
 
 import grpc
 
-from common.chat import PromptError, prompt_token_ids
+from common.chat import PromptError, message_dicts, prompt_token_ids
 from coordinator.clients import GeneratorClient, RewardClient, ServiceError
 from coordinator.pipeline import Pipeline
 from coordinator.request import plan_request
@@ -38,7 +38,7 @@ class InProcessSession:
         self.session = None
 
     def start(self, start: generator_pb2.StartSession) -> generator_pb2.SessionStarted:
-        messages = [{"role": m.role or "user", "content": m.content} for m in start.messages]
+        messages = message_dicts(start.messages)
         try:
             self.session = self.engine.open_session(
                 messages, n=start.n, max_new_tokens=start.max_new_tokens,

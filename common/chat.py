@@ -5,6 +5,11 @@ class PromptError(ValueError):
     pass
 
 
+def message_dicts(messages) -> list[dict]:
+    """specrej.v1 Message objects as the dicts chat templates take; a missing role means the user."""
+    return [{"role": m.role or "user", "content": m.content} for m in messages]
+
+
 def prompt_token_ids(tokenizer, messages: list[dict]) -> list[int]:
     """Token ids of the conversation, ready for the assistant's reply."""
     if not messages:

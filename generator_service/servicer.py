@@ -3,7 +3,7 @@ import logging
 
 import grpc
 
-from common.chat import PromptError
+from common.chat import PromptError, message_dicts
 from specrej.v1 import generator_pb2 as pb
 from specrej.v1 import generator_pb2_grpc
 from . import metrics
@@ -67,7 +67,7 @@ class GeneratorServicer(generator_pb2_grpc.GeneratorServicer):
             context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, str(error))
 
     def _run(self, engine, start, request_iterator, context):
-        messages = [{"role": m.role or "user", "content": m.content} for m in start.messages]
+        messages = message_dicts(start.messages)
         try:
             session = engine.open_session(
                 messages, n=start.n, max_new_tokens=start.max_new_tokens, sampling=sampling_params(start.sampling),

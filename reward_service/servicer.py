@@ -4,7 +4,7 @@ import time
 
 import grpc
 
-from common.chat import PromptError
+from common.chat import PromptError, message_dicts
 from specrej.v1 import reward_pb2 as pb
 from specrej.v1 import reward_pb2_grpc
 from . import metrics
@@ -13,7 +13,7 @@ from .scorers import Scored
 
 def score(scorer, request: pb.ScoreRequest) -> tuple[pb.ScoreResponse, Scored]:
     """Score a request's responses; raises PromptError for a conversation the template rejects."""
-    messages = [{"role": m.role or "user", "content": m.content} for m in request.messages]
+    messages = message_dicts(request.messages)
     began = time.perf_counter()
     scored = scorer.score(messages, [i.response for i in request.items], [i.complete for i in request.items])
     seconds = time.perf_counter() - began
