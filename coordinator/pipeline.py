@@ -109,7 +109,7 @@ class Pipeline:
                 running[0].finish_reason = "length"
                 break
             yield self._decide(live, advanced, position, round_began)
-        yield self._result(self.started, candidates, live)
+        yield self._result(candidates, live)
 
     def _decide(self, live: dict, advanced, position: int, round_began) -> pb.Round:
         order = list(live.values())
@@ -131,7 +131,7 @@ class Pipeline:
         self.rounds.append(record)
         return record
 
-    def _result(self, started, candidates: dict, live: dict) -> pb.GenerateResponse:
+    def _result(self, candidates: dict, live: dict) -> pb.GenerateResponse:
         finalists = sorted(live.values(), key=lambda c: c.index)
         scores = self._scores(finalists)
         ranked = schedule.rank([schedule.Ranked(c.index, s, True) for c, s in zip(finalists, scores)])
@@ -142,12 +142,12 @@ class Pipeline:
         ]
         latency = time.perf_counter() - self.clock.began
         return pb.GenerateResponse(best=chosen[0], ranked=chosen, stats=pb.Stats(
-            initial_n=started.n, rounds=self.rounds,
+            initial_n=self.started.n, rounds=self.rounds,
             generated_tokens=sum(c.num_tokens for c in candidates.values()),
-            prompt_tokens=started.prompt_tokens, latency_seconds=latency,
+            prompt_tokens=self.started.prompt_tokens, latency_seconds=latency,
             generate_seconds=self.clock.generate, score_seconds=self.clock.score,
             coordinator_seconds=max(0.0, latency - self.clock.generate - self.clock.score),
             scored_tokens=self.scored_tokens, seed=self.plan.seed, rejection_rate=self.plan.rejection_rate,
             method=self.plan.method, prefill_seconds=self.clock.prefill,
-            kv_cache_budget_bytes=started.kv_cache_budget_bytes,
+            kv_cache_budget_bytes=self.started.kv_cache_budget_bytes,
         ))
