@@ -1,5 +1,6 @@
 """python -m reward_service: score (prompt, response) pairs with a reward model over gRPC."""
 import argparse
+import asyncio
 import logging
 
 from common.flags import add_flag, add_model_service_flags
@@ -19,27 +20,32 @@ def parse_args(argv=None) -> argparse.Namespace:
 def main(argv=None) -> None:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    asyncio.run(serve(args))
+
+
+async def serve(args) -> None:
     from common import metrics as common_metrics
     from common.models import choose_device, choose_dtype, resolve_model
-    from common.server import Server
+    from common.server import Server, ServerOptions
     from specrej.v1 import reward_pb2, reward_pb2_grpc
     from .scorers import load_scorer
     from .servicer import RewardServicer
 
-    server = Server("reward", [reward_pb2.DESCRIPTOR.services_by_name["Reward"].full_name], host=args.host,
-                    port=args.port, max_workers=args.max_workers, metrics_port=args.metrics_port)
+    server = Server("reward", [reward_pb2.DESCRIPTOR.services_by_name["Reward"].full_name],
+                    ServerOptions.from_args(args))
     model_name = args.model or "SmolLM2-135M-Instruct (embedded)"
     servicer = RewardServicer(model_name=model_name)
     reward_pb2_grpc.add_RewardServicer_to_server(servicer, server.grpc)
-    server.start()
+    await server.start()
     device = choose_device(args.device)
     dtype = choose_dtype(args.dtype, device)
-    servicer.scorer = load_scorer(args.scorer, resolve_model(args.model, args.model_cache), device, dtype,
-                                  args.token_budget)
+    # Loading takes seconds to minutes; health keeps answering NOT_SERVING meanwhile.
+    servicer.scorer = await asyncio.to_thread(
+        load_scorer, args.scorer, resolve_model(args.model, args.model_cache), device, dtype, args.token_budget)
     common_metrics.set_build_info("reward", model_name, str(dtype).removeprefix("torch."), str(device))
     common_metrics.register_device_metrics("reward", device)
-    server.mark_serving()
-    server.wait()
+    await server.mark_serving()
+    await server.serve_until_signalled()
 
 
 if __name__ == "__main__":

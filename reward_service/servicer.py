@@ -1,10 +1,10 @@
 """gRPC translation for the reward service."""
+import asyncio
 import threading
 import time
 
-import grpc
-
 from common.chat import PromptError, message_dicts
+from common.errors import FieldError, Overloaded, Unavailable
 from specrej.v1 import reward_pb2 as pb
 from specrej.v1 import reward_pb2_grpc
 from . import metrics
@@ -28,27 +28,29 @@ class RewardServicer(reward_pb2_grpc.RewardServicer):
         # One forward pass at a time: the model is the bottleneck, and this bounds peak memory.
         self._model_lock = threading.Lock()
 
-    def _ready_scorer(self, context):
+    def _ready_scorer(self):
         if self.scorer is None:
-            context.abort(grpc.StatusCode.UNAVAILABLE, "the reward service is still loading its model")
+            raise Unavailable("the reward service is still loading its model")
         return self.scorer
 
-    def Info(self, request, context):
-        scorer = self._ready_scorer(context)
+    async def Info(self, request, context):
+        scorer = self._ready_scorer()
         return pb.RewardInfoResponse(model=self.model_name, scorer=scorer.name, device=str(scorer.device),
                                      dtype=str(scorer.model.dtype).removeprefix("torch."))
 
-    def Score(self, request, context):
-        scorer = self._ready_scorer(context)
+    async def Score(self, request, context):
+        scorer = self._ready_scorer()
         if not request.messages:
-            context.abort(grpc.StatusCode.INVALID_ARGUMENT, "messages: at least one message is required")
+            raise FieldError("messages", "at least one message is required")
         if len(request.items) > self.max_items:
-            context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED,
-                          f"items: {len(request.items)} responses in one request; the limit is {self.max_items}")
+            raise Overloaded(f"items: {len(request.items)} responses in one request; the limit is {self.max_items}")
         try:
-            with self._model_lock:
-                response, scored = score(scorer, request)
+            response, scored = await asyncio.to_thread(self._score_locked, scorer, request)
         except PromptError as error:
-            context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"messages: {error}")
+            raise FieldError("messages", str(error)) from None
         metrics.observe(scored, response.score_seconds)
         return response
+
+    def _score_locked(self, scorer, request):
+        with self._model_lock:
+            return score(scorer, request)
