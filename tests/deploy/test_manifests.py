@@ -19,6 +19,7 @@ import re
 import shutil
 import subprocess
 import sys
+import tempfile
 
 import pytest
 import yaml
@@ -105,16 +106,36 @@ def render_overlay(name: str) -> list[dict]:
     return render(K8S / "overlays" / name)
 
 
-def render_with_components(tmp_path: pathlib.Path, overlay: str, *components: str) -> list[dict]:
+@functools.cache
+def _render_with_components(overlay: str, components: tuple[str, ...]) -> tuple:
     """An overlay plus components, through a throwaway kustomization (kustomize wants relative paths)."""
-    rel = pathlib.Path(os.path.relpath(K8S, tmp_path))
-    (tmp_path / "kustomization.yaml").write_text(yaml.safe_dump({
-        "apiVersion": "kustomize.config.k8s.io/v1beta1",
-        "kind": "Kustomization",
-        "resources": [str(rel / "overlays" / overlay)],
-        "components": [str(rel / "components" / c) for c in components],
-    }))
-    return render(tmp_path)
+    with tempfile.TemporaryDirectory() as folder:
+        rel = pathlib.Path(os.path.relpath(K8S, folder))
+        (pathlib.Path(folder) / "kustomization.yaml").write_text(yaml.safe_dump({
+            "apiVersion": "kustomize.config.k8s.io/v1beta1",
+            "kind": "Kustomization",
+            "resources": [str(rel / "overlays" / overlay)],
+            "components": [str(rel / "components" / c) for c in components],
+        }))
+        return tuple(render(pathlib.Path(folder)))
+
+
+def render_with_components(overlay: str, *components: str) -> list[dict]:
+    return [json.loads(json.dumps(o)) for o in _render_with_components(overlay, components)]
+
+
+# Components an overlay does not already include, that a cluster operator adds to one.
+OPTIONAL_COMPONENTS = tuple(sorted(p.name for p in (K8S / "components").iterdir()
+                                   if (p / "kustomization.yaml").is_file() and p.name != "monitoring"))
+# Every overlay alone, every optional component on each overlay, and all of them on the gpu overlay.
+RENDERINGS = list(dict.fromkeys([(o, ()) for o in OVERLAYS]
+                                 + [(o, (c,)) for o in OVERLAYS for c in OPTIONAL_COMPONENTS]
+                                 + [("gpu", OPTIONAL_COMPONENTS)]))
+RENDERING_IDS = ["+".join((o, *c)) for o, c in RENDERINGS]
+
+
+def render_rendering(overlay: str, components: tuple[str, ...]) -> list[dict]:
+    return render_with_components(overlay, *components) if components else render_overlay(overlay)
 
 
 def by_kind(objects: list[dict], kind: str) -> dict[str, dict]:
@@ -159,6 +180,22 @@ def test_overlay_objects_validate_against_kubernetes_schemas(overlay):
     objects = render_overlay(overlay)
     problems = validate_objects(objects)
     assert not problems, "\n".join(problems)
+
+
+# Kinds that live outside any namespace (kubectl api-resources --namespaced=false), among those we use.
+CLUSTER_SCOPED = {"Namespace", "ClusterIssuer", "ClusterRole", "ClusterRoleBinding", "PersistentVolume",
+                  "StorageClass", "CustomResourceDefinition", "PriorityClass"}
+
+
+@pytest.mark.parametrize("overlay, components", RENDERINGS, ids=RENDERING_IDS)
+def test_every_namespaced_object_is_in_the_overlays_namespace(overlay, components):
+    """Objects that components add must land in the same namespace as the Deployments: a
+    PodMonitor or PVC without one would be created in whatever namespace kubectl points at."""
+    objects = render_rendering(overlay, components)
+    (namespace,) = by_kind(objects, "Namespace")
+    misplaced = [f"{o['kind']}/{o['metadata']['name']}: {o['metadata'].get('namespace')}"
+                 for o in objects if o["kind"] not in CLUSTER_SCOPED and o["metadata"].get("namespace") != namespace]
+    assert not misplaced, f"not in namespace {namespace}: {misplaced}"
 
 
 def validate_objects(objects: list[dict]) -> list[str]:
@@ -364,8 +401,8 @@ def test_cpu_overlay_needs_no_gpu_and_no_operator():
     assert environment(objects, deployment(objects, "generator"))["SPECREJ_KV_CACHE_BUDGET"] == "2GiB"
 
 
-def test_shared_model_cache_component(tmp_path):
-    objects = render_with_components(tmp_path, "gpu", "shared-model-cache")
+def test_shared_model_cache_component():
+    objects = render_with_components("gpu", "shared-model-cache")
     assert not validate_objects(objects)
     claims = by_kind(objects, "PersistentVolumeClaim")
     assert len(claims) == 1
