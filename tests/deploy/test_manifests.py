@@ -340,6 +340,93 @@ def test_services_are_wired_together(overlay):
     assert 1 <= hpa["spec"]["minReplicas"] <= hpa["spec"]["maxReplicas"]
 
 
+_QUANTITY_SUFFIXES = {"": 1, "k": 1e3, "M": 1e6, "G": 1e9, "T": 1e12, "Ki": 2**10, "Mi": 2**20, "Gi": 2**30,
+                      "Ti": 2**40, "m": 1e-3}
+
+
+def quantity(value) -> float:
+    """A Kubernetes resource quantity ('64Gi', '250m', 2) as a number."""
+    number, suffix = re.fullmatch(r"([0-9.]+)([a-zA-Z]*)", str(value)).groups()
+    return float(number) * _QUANTITY_SUFFIXES[suffix]
+
+
+def min_replicas(objects: list[dict], d: dict) -> int:
+    """The fewest replicas a Deployment runs: its own count, or its autoscaler's minimum."""
+    name = d["metadata"]["name"]
+    for hpa in by_kind(objects, "HorizontalPodAutoscaler").values():
+        if hpa["spec"]["scaleTargetRef"]["name"] == name:
+            return hpa["spec"]["minReplicas"]
+    for scaled in by_kind(objects, "ScaledObject").values():
+        if scaled["spec"]["scaleTargetRef"]["name"] == name:
+            return scaled["spec"]["minReplicaCount"]
+    return d["spec"].get("replicas", 1)
+
+
+def prestop_sleep_seconds(c: dict) -> int:
+    command = c["lifecycle"]["preStop"]["exec"]["command"]
+    assert command[0] == "sleep", command
+    return int(command[1])
+
+
+@pytest.mark.parametrize("overlay, components", RENDERINGS, ids=RENDERING_IDS)
+def test_drain_fits_in_the_termination_grace_period(overlay, components):
+    """SIGTERM comes after the preStop sleep; the kubelet kills the pod terminationGracePeriodSeconds
+    after the start of termination. The drain grace must fit in between, and be long enough for a
+    request that runs to the coordinator's default deadline."""
+    objects = render_rendering(overlay, components)
+    coordinator_env = environment(objects, deployment(objects, "coordinator"))
+    default_timeout = float(coordinator_env["SPECREJ_DEFAULT_TIMEOUT"])
+    for d in by_kind(objects, "Deployment").values():
+        name, c = d["metadata"]["name"], container(d)
+        drain = float(environment(objects, d)["SPECREJ_DRAIN_GRACE_SECONDS"])
+        sleep = prestop_sleep_seconds(c)
+        assert sleep >= 5, f"{name}: the preStop sleep must give endpoints and DNS time to drop the pod"
+        grace = d["spec"]["template"]["spec"]["terminationGracePeriodSeconds"]
+        assert grace > sleep + drain, f"{name}: terminationGracePeriodSeconds {grace} <= preStop {sleep} + drain {drain}"
+        assert drain >= default_timeout, f"{name}: drain grace {drain} < coordinator default timeout {default_timeout}"
+
+
+@pytest.mark.parametrize("overlay, components", RENDERINGS, ids=RENDERING_IDS)
+def test_rollouts_and_disruptions_leave_a_pod_serving(overlay, components):
+    objects = render_rendering(overlay, components)
+    pdbs = by_kind(objects, "PodDisruptionBudget")
+    for d in by_kind(objects, "Deployment").values():
+        name, replicas = d["metadata"]["name"], min_replicas(objects, d)
+        rolling = d["spec"]["strategy"]["rollingUpdate"]
+        surge, unavailable = int(rolling["maxSurge"]), int(rolling["maxUnavailable"])
+        assert replicas - unavailable >= 1, f"{name}: a rollout of {replicas} with maxUnavailable {unavailable}"
+        assert surge + unavailable >= 1, f"{name}: a rollout that can make no progress"
+        (pdb,) = [p for p in pdbs.values()
+                  if selects(p["spec"]["selector"]["matchLabels"], d["spec"]["template"]["metadata"]["labels"])]
+        spec = pdb["spec"]
+        allowed = spec["maxUnavailable"] if "maxUnavailable" in spec else replicas - spec["minAvailable"]
+        assert allowed >= 1, f"{name}: PodDisruptionBudget {pdb['metadata']['name']} would block node drains"
+        if replicas >= 2:
+            assert replicas - allowed >= 1, f"{name}: a node drain could take every replica"
+
+
+@pytest.mark.parametrize("overlay, components", RENDERINGS, ids=RENDERING_IDS)
+def test_pod_resources_and_spread(overlay, components):
+    objects = render_rendering(overlay, components)
+    for d in by_kind(objects, "Deployment").values():
+        name, pod, c = d["metadata"]["name"], d["spec"]["template"]["spec"], container(d)
+        requests, limits = c["resources"]["requests"], c["resources"]["limits"]
+        if "nvidia.com/gpu" in limits:  # Guaranteed QoS: evicted last, exclusive cores
+            for resource in ("cpu", "memory"):
+                assert resource in requests and quantity(requests[resource]) == quantity(limits.get(resource, -1)), \
+                    f"{name}: {resource} requests != limits, so not in the Guaranteed QoS class"
+        empty_dirs = [v["emptyDir"] for v in pod.get("volumes", []) if "emptyDir" in v]
+        if empty_dirs:
+            assert all("sizeLimit" in e for e in empty_dirs), f"{name}: an emptyDir without a sizeLimit"
+            assert "ephemeral-storage" in requests and "ephemeral-storage" in limits, name
+            assert quantity(limits["ephemeral-storage"]) >= sum(quantity(e["sizeLimit"]) for e in empty_dirs), \
+                f"{name}: the ephemeral-storage limit is below the emptyDirs' size limits"
+        own_labels = d["spec"]["template"]["metadata"]["labels"]
+        spread = [t["topologyKey"] for t in pod.get("topologySpreadConstraints", [])
+                  if selects(t["labelSelector"]["matchLabels"], own_labels)]
+        assert "kubernetes.io/hostname" in spread, f"{name}: replicas are not spread over nodes"
+
+
 @pytest.mark.parametrize("overlay", OVERLAYS)
 def test_pod_monitor_scrapes_every_service(overlay):
     objects = render_overlay(overlay)
