@@ -427,6 +427,145 @@ def test_pod_resources_and_spread(overlay, components):
         assert "kubernetes.io/hostname" in spread, f"{name}: replicas are not spread over nodes"
 
 
+# --- network policies: the paths they allow, evaluated as Kubernetes does --------------------------
+
+class Endpoint:
+    """A pod (namespace, its labels, the pod's labels, named ports) or, with namespace None, an
+    address outside the cluster."""
+
+    def __init__(self, namespace: str | None, labels: dict, ports: dict[str, int] | None = None):
+        self.namespace = namespace
+        self.namespace_labels = {"kubernetes.io/metadata.name": namespace} if namespace else {}
+        self.labels = labels
+        self.ports = ports or {}
+
+
+def label_selector_matches(selector: dict, labels: dict) -> bool:
+    unknown = set(selector) - {"matchLabels", "matchExpressions"}
+    assert not unknown, f"selector fields this evaluator does not know: {unknown}"
+    if not selects(selector.get("matchLabels", {}), labels):
+        return False
+    for e in selector.get("matchExpressions", []):
+        present, value = e["key"] in labels, labels.get(e["key"])
+        if not {"In": present and value in e.get("values", []),
+                "NotIn": not present or value not in e.get("values", []),
+                "Exists": present, "DoesNotExist": not present}[e["operator"]]:
+            return False
+    return True
+
+
+def peer_matches(peer: dict, policy_namespace: str, other: Endpoint) -> bool:
+    unknown = set(peer) - {"podSelector", "namespaceSelector"}
+    assert not unknown, f"peer fields this evaluator does not know: {unknown}"
+    if other.namespace is None:  # pod and namespace selectors never match outside addresses
+        return False
+    if "namespaceSelector" in peer:
+        in_namespace = label_selector_matches(peer["namespaceSelector"], other.namespace_labels)
+    else:
+        in_namespace = other.namespace == policy_namespace
+    return in_namespace and label_selector_matches(peer.get("podSelector", {}), other.labels)
+
+
+def port_matches(entries: list[dict] | None, destination: Endpoint, port: int, protocol: str) -> bool:
+    if not entries:
+        return True
+    for entry in entries:
+        wanted = entry.get("port")
+        number = destination.ports.get(wanted) if isinstance(wanted, str) else wanted
+        if entry.get("protocol", "TCP") == protocol and (wanted is None or number == port):
+            return True
+    return False
+
+
+def direction_allows(policies: list[dict], direction: str, pod: Endpoint, other: Endpoint,
+                     destination: Endpoint, port: int, protocol: str) -> bool:
+    """Whether `pod`'s policies of this direction ("Ingress"/"Egress") let it talk with `other`."""
+    if pod.namespace is None:
+        return True  # outside the cluster: no policy applies
+    peers_key = "from" if direction == "Ingress" else "to"
+    isolating = [p for p in policies if p["metadata"]["namespace"] == pod.namespace
+                 and direction in p["spec"]["policyTypes"]
+                 and label_selector_matches(p["spec"]["podSelector"], pod.labels)]
+    if not isolating:
+        return True
+    for p in isolating:
+        for rule in p["spec"].get(direction.lower(), []):
+            peers = rule.get(peers_key)
+            if (not peers or any(peer_matches(peer, p["metadata"]["namespace"], other) for peer in peers)) \
+                    and port_matches(rule.get("ports"), destination, port, protocol):
+                return True
+    return False
+
+
+def connection_allowed(policies: list[dict], source: Endpoint, destination: Endpoint, port: int | str,
+                       protocol: str = "TCP") -> bool:
+    number = destination.ports[port] if isinstance(port, str) else port
+    return (direction_allows(policies, "Egress", source, destination, destination, number, protocol)
+            and direction_allows(policies, "Ingress", destination, source, destination, number, protocol))
+
+
+@pytest.mark.parametrize("overlay, components", RENDERINGS, ids=RENDERING_IDS)
+def test_network_policies(overlay, components):
+    objects = render_rendering(overlay, components)
+    policies = list(by_kind(objects, "NetworkPolicy").values())
+    (namespace,) = by_kind(objects, "Namespace")
+    pods = {}
+    for component in ("coordinator", "generator", "reward"):
+        d = deployment(objects, component)
+        pods[component] = Endpoint(namespace, d["spec"]["template"]["metadata"]["labels"],
+                                   {p["name"]: p["containerPort"] for p in container(d)["ports"]})
+    prometheus = Endpoint("monitoring", {"app.kubernetes.io/name": "prometheus"})
+    neighbour = Endpoint(namespace, {"app": "debug-shell"})  # a pod someone starts in the namespace
+    elsewhere = Endpoint("default", {"app": "client"})
+    dns = Endpoint("kube-system", {"k8s-app": "kube-dns"}, {"dns": 53})
+    internet = Endpoint(None, {})
+    coordinator, generator, reward = pods["coordinator"], pods["generator"], pods["reward"]
+
+    def allowed(source, destination, port, protocol="TCP"):
+        return connection_allowed(policies, source, destination, port, protocol)
+
+    problems = []
+    for model in (generator, reward):
+        if not allowed(coordinator, model, "grpc"):
+            problems.append(f"coordinator cannot call {model.labels['app.kubernetes.io/name']}")
+        for intruder in (generator, reward, neighbour, elsewhere, prometheus, internet):
+            if allowed(intruder, model, "grpc"):
+                problems.append(f"{intruder.labels} reaches {model.labels['app.kubernetes.io/name']}'s gRPC port")
+    for name, pod in pods.items():
+        if not allowed(prometheus, pod, "metrics"):
+            problems.append(f"Prometheus in the monitoring namespace cannot scrape {name}")
+        for intruder in (neighbour, elsewhere, internet, *(p for p in pods.values() if p is not pod)):
+            if allowed(intruder, pod, "metrics"):
+                problems.append(f"{intruder.labels} reaches {name}'s metrics port")
+        for protocol in ("UDP", "TCP"):
+            if not allowed(pod, dns, "dns", protocol):
+                problems.append(f"{name} cannot resolve names over {protocol}")
+        if allowed(pod, internet, 80):
+            problems.append(f"{name} reaches the internet on port 80")
+    if not allowed(elsewhere, coordinator, "grpc") or not allowed(internet, coordinator, "grpc"):
+        problems.append("clients cannot reach the coordinator's public API")
+    if allowed(coordinator, internet, 443):
+        problems.append("the coordinator needs no internet")
+    if allowed(neighbour, elsewhere, 8080) or allowed(elsewhere, neighbour, 8080):
+        problems.append("the namespace is not denied by default")
+    assert not problems, "\n".join(problems)
+
+
+def test_network_policy_evaluator_sees_isolation():
+    """As in Kubernetes: a pod no policy selects is open; one that any policy selects is closed
+    except for what some policy allows."""
+    policies = by_kind(render_overlay("cpu"), "NetworkPolicy")
+    d = deployment(render_overlay("cpu"), "generator")
+    generator = Endpoint("specrej", d["spec"]["template"]["metadata"]["labels"],
+                         {p["name"]: p["containerPort"] for p in container(d)["ports"]})
+    client = Endpoint("default", {})
+    assert connection_allowed([], client, generator, 8080)
+    assert not connection_allowed([policies["specrej-default-deny"]], client, generator, 8080)
+    assert connection_allowed([policies["specrej-metrics-from-monitoring"]], Endpoint("monitoring", {}),
+                              generator, "metrics")
+    assert not connection_allowed([policies["specrej-metrics-from-monitoring"]], client, generator, "metrics")
+
+
 @pytest.mark.parametrize("overlay", OVERLAYS)
 def test_pod_monitor_scrapes_every_service(overlay):
     objects = render_overlay(overlay)
