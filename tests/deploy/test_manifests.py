@@ -920,6 +920,29 @@ def test_alerts_use_known_metrics():
         assert rule["labels"]["severity"] in {"warning", "critical"}
         assert rule["annotations"]["summary"] and rule["annotations"]["description"]
     assert "0.95" in alerts["SpecRejKVCacheNearlyFull"]["expr"] and alerts["SpecRejKVCacheNearlyFull"]["for"] == "5m"
+    assert {"SpecRejTargetMissing", "SpecRejAdmissionRejections", "SpecRejAdmissionWaitHigh"} <= set(alerts)
+    assert "absent(" in alerts["SpecRejTargetMissing"]["expr"]
+
+
+def readme_anchors(path: pathlib.Path) -> set[str]:
+    """The anchors GitHub gives a Markdown file's headings."""
+    anchors = set()
+    for line in path.read_text().splitlines():
+        match = re.match(r"#+\s+(.*)", line)
+        if match:
+            anchors.add(re.sub(r"[^\w\- ]", "", match.group(1).strip().lower()).replace(" ", "-"))
+    return anchors
+
+
+def test_every_alert_links_to_its_runbook():
+    groups = yaml.safe_load((PROMETHEUS / "alerts.yml").read_text())["groups"]
+    anchors = readme_anchors(DEPLOY / "README.md")
+    for rule in (r for g in groups for r in g["rules"] if "alert" in r):
+        url = rule["annotations"].get("runbook_url", "")
+        path, _, anchor = url.partition("#")
+        assert path == "deploy/README.md", f"{rule['alert']}: runbook_url {url!r}"
+        assert anchor == rule["alert"].lower() and anchor in anchors, \
+            f"{rule['alert']}: deploy/README.md has no section #{anchor}"
 
 
 # --- promtool -------------------------------------------------------------------------------------
