@@ -627,6 +627,71 @@ def test_autoscaling_component(overlay, tmp_path):
     assert result.returncode == 0, result.stdout + result.stderr
 
 
+def mounted_file(d: dict, path: str) -> tuple[str, str]:
+    """(Secret name, key) that a file path inside the container comes from; fails if none."""
+    c, pod = container(d), d["spec"]["template"]["spec"]
+    volumes = {v["name"]: v for v in pod.get("volumes", [])}
+    for mount in c.get("volumeMounts", []):
+        prefix = mount["mountPath"].rstrip("/") + "/"
+        if path.startswith(prefix) and "secret" in volumes[mount["name"]]:
+            return volumes[mount["name"]]["secret"]["secretName"], path[len(prefix):]
+    pytest.fail(f"{d['metadata']['name']}: {path} is not in a mounted Secret")
+
+
+CERT_MANAGER_KEYS = {"tls.crt", "tls.key", "ca.crt"}  # what cert-manager writes into a Certificate's Secret
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_tls_component(overlay):
+    from common.health_probe import parse_args
+
+    objects = render_with_components(overlay, "tls")
+    assert not validate_objects(objects)
+    certificates = {c["spec"]["secretName"]: c for c in by_kind(objects, "Certificate").values()}
+    issuers = by_kind(objects, "Issuer")
+    for certificate in certificates.values():
+        assert certificate["spec"]["issuerRef"]["name"] in issuers, certificate["metadata"]["name"]
+    coordinator_env = environment(objects, deployment(objects, "coordinator"))
+    dialled = {"generator": coordinator_env["SPECREJ_GENERATOR"], "reward": coordinator_env["SPECREJ_REWARD"]}
+
+    for component in ("coordinator", "generator", "reward"):
+        d = deployment(objects, component)
+        env, c = environment(objects, d), container(d)
+        grpc_port = next(p["containerPort"] for p in c["ports"] if p["name"] == "grpc")
+        secret, _ = mounted_file(d, env["SPECREJ_TLS_CERT"])
+        assert secret in certificates, f"{component}: mounts {secret}, which no Certificate produces"
+        files = {"SPECREJ_TLS_CERT": "tls.crt", "SPECREJ_TLS_KEY": "tls.key"}
+        if component == "coordinator":  # callers bring a token; the model services get mTLS
+            files.update(SPECREJ_UPSTREAM_TLS_CA="ca.crt", SPECREJ_UPSTREAM_TLS_CERT="tls.crt",
+                         SPECREJ_UPSTREAM_TLS_KEY="tls.key")
+            assert "SPECREJ_TLS_CLIENT_CA" not in env
+            token_secret, _ = mounted_file(d, env["SPECREJ_AUTH_TOKEN_FILE"])
+            assert token_secret not in certificates
+        else:
+            files["SPECREJ_TLS_CLIENT_CA"] = "ca.crt"
+            host = dialled[component].removeprefix("dns:///").rsplit(":", 1)[0]
+            assert host in certificates[secret]["spec"]["dnsNames"], f"the coordinator dials {host}"
+        for variable, key in files.items():
+            assert mounted_file(d, env[variable]) == (secret, key), f"{component}: {variable}"
+        assert "127.0.0.1" in certificates[secret]["spec"].get("ipAddresses", []), "the probes dial 127.0.0.1"
+
+        for kind in ("startupProbe", "readinessProbe", "livenessProbe"):
+            probe = c[kind]
+            assert set(probe) & {"grpc", "httpGet", "tcpSocket"} == set(), f"{component} {kind}: one handler"
+            command = probe["exec"]["command"]
+            assert command[:3] == ["python", "-m", "common.health_probe"], command
+            args = parse_args(command[3:])
+            assert args.address == f"127.0.0.1:{grpc_port}", f"{component} {kind}"
+            assert args.timeout < probe["timeoutSeconds"], f"{component} {kind}: the kubelet would kill it first"
+            assert mounted_file(d, args.tls_ca) == (secret, "ca.crt")
+            if "SPECREJ_TLS_CLIENT_CA" in env:
+                assert mounted_file(d, args.tls_cert) == (secret, "tls.crt"), f"{component} {kind}: mTLS"
+                assert mounted_file(d, args.tls_key) == (secret, "tls.key"), f"{component} {kind}: mTLS"
+    for s in by_kind(objects, "Service").values():
+        grpc_port = next(p for p in s["spec"]["ports"] if p["name"] == "grpc")
+        assert grpc_port.get("appProtocol") != "kubernetes.io/h2c", f"{s['metadata']['name']}: not cleartext now"
+
+
 @pytest.mark.parametrize("overlay", OVERLAYS)
 def test_pod_monitor_scrapes_every_service(overlay):
     objects = render_overlay(overlay)
