@@ -35,8 +35,13 @@ RUN set -eux; \
     useradd --uid 10001 --gid 10001 --no-create-home --home-dir /tmp specrej
 COPY --from=protos /src/specrej/ /app/specrej/
 COPY . /app
-# Fail the build, not the pod, if the coordinator imports something this image lacks.
-RUN python -m coordinator --help > /dev/null
+# Fail the build, not the pod, if the coordinator imports something this image lacks: --help,
+# the modules it uses once serving (gRPC, metrics, the TLS health probe), and the `sleep` of the
+# Kubernetes preStop hook.
+RUN set -eux; \
+    python -m coordinator --help > /dev/null; \
+    python -c "import grpc, grpc_health.v1.health, grpc_reflection.v1alpha.reflection, prometheus_client, common.health_probe"; \
+    sleep 0
 
 USER 10001:10001
 EXPOSE 50050 9100

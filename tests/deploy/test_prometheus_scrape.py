@@ -46,6 +46,13 @@ GPU_ONLY_METRICS = {
     "specrej_gpu_utilization_ratio",
 }
 
+# Series the dashboard reads that the services do not export yet: the admission controller in
+# common/server.py (shared by all three services) will export them. Remove this exclusion when it
+# does; test_not_yet_exported_metrics_are_still_missing says when.
+NOT_YET_EXPORTED_METRICS = {
+    "specrej_admission_queued", "specrej_admission_wait_seconds_bucket", "specrej_admission_rejected_total",
+}
+
 PROMPT = "Write a short poem about the sea."
 
 
@@ -86,6 +93,14 @@ def metric_names(expr: str) -> set[str]:
 
 def gpu_only(expr: str) -> bool:
     return bool(metric_names(expr) & GPU_ONLY_METRICS)
+
+
+def not_exported_yet(expr: str) -> bool:
+    return bool(metric_names(expr) & NOT_YET_EXPORTED_METRICS)
+
+
+def unchecked(expr: str) -> bool:
+    return gpu_only(expr) or not_exported_yet(expr)
 
 
 # --- Prometheus --------------------------------------------------------------------------------
@@ -262,7 +277,7 @@ def test_every_dashboard_query_returns_data(scraped):
         "a GPU-only exclusion no longer appears in the dashboard; drop it from GPU_ONLY_METRICS"
     failures = []
     for title, ref, expr in queries:
-        if gpu_only(expr):
+        if unchecked(expr):
             continue
         promql = substitute(expr, window)
         result = prometheus.query(promql, at)
@@ -282,7 +297,7 @@ def test_gauge_panels_have_data_before_the_first_request(scraped):
     """A freshly started stack shows zeros, not 'No data', in every panel that plots a gauge."""
     prometheus, at = scraped["prometheus"], scraped["idle_at"]
     gauges = [(title, ref, expr) for title, ref, expr in dashboard_queries()
-              if not gpu_only(expr) and not re.search(r"\[\$__\w+\]", expr)]  # range vectors need traffic
+              if not unchecked(expr) and not re.search(r"\[\$__\w+\]", expr)]  # range vectors need traffic
     assert {title for title, _, _ in gauges} >= {"Requests in flight and queued", "KV-cache usage", "Build info"}
     failures = []
     for title, ref, expr in gauges:
@@ -291,6 +306,16 @@ def test_gauge_panels_have_data_before_the_first_request(scraped):
         if result.get("status") != "success" or not result["data"]["result"]:
             failures.append(_failure(title, ref, expr, promql, result))
     assert not failures, "gauge panels with no data on an idle stack:\n" + "\n".join(failures)
+
+
+def test_not_yet_exported_metrics_are_still_missing(scraped):
+    """The exclusion above is temporary: once the services export a metric, it must be checked."""
+    prometheus = scraped["prometheus"]
+    exported = set(prometheus.api("label/__name__/values")["data"])
+    assert not NOT_YET_EXPORTED_METRICS & exported, \
+        f"now exported, remove from NOT_YET_EXPORTED_METRICS: {sorted(NOT_YET_EXPORTED_METRICS & exported)}"
+    shown = {m for _, _, expr in dashboard_queries() for m in metric_names(expr)}
+    assert NOT_YET_EXPORTED_METRICS <= shown, "an exclusion the dashboard no longer needs"
 
 
 def test_every_target_is_up(scraped):
