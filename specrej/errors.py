@@ -18,13 +18,14 @@ class FieldViolation:
 class ServiceError(Exception):
     """A call that ended with a status other than OK."""
 
-    def __init__(self, code: grpc.StatusCode, message: str, *, request_id: str | None = None,
+    def __init__(self, code: grpc.StatusCode, message: str, request_id: str | None = None,
                  field_violations: tuple[FieldViolation, ...] = ()):
         self.code = code
         self.message = message
         self.request_id = request_id
         self.field_violations = tuple(field_violations)
-        super().__init__(str(self))
+        # The constructor's own arguments, so that the error pickles (e.g. out of a process pool).
+        super().__init__(code, message, request_id, self.field_violations)
 
     def __str__(self) -> str:
         text = f"{self.code.name}: {self.message}"

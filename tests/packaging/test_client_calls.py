@@ -1,6 +1,7 @@
 """specrej.Client against real gRPC servers on loopback that answer as scripted: retries, backoff,
 the server's pushback, deadlines, errors with their bad fields, request ids, the bearer token,
 streams and their cancellation."""
+import pickle
 import time
 
 import grpc
@@ -93,6 +94,8 @@ def test_invalid_argument_is_not_retried_and_names_the_bad_fields(scripted):
     assert (error.code, error.message, error.request_id) == (grpc.StatusCode.INVALID_ARGUMENT, message, "request-1")
     assert error.field_violations == (FieldViolation("n", "500 candidates do not fit: at most 64"),)
     assert len(servicer.calls) == 1
+    copy = pickle.loads(pickle.dumps(error))
+    assert (copy.code, copy.field_violations, str(copy)) == (error.code, error.field_violations, str(error))
 
 
 def test_token_travels_as_bearer_authorization(scripted):
