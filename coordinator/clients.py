@@ -1,5 +1,6 @@
 """grpc.aio clients of the generator and reward services. Their failures become common.errors with
 public messages that name the service, never its address (addresses go to the log)."""
+import asyncio
 import contextlib
 import logging
 import time
@@ -92,7 +93,10 @@ class GeneratorSession:
 
     async def _send(self, command: generator_pb2.SessionCommand) -> generator_pb2.SessionEvent:
         try:
-            await self._call.write(command)
+            try:
+                await self._call.write(command)
+            except asyncio.InvalidStateError:
+                pass  # the call ended between two commands (its deadline, a generator failure): reading says how
             event = await self._call.read()
         except grpc.aio.AioRpcError as error:
             raise self._client._error(error) from None
