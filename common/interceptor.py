@@ -1,5 +1,6 @@
-"""The one place where a service's calls are counted, timed, refused while draining, and where
-the project's errors (common.errors) become gRPC statuses."""
+"""The one place where a service's calls are counted, timed, logged with their request id
+(common.requestlog), refused while draining, and where the project's errors (common.errors) and
+request bytes that do not parse become gRPC statuses."""
 import asyncio
 import logging
 import time
@@ -74,8 +75,8 @@ class _Undecodable:
 
 
 def _tolerant(deserializer):
-    """Left alone, gRPC answers bytes that do not parse with INTERNAL; here they reach the call as
-    _Undecodable, which it answers with INVALID_ARGUMENT."""
+    """Left alone, grpc.aio answers bytes that do not parse with UNKNOWN ("Unexpected DecodeError");
+    here they reach the call as _Undecodable, which it answers with INVALID_ARGUMENT."""
     if deserializer is None:
         return None
 
