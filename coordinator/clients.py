@@ -21,8 +21,10 @@ _CHANNEL_OPTIONS = [
     ("grpc.max_receive_message_length", 64 * 1024 * 1024),
     ("grpc.max_send_message_length", 64 * 1024 * 1024),
 ]
-# How long a health check of a channel that is not connected may take before the service counts as down.
-PROBE_SECONDS = 0.5
+# How long a health check of a channel that is not connected may take before the service counts as
+# down. A refused connection fails at once whatever this is; it bounds only a service that does not
+# answer, and is long enough that a busy but healthy service is not taken for a dead one.
+PROBE_SECONDS = 2.0
 
 
 def translate(error: grpc.aio.AioRpcError, service: str, target: str) -> errors.ServiceError:
