@@ -1145,12 +1145,13 @@ def local_imports(package: str) -> set[str]:
     return found
 
 
-COORDINATOR_IMAGE_PACKAGES = {"grpc", "grpc_health", "grpc_reflection", "google", "prometheus_client"}
+COORDINATOR_IMAGE_PACKAGES = {"grpc", "grpc_health", "grpc_reflection", "grpc_status", "google", "prometheus_client",
+                              "opentelemetry"}
 
 
 def test_coordinator_imports_only_what_its_image_has():
     """The coordinator image has no torch: module-level imports reachable from the coordinator
-    must be the standard library, the gRPC/protobuf/prometheus packages, or repository code."""
+    must be the standard library, the gRPC/protobuf/prometheus/OpenTelemetry packages, or repository code."""
     # The exec health probe of the TLS component runs in the coordinator's image too.
     pending, seen, third_party = [REPO / "coordinator", REPO / "common" / "health_probe.py"], set(), {}
     while pending:
