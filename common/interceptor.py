@@ -139,24 +139,25 @@ class ServingInterceptor(grpc.aio.ServerInterceptor):
                 return self
 
             async def __aexit__(self, kind, error, traceback):
+                # The call is counted and logged before its status leaves, so whoever sees the
+                # status also finds the call in the metrics and the log.
                 interceptor.state.leave()
-                try:
-                    if isinstance(error, errors.ServiceError):
-                        status = errors.status_of(error)
-                        self.code = status.code
-                        await self.context.abort(status.code, status.message,
-                                                 status.trailing_metadata + self.metadata)
-                    elif isinstance(error, asyncio.CancelledError):
-                        self.code = ended_by_client(self.context)
-                    elif isinstance(error, grpc.aio.AbortError):
-                        self.code = self.context.code() or grpc.StatusCode.UNKNOWN
-                    elif error is not None:
-                        log.exception("%s/%s failed", interceptor.service, method, exc_info=error)
-                        self.code = grpc.StatusCode.INTERNAL
-                        await self.context.abort(grpc.StatusCode.INTERNAL, "internal error; see the server's log",
-                                                 self.metadata)
-                finally:
-                    self._record()
+                answer = None  # (code, message, trailing metadata) this wrapper still has to send
+                if isinstance(error, errors.ServiceError):
+                    status = errors.status_of(error)
+                    answer = (status.code, status.message, status.trailing_metadata + self.metadata)
+                elif isinstance(error, asyncio.CancelledError):
+                    self.code = ended_by_client(self.context)
+                elif isinstance(error, grpc.aio.AbortError):
+                    self.code = self.context.code() or grpc.StatusCode.UNKNOWN
+                elif error is not None:
+                    log.exception("%s/%s failed", interceptor.service, method, exc_info=error)
+                    answer = (grpc.StatusCode.INTERNAL, "internal error; see the server's log", self.metadata)
+                if answer:
+                    self.code = answer[0]
+                self._record()
+                if answer:
+                    await self.context.abort(*answer)
                 return False
 
             def _record(self):
