@@ -1,5 +1,4 @@
-"""gRPC translation for the reward service."""
-import threading
+"""gRPC translation for the reward service: messages in, the engine's work, messages out."""
 import time
 
 import grpc
@@ -7,48 +6,61 @@ import grpc
 from common.chat import PromptError, message_dicts
 from specrej.v1 import reward_pb2 as pb
 from specrej.v1 import reward_pb2_grpc
-from . import metrics
-from .scorers import Scored
+from .engine import DeadlineExceeded, Overloaded, ScoringEngine
+from .limits import FieldError
+from .scorers import Item, Scored
 
 
-def score(scorer, request: pb.ScoreRequest) -> tuple[pb.ScoreResponse, Scored]:
-    """Score a request's responses; raises PromptError for a conversation the template rejects."""
-    messages = message_dicts(request.messages)
-    began = time.perf_counter()
-    scored = scorer.score(messages, [i.response for i in request.items], [i.complete for i in request.items])
-    seconds = time.perf_counter() - began
-    return pb.ScoreResponse(scores=scored.scores, scored_tokens=scored.tokens, score_seconds=seconds), scored
+def score_items(request: pb.ScoreRequest) -> list[Item]:
+    return [Item(i.response, i.complete, i.candidate) for i in request.items]
+
+
+def score_response(scored: Scored) -> pb.ScoreResponse:
+    return pb.ScoreResponse(scores=scored.scores, scored_tokens=scored.tokens, score_seconds=scored.seconds)
+
+
+def status_of(error: Exception) -> tuple[grpc.StatusCode, str] | None:
+    """The gRPC status for an error the engine raises about a request, None for anything else."""
+    if isinstance(error, FieldError):
+        return grpc.StatusCode.INVALID_ARGUMENT, str(error)
+    if isinstance(error, PromptError):
+        return grpc.StatusCode.INVALID_ARGUMENT, f"messages: {error}"
+    if isinstance(error, Overloaded):
+        return grpc.StatusCode.RESOURCE_EXHAUSTED, str(error)
+    if isinstance(error, DeadlineExceeded):
+        return grpc.StatusCode.DEADLINE_EXCEEDED, str(error)
+    return None
 
 
 class RewardServicer(reward_pb2_grpc.RewardServicer):
-    """Serves once `scorer` is set; before that (the model is loading) every call is UNAVAILABLE."""
+    """Serves once `engine` is set; before that (the model is loading) every call is UNAVAILABLE."""
 
-    def __init__(self, scorer=None, *, model_name: str = "", max_items: int = 4096):
-        self.scorer, self.model_name, self.max_items = scorer, model_name, max_items
-        # One forward pass at a time: the model is the bottleneck, and this bounds peak memory.
-        self._model_lock = threading.Lock()
+    def __init__(self, engine: ScoringEngine | None = None, *, model_name: str = ""):
+        self.engine, self.model_name = engine, model_name
 
-    def _ready_scorer(self, context):
-        if self.scorer is None:
+    def _ready_engine(self, context) -> ScoringEngine:
+        if self.engine is None:
             context.abort(grpc.StatusCode.UNAVAILABLE, "the reward service is still loading its model")
-        return self.scorer
+        return self.engine
 
     def Info(self, request, context):
-        scorer = self._ready_scorer(context)
+        scorer = self._ready_engine(context).scorer
         return pb.RewardInfoResponse(model=self.model_name, scorer=scorer.name, device=str(scorer.device),
-                                     dtype=str(scorer.model.dtype).removeprefix("torch."))
+                                     dtype=str(scorer.dtype).removeprefix("torch."))
 
     def Score(self, request, context):
-        scorer = self._ready_scorer(context)
-        if not request.messages:
-            context.abort(grpc.StatusCode.INVALID_ARGUMENT, "messages: at least one message is required")
-        if len(request.items) > self.max_items:
-            context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED,
-                          f"items: {len(request.items)} responses in one request; the limit is {self.max_items}")
+        engine = self._ready_engine(context)
+        remaining = context.time_remaining()
+        deadline = None if remaining is None else time.monotonic() + remaining
         try:
-            with self._model_lock:
-                response, scored = score(scorer, request)
-        except PromptError as error:
-            context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"messages: {error}")
-        metrics.observe(scored, response.score_seconds)
-        return response
+            future = engine.submit(message_dicts(request.messages), score_items(request), session=request.session,
+                                   deadline=deadline)
+            return score_response(future.result())
+        except Exception as error:
+            status = status_of(error)
+            if status is None:
+                raise
+            context.abort(*status)
+
+    def Release(self, request, context):
+        return pb.ReleaseResponse(freed_bytes=self._ready_engine(context).release(request.session))
