@@ -38,13 +38,22 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--out", default="bench/results", help="results folder [default bench/results]")
     parser.add_argument("--parts", type=_list(str), default=None,
                         help=f"comma-separated subset of {','.join(PARTS)} [default: all in process; "
-                             "efficiency over gRPC]")
+                             "efficiency over gRPC]; or `load`: concurrent clients against the three services "
+                             "started as processes on loopback (results in OUT/load/)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
     where = parser.add_argument_group("where the engines are")
     where.add_argument("--in-process", action="store_true", help="engines in this process (the default)")
     where.add_argument("--generator", metavar="HOST:PORT", help="decode through this generator service")
     where.add_argument("--reward", metavar="HOST:PORT", help="score through this reward service")
+
+    load = parser.add_argument_group("load (--parts load)")
+    load.add_argument("--coordinator", metavar="HOST:PORT",
+                      help="send the load to this running coordinator (loopback only) instead of starting the three "
+                           "services")
+    load.add_argument("--load-clients", type=_list(int), help="closed-loop client counts [default 1,4,8,16,32]")
+    load.add_argument("--load-n", type=_list(int), help="n of the load's requests [default 8,32]")
+    load.add_argument("--load-seconds", type=float, help="seconds per client count [default 20]")
 
     models = parser.add_argument_group("models (in process)")
     models.add_argument("--model", default=None, help="generator: Hugging Face folder or hub id [default: the "
@@ -91,6 +100,13 @@ def parse_args(argv=None) -> argparse.Namespace:
 def main(argv=None):
     args = parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    command = shlex.join(["python", "-m", "bench", *(sys.argv[1:] if argv is None else argv)])
+    if args.parts == ("load",):
+        from bench.load_run import run_load_part
+
+        path = run_load_part(args, command)
+        print(f"wrote {path}", file=sys.stderr)
+        return None
     import transformers
 
     transformers.logging.set_verbosity_error()
@@ -104,7 +120,7 @@ def main(argv=None):
         dtype=args.dtype, kv_cache_budget=args.kv_cache_budget, row_block=args.row_block,
         token_budget=args.token_budget, generator=args.generator, reward=args.reward,
         prompts_file=args.prompts_file, parts=tuple(parts), progress=not args.no_progress,
-        command=shlex.join(["python", "-m", "bench", *(sys.argv[1:] if argv is None else argv)]), preset=args.preset,
+        command=command, preset=args.preset,
     )
     results = run_bench(config, options, args.out)
     print(f"wrote {args.out}/results.md, results.json and plots", file=sys.stderr)

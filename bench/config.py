@@ -112,4 +112,20 @@ FULL = BenchConfig(
     repeats=3,
 )
 
-PRESETS = {"quick": QUICK, "full": FULL}
+# A check of the CUDA path that finishes in a few minutes on one GPU: every part runs, at sizes where
+# a GPU is already faster than a CPU.
+GPU_SMOKE = BenchConfig(
+    prompts=2,
+    pool_size=128,
+    n=(64,),
+    max_new_tokens=128,
+    rejection_rates=(0.5,),
+    schedules=(Schedule(MEMORY, 1024), Schedule(EVERY, 32)),
+    seeds=1,
+    best_of_n=(64,),
+    throughput_batch_sizes=(8, 32, 128),
+    throughput_new_tokens=64,
+    repeats=2,
+)
+
+PRESETS = {"quick": QUICK, "full": FULL, "gpu-smoke": GPU_SMOKE}

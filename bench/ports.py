@@ -17,7 +17,7 @@ from coordinator.clients import GeneratorClient, RewardClient, ServiceError
 from coordinator.pipeline import Pipeline
 from coordinator.request import plan_request
 from generator_service.messages import advanced_message, pruned_message, sampling_params, started_message
-from generator_service.session import SessionError
+from common.errors import FieldError
 from reward_service.servicer import score
 from specrej.v1 import coordinator_pb2 as pb
 from specrej.v1 import generator_pb2, reward_pb2
@@ -47,7 +47,7 @@ class InProcessSession:
             )
         except PromptError as error:
             raise ServiceError(grpc.StatusCode.INVALID_ARGUMENT, f"messages: {error}") from error
-        except SessionError as error:
+        except FieldError as error:
             raise ServiceError(grpc.StatusCode.INVALID_ARGUMENT, str(error)) from error
         return started_message(self.session, self.session.start())
 
@@ -65,7 +65,7 @@ class InProcessSession:
     def prune(self, keep: list[int]) -> generator_pb2.Pruned:
         try:
             seconds = self.session.prune(list(keep))
-        except SessionError as error:
+        except FieldError as error:
             raise ServiceError(grpc.StatusCode.INVALID_ARGUMENT, str(error)) from error
         return pruned_message(self.session, seconds)
 

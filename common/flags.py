@@ -39,10 +39,21 @@ def add_model_service_flags(parser: argparse.ArgumentParser, *, default_port: in
              help="folder for the converted default model; unset = ~/.cache/specrej")
 
 
-def add_server_flags(parser: argparse.ArgumentParser, *, default_port: int, default_metrics_port: int):
+def add_server_flags(parser: argparse.ArgumentParser, *, default_port: int, default_metrics_port: int,
+                     reflection: str = "off"):
     add_flag(parser, "host", env="SPECREJ_HOST", default="[::]", help="address to bind the gRPC server to")
     add_flag(parser, "port", env="SPECREJ_PORT", default=default_port, type=int, help="gRPC port")
     add_flag(parser, "metrics-port", env="SPECREJ_METRICS_PORT", default=default_metrics_port, type=int,
              help="HTTP port of the Prometheus /metrics endpoint; 0 = off")
-    add_flag(parser, "max-workers", env="SPECREJ_MAX_WORKERS", default=16, type=int,
-             help="gRPC server threads (concurrent RPCs)")
+    add_flag(parser, "metrics-host", env="SPECREJ_METRICS_HOST", default=None,
+             help="address to bind the /metrics endpoint to; unset = the same as --host")
+    add_flag(parser, "tls-cert", env="SPECREJ_TLS_CERT", default=None,
+             help="PEM certificate chain to serve over TLS (with --tls-key); re-read when the file changes")
+    add_flag(parser, "tls-key", env="SPECREJ_TLS_KEY", default=None, help="PEM private key of --tls-cert")
+    add_flag(parser, "tls-client-ca", env="SPECREJ_TLS_CLIENT_CA", default=None,
+             help="PEM CA bundle; when set, clients must present a certificate it signed (mutual TLS)")
+    add_flag(parser, "reflection", env="SPECREJ_REFLECTION", default=reflection, choices=["on", "off"],
+             help="serve gRPC server reflection (lets tools such as grpcurl list the API)")
+    add_flag(parser, "drain-grace-seconds", env="SPECREJ_DRAIN_GRACE_SECONDS", default=300.0, type=float,
+             help="on SIGTERM: health goes NOT_SERVING, new calls get UNAVAILABLE, and calls in flight get this long "
+                  "to finish; keep it at least the longest request and below the pod's terminationGracePeriodSeconds")

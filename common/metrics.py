@@ -1,7 +1,5 @@
 """Prometheus exposition shared by the services: the /metrics endpoint, build info, gRPC
-handling counters (as an interceptor) and accelerator gauges."""
-import time
-
+handling counters (filled by common.interceptor), admission and accelerator gauges."""
 import grpc
 import prometheus_client
 from prometheus_client.core import GaugeMetricFamily
@@ -21,73 +19,40 @@ BUILD_INFO = prometheus_client.Gauge(
 )
 
 
-def start_metrics_server(port: int) -> None:
+ADMISSION_QUEUED = prometheus_client.Gauge(
+    "specrej_admission_queued", "Requests waiting to be admitted (for KV-cache memory, a scoring batch, a session).",
+    ["service"],
+)
+ADMISSION_WAIT_SECONDS = prometheus_client.Histogram(
+    "specrej_admission_wait_seconds", "Time from a request's arrival to its admission.", ["service"],
+    buckets=(0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120),
+)
+ADMISSION_REJECTED = prometheus_client.Counter(
+    "specrej_admission_rejected_total", "Requests turned away with RESOURCE_EXHAUSTED because the queue was full.",
+    ["service"],
+)
+
+
+def start_metrics_server(port: int, host: str = "") -> None:
+    """Serve /metrics on `host` (a gRPC-style "[::]" works too); port 0 = off."""
     if port:
-        prometheus_client.start_http_server(port)
+        prometheus_client.start_http_server(port, addr=host.strip("[]") or "0.0.0.0")
+
+
+def precreate_rpc_series(service: str, methods: list[str]) -> None:
+    """Create every (method, code) series at zero, so rate() and increase() count the first error of
+    each kind, and every admission series, so alerts have data from the start."""
+    for method in methods:
+        for code in grpc.StatusCode:
+            GRPC_HANDLED.labels(service, method, code.name)
+        GRPC_SECONDS.labels(service, method)
+    ADMISSION_QUEUED.labels(service)
+    ADMISSION_WAIT_SECONDS.labels(service)
+    ADMISSION_REJECTED.labels(service)
 
 
 def set_build_info(service: str, model: str, dtype: str = "", device: str = "") -> None:
     BUILD_INFO.labels(service=service, model=model, dtype=dtype, device=device, version=VERSION).set(1)
-
-
-class MetricsInterceptor(grpc.ServerInterceptor):
-    """Counts every RPC by final status code and times it, streams included."""
-
-    def __init__(self, service: str):
-        self.service = service
-
-    def intercept_service(self, continuation, handler_call_details):
-        handler = continuation(handler_call_details)
-        if handler is None:
-            return None
-        method = handler_call_details.method.rsplit("/", 1)[-1]
-
-        def finish(context, began, failed: bool):
-            code = context.code()
-            if code is None:
-                if not failed:
-                    code = grpc.StatusCode.OK
-                elif context.is_active():
-                    code = grpc.StatusCode.UNKNOWN
-                elif (context.time_remaining() is not None) and context.time_remaining() <= 0:
-                    code = grpc.StatusCode.DEADLINE_EXCEEDED
-                else:
-                    code = grpc.StatusCode.CANCELLED
-            GRPC_HANDLED.labels(self.service, method, code.name).inc()
-            GRPC_SECONDS.labels(self.service, method).observe(time.perf_counter() - began)
-
-        def unary_response(behavior):
-            def wrapped(request, context):
-                began, failed = time.perf_counter(), True
-                try:
-                    response = behavior(request, context)
-                    failed = False
-                    return response
-                finally:
-                    finish(context, began, failed)
-            return wrapped
-
-        def stream_response(behavior):
-            def wrapped(request, context):
-                began, failed = time.perf_counter(), True
-                try:
-                    yield from behavior(request, context)
-                    failed = False
-                finally:
-                    finish(context, began, failed)
-            return wrapped
-
-        if handler.unary_unary:
-            return grpc.unary_unary_rpc_method_handler(
-                unary_response(handler.unary_unary), handler.request_deserializer, handler.response_serializer)
-        if handler.unary_stream:
-            return grpc.unary_stream_rpc_method_handler(
-                stream_response(handler.unary_stream), handler.request_deserializer, handler.response_serializer)
-        if handler.stream_unary:
-            return grpc.stream_unary_rpc_method_handler(
-                unary_response(handler.stream_unary), handler.request_deserializer, handler.response_serializer)
-        return grpc.stream_stream_rpc_method_handler(
-            stream_response(handler.stream_stream), handler.request_deserializer, handler.response_serializer)
 
 
 class DeviceCollector:

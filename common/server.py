@@ -1,30 +1,58 @@
-"""Starting a gRPC server with health, reflection and metrics, the same way in every service."""
+"""Starting a grpc.aio server with health, reflection, metrics, TLS and draining, the same way in
+every service. Streams never pin a thread: servicers are coroutines, and model work runs on each
+engine's own thread."""
+import asyncio
 import logging
 import signal
-from concurrent import futures
+from dataclasses import dataclass
 
 import grpc
-from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from google.protobuf import descriptor_pool
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1.health import aio as health_aio
 from grpc_reflection.v1alpha import reflection
 
-from .metrics import MetricsInterceptor, start_metrics_server
+from . import metrics
+from .interceptor import ServingInterceptor, ServingState
+from .tls import ServerTls
 
 log = logging.getLogger(__name__)
 
-_SHUTDOWN_GRACE_SECONDS = 30.0
+_HEALTH_SERVICE = health_pb2.DESCRIPTOR.services_by_name["Health"].full_name
+
+
+@dataclass(frozen=True)
+class ServerOptions:
+    """What every service's server takes from its flags (common.flags.add_server_flags)."""
+
+    host: str
+    port: int
+    metrics_port: int
+    metrics_host: str | None = None  # None = host
+    tls: ServerTls | None = None
+    reflection: bool = False
+    drain_grace_seconds: float = 300.0
+
+    @classmethod
+    def from_args(cls, args) -> "ServerOptions":
+        return cls(host=args.host, port=args.port, metrics_port=args.metrics_port, metrics_host=args.metrics_host,
+                   tls=ServerTls.from_args(args), reflection=args.reflection == "on",
+                   drain_grace_seconds=args.drain_grace_seconds)
 
 
 class Server:
     """A gRPC server whose health stays NOT_SERVING until `mark_serving()` (after the model loads).
 
-    Servicers are added between construction and `start()`."""
+    Servicers are added (to `.grpc`) between construction and `start()`."""
 
-    def __init__(self, service: str, service_names: list[str], *, host: str, port: int, max_workers: int,
-                 metrics_port: int):
-        self.service_names = service_names
-        self.grpc = grpc.server(
-            futures.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix=service),
-            interceptors=[MetricsInterceptor(service)],
+    def __init__(self, service: str, service_names: list[str], options: ServerOptions, interceptors=()):
+        self.service, self.service_names, self.options = service, service_names, options
+        self.state = ServingState()
+        methods = [m.name for name in service_names
+                   for m in descriptor_pool.Default().FindServiceByName(name).methods]
+        metrics.precreate_rpc_series(service, methods)
+        self.grpc = grpc.aio.server(
+            interceptors=[ServingInterceptor(service, self.state), *interceptors],
             options=[("grpc.max_receive_message_length", 64 * 1024 * 1024),
                      ("grpc.max_send_message_length", 64 * 1024 * 1024),
                      # Clients reconnect now and then, so round-robin over a headless Service finds
@@ -32,39 +60,51 @@ class Server:
                      ("grpc.max_connection_age_ms", 5 * 60 * 1000),
                      ("grpc.max_connection_age_grace_ms", 15 * 60 * 1000)],
         )
-        self.health = health.HealthServicer()
+        self.health = health_aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.grpc)
-        reflection.enable_server_reflection(
-            [*service_names, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME],
-            self.grpc,
-        )
-        self._set_status(health_pb2.HealthCheckResponse.NOT_SERVING)
-        self.port = self.grpc.add_insecure_port(f"{host}:{port}")
+        if options.reflection:
+            reflection.enable_server_reflection(
+                [*service_names, _HEALTH_SERVICE, reflection.SERVICE_NAME], self.grpc)
+        address = f"{options.host}:{options.port}"
+        if options.tls:
+            self.port = self.grpc.add_secure_port(address, options.tls.credentials())
+        else:
+            self.port = self.grpc.add_insecure_port(address)
         if self.port == 0:
-            raise RuntimeError(f"cannot bind {host}:{port}")
-        self._description = (service, host, metrics_port)
+            raise RuntimeError(f"cannot bind {address}")
 
-    def start(self) -> None:
-        service, host, metrics_port = self._description
-        start_metrics_server(metrics_port)
-        self.grpc.start()
-        log.info("%s listening on %s:%d (metrics on %s)", service, host, self.port, metrics_port or "off")
+    async def start(self) -> None:
+        await self._set_status(health_pb2.HealthCheckResponse.NOT_SERVING)
+        metrics_host = self.options.metrics_host or self.options.host
+        metrics.start_metrics_server(self.options.metrics_port, metrics_host)
+        await self.grpc.start()
+        log.info("%s listening on %s:%d%s (metrics on %s:%s)", self.service, self.options.host, self.port,
+                 " with TLS" if self.options.tls else "", metrics_host, self.options.metrics_port or "off")
 
-    def _set_status(self, status) -> None:
+    async def _set_status(self, status) -> None:
         for name in ("", *self.service_names):
-            self.health.set(name, status)
+            await self.health.set(name, status)
 
-    def mark_serving(self) -> None:
-        self._set_status(health_pb2.HealthCheckResponse.SERVING)
+    async def mark_serving(self) -> None:
+        await self._set_status(health_pb2.HealthCheckResponse.SERVING)
 
-    def stop(self, grace: float = 5.0) -> None:
-        self.health.enter_graceful_shutdown()
-        self.grpc.stop(grace).wait()
+    async def drain(self, grace: float) -> None:
+        """Health goes NOT_SERVING, new calls get UNAVAILABLE (clients retry elsewhere), calls in
+        flight get up to `grace` seconds to finish; then the server stops."""
+        await self.health.enter_graceful_shutdown()
+        self.state.draining = True
+        log.info("%s draining: %d calls in flight, up to %.0f s", self.service, self.state.in_flight, grace)
+        finished = await self.state.wait_idle(grace)
+        if not finished:
+            log.warning("%s: %d calls still running after %.0f s; stopping them", self.service,
+                        self.state.in_flight, grace)
+        await self.grpc.stop(0)
 
-    def wait(self) -> None:
-        """Serve until SIGTERM or SIGINT, then drain: health goes NOT_SERVING, running calls get a grace period."""
-        signal.signal(signal.SIGTERM, lambda *_: self.stop(_SHUTDOWN_GRACE_SECONDS))
-        try:
-            self.grpc.wait_for_termination()
-        except KeyboardInterrupt:
-            self.stop(_SHUTDOWN_GRACE_SECONDS)
+    async def serve_until_signalled(self) -> None:
+        """Serve until SIGTERM or SIGINT, then drain for the configured grace period."""
+        loop = asyncio.get_running_loop()
+        stop = asyncio.Event()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signum, stop.set)
+        await stop.wait()
+        await self.drain(self.options.drain_grace_seconds)

@@ -1,5 +1,6 @@
 """python -m generator_service: serve a causal LM for Speculative Rejection over gRPC."""
 import argparse
+import asyncio
 import logging
 
 from common.flags import add_flag, add_model_service_flags, parse_bytes
@@ -26,26 +27,34 @@ def parse_args(argv=None) -> argparse.Namespace:
 def main(argv=None) -> None:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    asyncio.run(serve(args))
+
+
+async def serve(args) -> None:
     from common import metrics as common_metrics
-    from common.server import Server
+    from common.server import Server, ServerOptions
     from specrej.v1 import generator_pb2, generator_pb2_grpc
     from . import metrics
     from .engine import GeneratorEngine
     from .servicer import GeneratorServicer
 
-    server = Server("generator", [generator_pb2.DESCRIPTOR.services_by_name["Generator"].full_name], host=args.host,
-                    port=args.port, max_workers=args.max_workers, metrics_port=args.metrics_port)
+    server = Server("generator", [generator_pb2.DESCRIPTOR.services_by_name["Generator"].full_name],
+                    ServerOptions.from_args(args))
     servicer = GeneratorServicer()
     generator_pb2_grpc.add_GeneratorServicer_to_server(servicer, server.grpc)
-    server.start()
-    servicer.engine = engine = GeneratorEngine(args.model, device=args.device, dtype=args.dtype, kv_cache_budget=args.kv_cache_budget,
-                             max_batch_size=args.max_batch_size, max_sessions=args.max_sessions,
-                             max_queued=args.max_queued, row_block=args.row_block, model_cache=args.model_cache)
+    await server.start()
+    # Loading takes seconds to minutes; health keeps answering NOT_SERVING meanwhile.
+    engine = await asyncio.to_thread(
+        GeneratorEngine, args.model, device=args.device, dtype=args.dtype, kv_cache_budget=args.kv_cache_budget,
+        max_batch_size=args.max_batch_size, max_sessions=args.max_sessions, max_queued=args.max_queued,
+        row_block=args.row_block, model_cache=args.model_cache)
+    servicer.engine = engine
     metrics.bind(engine)
-    common_metrics.set_build_info("generator", engine.model_name, str(engine.dtype).removeprefix("torch."), str(engine.device))
+    common_metrics.set_build_info("generator", engine.model_name, str(engine.dtype).removeprefix("torch."),
+                                  str(engine.device))
     common_metrics.register_device_metrics("generator", engine.device)
-    server.mark_serving()
-    server.wait()
+    await server.mark_serving()
+    await server.serve_until_signalled()
 
 
 if __name__ == "__main__":

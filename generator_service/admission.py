@@ -3,9 +3,7 @@
 import contextlib
 import threading
 
-
-class Overloaded(RuntimeError):
-    pass
+from common.errors import Overloaded
 
 
 class SessionSlots:

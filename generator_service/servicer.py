@@ -1,34 +1,32 @@
 """gRPC translation for the generator: messages in, session calls, messages out."""
+import asyncio
 import logging
 
-import grpc
-
 from common.chat import PromptError, message_dicts
+from common.errors import FieldError, Unavailable
 from specrej.v1 import generator_pb2 as pb
 from specrej.v1 import generator_pb2_grpc
 from . import metrics
-from .admission import Overloaded
 from .engine import GeneratorEngine
 from .messages import advanced_message, pruned_message, sampling_params, started_message
-from .session import SessionCancelled, SessionError
+from .session import SessionCancelled
 
 log = logging.getLogger(__name__)
 
 
-def _check_start(start: pb.StartSession) -> str | None:
-    """The first invalid field, described; None when the request is well formed."""
+def _check_start(start: pb.StartSession) -> None:
+    """Raise FieldError for the first invalid field."""
     sampling = start.sampling
     if not start.messages:
-        return "messages: at least one message is required"
+        raise FieldError("messages", "at least one message is required")
     if any(not m.content.strip() for m in start.messages):
-        return "messages: every message needs content"
+        raise FieldError("messages", "every message needs content")
     if start.max_new_tokens < 1:
-        return "max_new_tokens: must be at least 1"
+        raise FieldError("max_new_tokens", "must be at least 1")
     if not sampling.temperature >= 0:
-        return "sampling.temperature: must be >= 0"
+        raise FieldError("sampling.temperature", "must be >= 0")
     if not 0 <= sampling.top_p <= 1:
-        return "sampling.top_p: must be in (0, 1] (0 means 1)"
-    return None
+        raise FieldError("sampling.top_p", "must be in (0, 1] (0 means 1)")
 
 
 class GeneratorServicer(generator_pb2_grpc.GeneratorServicer):
@@ -37,13 +35,13 @@ class GeneratorServicer(generator_pb2_grpc.GeneratorServicer):
     def __init__(self, engine: GeneratorEngine | None = None):
         self.engine = engine
 
-    def _ready_engine(self, context) -> GeneratorEngine:
+    def _ready_engine(self) -> GeneratorEngine:
         if self.engine is None:
-            context.abort(grpc.StatusCode.UNAVAILABLE, "the generator is still loading its model")
+            raise Unavailable("the generator is still loading its model")
         return self.engine
 
-    def Info(self, request, context):
-        engine = self._ready_engine(context)
+    async def Info(self, request, context):
+        engine = self._ready_engine()
         return pb.InfoResponse(
             model=engine.model_name, device=str(engine.device), dtype=str(engine.dtype).removeprefix("torch."),
             kv_cache_budget_bytes=engine.budget_bytes, kv_cache_bytes_per_token=engine.decoder.kv_bytes_per_token(),
@@ -51,22 +49,22 @@ class GeneratorServicer(generator_pb2_grpc.GeneratorServicer):
             active_sessions=len(engine.sessions),
         )
 
-    def Session(self, request_iterator, context):
-        engine = self._ready_engine(context)
-        first = next(request_iterator, None)
+    async def Session(self, request_iterator, context):
+        engine = self._ready_engine()
+        first = await anext(aiter(request_iterator), None)
         if first is None or first.WhichOneof("command") != "start":
-            context.abort(grpc.StatusCode.INVALID_ARGUMENT, "command: a session begins with `start`")
+            raise FieldError("command", "a session begins with `start`")
         start = first.start
-        problem = _check_start(start)
-        if problem:
-            context.abort(grpc.StatusCode.INVALID_ARGUMENT, problem)
+        _check_start(start)
+        slot = engine.slots.hold(lambda: not context.done())
+        await asyncio.to_thread(slot.__enter__)
         try:
-            with engine.slots.hold(context.is_active):
-                yield from self._run(engine, start, request_iterator, context)
-        except Overloaded as error:
-            context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, str(error))
+            async for event in self._run(engine, start, request_iterator):
+                yield event
+        finally:
+            slot.__exit__(None, None, None)
 
-    def _run(self, engine, start, request_iterator, context):
+    async def _run(self, engine, start, request_iterator):
         messages = message_dicts(start.messages)
         try:
             session = engine.open_session(
@@ -74,36 +72,25 @@ class GeneratorServicer(generator_pb2_grpc.GeneratorServicer):
                 min_tokens_before_full=start.min_tokens_before_full,
             )
         except PromptError as error:
-            context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"messages: {error}")
-        except SessionError as error:
-            context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(error))
-        context.add_callback(session.cancelled.set)
+            raise FieldError("messages", str(error)) from None
         try:
-            prefill_seconds = session.start()
+            prefill_seconds = await asyncio.to_thread(session.start)
             metrics.PREFILL_SECONDS.labels(metrics.SERVICE).observe(prefill_seconds)
             yield pb.SessionEvent(started=started_message(session, prefill_seconds))
-            for command in request_iterator:
+            async for command in request_iterator:
                 kind = command.WhichOneof("command")
                 if kind == "advance":
-                    yield pb.SessionEvent(advanced=self._advance(session, command.advance.until_tokens))
+                    result = await asyncio.to_thread(session.advance, command.advance.until_tokens)
+                    metrics.observe_advance(result)
+                    yield pb.SessionEvent(advanced=advanced_message(session, result))
                 elif kind == "prune":
-                    yield pb.SessionEvent(pruned=self._prune(session, list(command.prune.keep), context))
+                    seconds = await asyncio.to_thread(session.prune, list(command.prune.keep))
+                    metrics.PRUNE_SECONDS.labels(metrics.SERVICE).observe(seconds)
+                    yield pb.SessionEvent(pruned=pruned_message(session, seconds))
                 else:
-                    context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"command: `{kind}` is only allowed first")
+                    raise FieldError("command", f"`{kind}` is only allowed first")
         except SessionCancelled:
             log.info("session cancelled by its client")
         finally:
+            session.cancelled.set()
             engine.close_session(session)
-
-    def _advance(self, session, until_tokens: int) -> pb.Advanced:
-        result = session.advance(until_tokens)
-        metrics.observe_advance(result)
-        return advanced_message(session, result)
-
-    def _prune(self, session, keep: list[int], context) -> pb.Pruned:
-        try:
-            seconds = session.prune(keep)
-        except SessionError as error:
-            context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(error))
-        metrics.PRUNE_SECONDS.labels(metrics.SERVICE).observe(seconds)
-        return pruned_message(session, seconds)

@@ -6,18 +6,11 @@ from dataclasses import dataclass, field
 
 import torch
 
+from common.errors import FieldError
 from .decoder import CausalDecoder
 from .detokenizer import TextStream
 from .planner import MemoryPlanner
 from .sampling import SamplingParams, sample, uniforms
-
-
-class SessionError(ValueError):
-    """A request the session cannot serve; `field` names the request field at fault."""
-
-    def __init__(self, field_name: str, message: str):
-        super().__init__(f"{field_name}: {message}")
-        self.field = field_name
 
 
 class SessionCancelled(RuntimeError):
@@ -79,9 +72,9 @@ class Session:
         self.eos_ids = set(eos_ids)
         self._eos_tensor = torch.tensor(sorted(eos_ids), device=decoder.device)
         if max_new_tokens < 1:
-            raise SessionError("max_new_tokens", "must be at least 1")
+            raise FieldError("max_new_tokens", "must be at least 1")
         if self.prompt_length + max_new_tokens > decoder.max_context:
-            raise SessionError(
+            raise FieldError(
                 "max_new_tokens",
                 f"prompt ({self.prompt_length} tokens) + max_new_tokens ({max_new_tokens}) exceeds the model's "
                 f"context of {decoder.max_context} tokens",
@@ -89,9 +82,9 @@ class Session:
         needed = min(min_tokens_before_full or max_new_tokens, max_new_tokens)
         most = planner.max_rows(self.prompt_length, needed)
         if most < 1:
-            raise SessionError("n", f"a {self.prompt_length}-token prompt leaves no room in the KV-cache budget")
+            raise FieldError("n", f"a {self.prompt_length}-token prompt leaves no room in the KV-cache budget")
         if n > most:
-            raise SessionError(
+            raise FieldError(
                 "n",
                 f"{n} candidates do not fit: with a {self.prompt_length}-token prompt and {needed} tokens per "
                 f"candidate before the first decision point, the KV-cache budget ({planner.budget_bytes} bytes) and "
@@ -168,7 +161,7 @@ class Session:
         running = set(self.running_indices)
         unknown = sorted(set(keep) - running)
         if unknown:
-            raise SessionError("keep", f"indices {unknown} are not running sequences of this session")
+            raise FieldError("keep", f"indices {unknown} are not running sequences of this session")
         rejected = running - set(keep)
         if rejected:
             for index in rejected:

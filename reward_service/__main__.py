@@ -1,5 +1,6 @@
 """python -m reward_service: score (prompt, response) pairs with a reward model over gRPC."""
 import argparse
+import asyncio
 import logging
 
 from common.flags import add_flag, add_model_service_flags, parse_bytes
@@ -13,14 +14,14 @@ def parse_args(argv=None) -> argparse.Namespace:
                   "classifier: a sequence-classification reward model")
     add_flag(parser, "token-budget", env="SPECREJ_TOKEN_BUDGET", default=8192, type=int,
              help="most tokens read in one forward pass (prompts and responses packed without padding; "
-                  "recomputing classifiers: rows x longest row)")
+                  "classifiers that are recomputed: rows x longest row)")
     add_flag(parser, "batch-window-ms", env="SPECREJ_BATCH_WINDOW_MS", default=5.0, type=float,
              help="Score calls arriving within this long after the first are run together")
     add_flag(parser, "max-queued", env="SPECREJ_MAX_QUEUED", default=64, type=int,
              help="Score calls waiting for the model before new ones get RESOURCE_EXHAUSTED")
     add_flag(parser, "cache-budget", env="SPECREJ_CACHE_BUDGET", default="2GiB", type=parse_bytes,
-             help="memory for keys/values kept between a session's Score calls; beyond it, calls are "
-                  "recomputed from scratch")
+             help="memory for keys/values kept between a session's Score calls; a session that does not fit "
+                  "is recomputed from scratch")
     add_flag(parser, "session-ttl-seconds", env="SPECREJ_SESSION_TTL_SECONDS", default=120.0, type=float,
              help="a session idle this long is freed even if its Release never came")
     add_flag(parser, "max-items", env="SPECREJ_MAX_ITEMS", default=4096, type=int,
@@ -37,34 +38,48 @@ def parse_args(argv=None) -> argparse.Namespace:
 def main(argv=None) -> None:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    from common import metrics as common_metrics
+    asyncio.run(serve(args))
+
+
+def load_engine(args):
     from common.models import choose_device, choose_dtype, resolve_model
-    from common.server import Server
-    from specrej.v1 import reward_pb2, reward_pb2_grpc
     from .engine import ScoringEngine
     from .limits import InputLimits
     from .scorers import load_scorer
-    from .servicer import RewardServicer
     from .sessions import SessionCache
 
-    server = Server("reward", [reward_pb2.DESCRIPTOR.services_by_name["Reward"].full_name], host=args.host,
-                    port=args.port, max_workers=args.max_workers, metrics_port=args.metrics_port)
+    device = choose_device(args.device)
+    scorer = load_scorer(args.scorer, resolve_model(args.model, args.model_cache), device,
+                         choose_dtype(args.dtype, device), args.token_budget)
+    limits = InputLimits(max_context=scorer.max_context, max_items=args.max_items, max_messages=args.max_messages,
+                         max_prompt_tokens=args.max_prompt_tokens, max_response_tokens=args.max_response_tokens)
+    return ScoringEngine(scorer, sessions=SessionCache(args.cache_budget, args.session_ttl_seconds), limits=limits,
+                         batch_window_seconds=args.batch_window_ms / 1000, max_queued=args.max_queued)
+
+
+async def serve(args) -> None:
+    from common import metrics as common_metrics
+    from common.server import Server, ServerOptions
+    from specrej.v1 import reward_pb2, reward_pb2_grpc
+    from .servicer import RewardServicer
+
+    server = Server("reward", [reward_pb2.DESCRIPTOR.services_by_name["Reward"].full_name],
+                    ServerOptions.from_args(args))
     model_name = args.model or "SmolLM2-135M-Instruct (embedded)"
     servicer = RewardServicer(model_name=model_name)
     reward_pb2_grpc.add_RewardServicer_to_server(servicer, server.grpc)
-    server.start()
-    device = choose_device(args.device)
-    dtype = choose_dtype(args.dtype, device)
-    scorer = load_scorer(args.scorer, resolve_model(args.model, args.model_cache), device, dtype, args.token_budget)
-    limits = InputLimits(max_context=scorer.max_context, max_items=args.max_items, max_messages=args.max_messages,
-                         max_prompt_tokens=args.max_prompt_tokens, max_response_tokens=args.max_response_tokens)
-    servicer.engine = ScoringEngine(scorer, sessions=SessionCache(args.cache_budget, args.session_ttl_seconds),
-                                    limits=limits, batch_window_seconds=args.batch_window_ms / 1000,
-                                    max_queued=args.max_queued)
-    common_metrics.set_build_info("reward", model_name, str(dtype).removeprefix("torch."), str(device))
-    common_metrics.register_device_metrics("reward", device)
-    server.mark_serving()
-    server.wait()
+    await server.start()
+    # Loading takes seconds to minutes; health keeps answering NOT_SERVING meanwhile.
+    engine = await asyncio.to_thread(load_engine, args)
+    servicer.engine = engine
+    scorer = engine.scorer
+    common_metrics.set_build_info("reward", model_name, str(scorer.dtype).removeprefix("torch."), str(scorer.device))
+    common_metrics.register_device_metrics("reward", scorer.device)
+    await server.mark_serving()
+    try:
+        await server.serve_until_signalled()
+    finally:
+        engine.close()
 
 
 if __name__ == "__main__":

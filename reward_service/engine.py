@@ -7,24 +7,15 @@ import time
 from concurrent.futures import Future
 from dataclasses import dataclass
 
+from common import metrics as common_metrics
+from common.chat import PromptError
+from common.errors import DeadlineExceeded, FieldError, Overloaded
 from . import metrics
-from .limits import FieldError, InputLimits
+from .limits import InputLimits
 from .scorers import Item, Request, Scored
 from .sessions import SessionCache
 
 log = logging.getLogger(__name__)
-
-
-class Overloaded(RuntimeError):
-    """The queue is full; `retry_after_seconds` estimates when there will be room."""
-
-    def __init__(self, message: str, retry_after_seconds: float):
-        super().__init__(message)
-        self.retry_after_seconds = retry_after_seconds
-
-
-class DeadlineExceeded(TimeoutError):
-    pass
 
 
 @dataclass
@@ -53,9 +44,9 @@ class ScoringEngine:
 
     def submit(self, messages: list[dict], items: list[Item], *, session: str = "",
                deadline: float | None = None) -> Future:
-        """Queue a request; the future resolves to its `Scored`. Raises at once FieldError or PromptError
-        for bad input and Overloaded when the queue is full; the future may fail with DeadlineExceeded
-        when `deadline` (a time.monotonic() value) passes before the model reaches it."""
+        """Queue a request; the future resolves to its `Scored`. Raises at once FieldError for bad input
+        and Overloaded (with a retry hint) when the queue is full; the future fails with DeadlineExceeded
+        when `deadline` (a time.monotonic() value) passes before the model reaches the request."""
         self.limits.check_shape(len(messages), len(items))
         if session:
             seen = set()
@@ -63,18 +54,21 @@ class ScoringEngine:
                 if item.candidate in seen:
                     raise FieldError(f"items[{index}].candidate", f"candidate {item.candidate} appears twice")
                 seen.add(item.candidate)
-        prompt, bodies = self.scorer.tokenize(messages, items)
+        try:
+            prompt, bodies = self.scorer.tokenize(messages, items)
+        except PromptError as error:
+            raise FieldError("messages", str(error)) from None
         self.limits.check_tokens(len(prompt), [len(b) for b in bodies])
         job = _Job(Request(prompt, bodies, [i.candidate for i in items], session), Future(), time.monotonic(),
                    deadline)
         with self._lock:
             if self.queued >= self.max_queued:
-                metrics.REJECTED.labels(metrics.SERVICE).inc()
+                common_metrics.ADMISSION_REJECTED.labels(metrics.SERVICE).inc()
                 retry = max(self.batch_window_seconds, self.queued * self._seconds_per_request)
                 raise Overloaded(f"{self.queued} requests are waiting for the reward model; retry in {retry:.1f} s",
                                  retry)
             self.queued += 1
-            metrics.QUEUED.labels(metrics.SERVICE).set(self.queued)
+            common_metrics.ADMISSION_QUEUED.labels(metrics.SERVICE).set(self.queued)
         self._queue.put(job)
         return job.future
 
@@ -120,10 +114,10 @@ class ScoringEngine:
         now = time.monotonic()
         with self._lock:
             self.queued -= len(jobs)
-            metrics.QUEUED.labels(metrics.SERVICE).set(self.queued)
+            common_metrics.ADMISSION_QUEUED.labels(metrics.SERVICE).set(self.queued)
         live = []
         for job in jobs:
-            metrics.WAIT_SECONDS.labels(metrics.SERVICE).observe(now - job.enqueued)
+            common_metrics.ADMISSION_WAIT_SECONDS.labels(metrics.SERVICE).observe(now - job.enqueued)
             if not job.future.set_running_or_notify_cancel():
                 continue  # the caller went away
             if job.deadline is not None and now >= job.deadline:

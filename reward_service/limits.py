@@ -1,13 +1,7 @@
 """Bounds on a Score request, checked on token counts before any model work."""
 from dataclasses import dataclass
 
-
-class FieldError(ValueError):
-    """A request field out of bounds; the message starts with the field's name."""
-
-    def __init__(self, field: str, problem: str):
-        super().__init__(f"{field}: {problem}")
-        self.field = field
+from common.errors import FieldError
 
 
 @dataclass(frozen=True)

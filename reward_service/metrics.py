@@ -14,13 +14,6 @@ CACHE_BYTES = prom.Gauge("specrej_reward_session_cache_bytes",
                          "Keys/values kept for sessions between their Score calls.", ["service"])
 CACHE_SESSIONS = prom.Gauge("specrej_reward_session_cache_sessions", "Sessions with keys/values kept.", ["service"])
 
-# Admission: the same names in every service that queues work for its model.
-QUEUED = prom.Gauge("specrej_admission_queued", "Requests waiting for the model.", ["service"])
-WAIT_SECONDS = prom.Histogram("specrej_admission_wait_seconds", "Time a request waited for the model.", ["service"],
-                              buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30))
-REJECTED = prom.Counter("specrej_admission_rejected_total", "Requests turned away because the queue was full.",
-                        ["service"])
-
 
 def observe_batch(results, pass_sizes: list[int], seconds: float) -> None:
     for size in pass_sizes:
@@ -36,6 +29,5 @@ def observe_cache(sessions) -> None:
 
 
 # Series at zero from start-up, so rate() counts the first request (see coordinator/metrics.py).
-for _metric in (BATCH_SIZE, SCORE_SECONDS, SEQUENCES, TOKENS, CACHE_BYTES, CACHE_SESSIONS, QUEUED, WAIT_SECONDS,
-                REJECTED):
+for _metric in (BATCH_SIZE, SCORE_SECONDS, SEQUENCES, TOKENS, CACHE_BYTES, CACHE_SESSIONS):
     _metric.labels(SERVICE)

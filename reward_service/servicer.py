@@ -1,13 +1,12 @@
 """gRPC translation for the reward service: messages in, the engine's work, messages out."""
+import asyncio
 import time
 
-import grpc
-
-from common.chat import PromptError, message_dicts
+from common.chat import message_dicts
+from common.errors import Unavailable
 from specrej.v1 import reward_pb2 as pb
 from specrej.v1 import reward_pb2_grpc
-from .engine import DeadlineExceeded, Overloaded, ScoringEngine
-from .limits import FieldError
+from .engine import ScoringEngine
 from .scorers import Item, Scored
 
 
@@ -19,48 +18,31 @@ def score_response(scored: Scored) -> pb.ScoreResponse:
     return pb.ScoreResponse(scores=scored.scores, scored_tokens=scored.tokens, score_seconds=scored.seconds)
 
 
-def status_of(error: Exception) -> tuple[grpc.StatusCode, str] | None:
-    """The gRPC status for an error the engine raises about a request, None for anything else."""
-    if isinstance(error, FieldError):
-        return grpc.StatusCode.INVALID_ARGUMENT, str(error)
-    if isinstance(error, PromptError):
-        return grpc.StatusCode.INVALID_ARGUMENT, f"messages: {error}"
-    if isinstance(error, Overloaded):
-        return grpc.StatusCode.RESOURCE_EXHAUSTED, str(error)
-    if isinstance(error, DeadlineExceeded):
-        return grpc.StatusCode.DEADLINE_EXCEEDED, str(error)
-    return None
-
-
 class RewardServicer(reward_pb2_grpc.RewardServicer):
     """Serves once `engine` is set; before that (the model is loading) every call is UNAVAILABLE."""
 
     def __init__(self, engine: ScoringEngine | None = None, *, model_name: str = ""):
         self.engine, self.model_name = engine, model_name
 
-    def _ready_engine(self, context) -> ScoringEngine:
+    def _ready_engine(self) -> ScoringEngine:
         if self.engine is None:
-            context.abort(grpc.StatusCode.UNAVAILABLE, "the reward service is still loading its model")
+            raise Unavailable("the reward service is still loading its model")
         return self.engine
 
-    def Info(self, request, context):
-        scorer = self._ready_engine(context).scorer
+    async def Info(self, request, context):
+        scorer = self._ready_engine().scorer
         return pb.RewardInfoResponse(model=self.model_name, scorer=scorer.name, device=str(scorer.device),
                                      dtype=str(scorer.dtype).removeprefix("torch."))
 
-    def Score(self, request, context):
-        engine = self._ready_engine(context)
+    async def Score(self, request, context):
+        engine = self._ready_engine()
         remaining = context.time_remaining()
         deadline = None if remaining is None else time.monotonic() + remaining
-        try:
-            future = engine.submit(message_dicts(request.messages), score_items(request), session=request.session,
-                                   deadline=deadline)
-            return score_response(future.result())
-        except Exception as error:
-            status = status_of(error)
-            if status is None:
-                raise
-            context.abort(*status)
+        # Tokenizing runs here, on a thread, so a long conversation never stalls the event loop.
+        future = await asyncio.to_thread(engine.submit, message_dicts(request.messages), score_items(request),
+                                         session=request.session, deadline=deadline)
+        # A caller that goes away cancels this wait and, through it, the future: still queued, it is skipped.
+        return score_response(await asyncio.wrap_future(future))
 
-    def Release(self, request, context):
-        return pb.ReleaseResponse(freed_bytes=self._ready_engine(context).release(request.session))
+    async def Release(self, request, context):
+        return pb.ReleaseResponse(freed_bytes=self._ready_engine().release(request.session))

@@ -5,7 +5,7 @@ import torch
 from generator_service.decoder import DEFAULT_ROW_BLOCK
 from generator_service.engine import GeneratorEngine
 from generator_service.sampling import SamplingParams
-from generator_service.session import SessionError
+from common.errors import FieldError
 
 MESSAGES = [{"role": "user", "content": "Write a short poem about rivers."}]
 
@@ -91,19 +91,19 @@ def test_n_zero_takes_as_many_candidates_as_the_budget_allows(tiny_model_dir):
     session = engine.open_session(MESSAGES, n=0, max_new_tokens=100, min_tokens_before_full=20,
                                   sampling=SamplingParams())
     assert session.n == (1000 - session.prompt_length) // 20
-    with pytest.raises(SessionError) as error:
+    with pytest.raises(FieldError) as error:
         engine.open_session(MESSAGES, n=session.n + 1, max_new_tokens=100, min_tokens_before_full=20,
                             sampling=SamplingParams())
     assert error.value.field == "n"
 
 
 def test_limits_name_the_field(engine):
-    with pytest.raises(SessionError) as error:
+    with pytest.raises(FieldError) as error:
         engine.open_session(MESSAGES, n=2, max_new_tokens=5000, min_tokens_before_full=0, sampling=SamplingParams())
     assert error.value.field == "max_new_tokens" and "context" in str(error.value)
     session = engine.open_session(MESSAGES, n=2, max_new_tokens=5, min_tokens_before_full=0, sampling=SamplingParams())
     session.start()
-    with pytest.raises(SessionError) as error:
+    with pytest.raises(FieldError) as error:
         session.prune([7])
     assert error.value.field == "keep"
     engine.close_session(session)

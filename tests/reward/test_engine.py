@@ -5,8 +5,9 @@ import time
 import pytest
 from prometheus_client import REGISTRY
 
-from reward_service.engine import DeadlineExceeded, Overloaded, ScoringEngine
-from reward_service.limits import FieldError, InputLimits
+from common.errors import DeadlineExceeded, FieldError, Overloaded
+from reward_service.engine import ScoringEngine
+from reward_service.limits import InputLimits
 from reward_service.scorers import Item
 from reward_service.sessions import SessionCache
 from tests.reward.conftest import MESSAGES, reference_scores
