@@ -8,6 +8,7 @@ import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from reward_service.scorers import LogprobScorer, Request
+from reward_service.sessions import SessionCache
 
 PROMPT_TOKENS = 2000
 PEAK = pathlib.Path("/proc/self/status")
@@ -16,10 +17,10 @@ PEAK = pathlib.Path("/proc/self/status")
 def peak_resident_bytes_during(work) -> int:
     """Peak resident memory while `work()` runs, above what was resident before it.
 
-    Tensors over 64 KiB are given their own mapped pages, returned to the system when freed, so the
+    Tensors over 1 MiB are given their own mapped pages, returned to the system when freed, so the
     resident size follows the live tensors instead of what the allocator keeps for reuse."""
     libc = ctypes.CDLL("libc.so.6")
-    libc.mallopt(-3, 64 * 1024)  # M_MMAP_THRESHOLD
+    libc.mallopt(-3, 1 << 20)  # M_MMAP_THRESHOLD
     libc.malloc_trim(0)
     pathlib.Path("/proc/self/clear_refs").write_text("5")  # resets the kernel's peak (VmHWM) to the current size
 
@@ -45,14 +46,17 @@ def test_memory_does_not_grow_with_a_copy_of_the_prompt_per_response(wide_kv_sco
     scorer = wide_kv_scorer
     prompt = [(7 * i) % 1000 for i in range(PROMPT_TOKENS)]
     prompt_kv_bytes = PROMPT_TOKENS * 2 * 4 * 8 * 32 * 4
+    # Within one session the prompt is read once, by the first call; each later call brings new
+    # candidates, so what is measured is the responses' reading alone.
+    sessions = SessionCache(1 << 30, 600)
 
-    def score(n: int):
-        bodies = [[(11 * r + j) % 1000 for j in range(8)] for r in range(n)]
-        return lambda: scorer.score([Request(prompt, bodies, list(range(n)))])
+    def score(candidates: range):
+        bodies = [[(11 * c + j) % 1000 for j in range(8)] for c in candidates]
+        return lambda: scorer.score([Request(prompt, bodies, list(candidates), "s")], sessions)
 
-    score(1)()  # warm up the allocator and kernels
-    one = peak_resident_bytes_during(score(1))
-    sixteen = peak_resident_bytes_during(score(16))
+    score(range(1))()
+    one = peak_resident_bytes_during(score(range(1, 2)))
+    sixteen = peak_resident_bytes_during(score(range(2, 18)))
     # The measure does see copies: 15 prompt copies made outright show up in full.
     copies = peak_resident_bytes_during(lambda: torch.ones(15 * prompt_kv_bytes, dtype=torch.uint8))
     assert copies > 0.9 * 15 * prompt_kv_bytes
