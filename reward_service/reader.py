@@ -106,6 +106,10 @@ class CausalReader:
         cos, sin = self.rotary(hidden, positions.to(self.device).unsqueeze(0))
         cos, sin = cos[0], sin[0]
         total = hidden.shape[0]
+        # Query i of a piece (at own position start + i) sees its own keys 0 .. start + i.
+        later_keys = [torch.arange(start + p.count, device=self.device)[None, :]
+                       > torch.arange(start, start + p.count, device=self.device)[:, None]
+                       for p, start in zip(pieces, starts)]
         for index, layer in enumerate(self.layers):
             attention = layer.self_attn
             x = layer.input_layernorm(hidden)
@@ -115,13 +119,14 @@ class CausalReader:
             if self.has_qk_norm:
                 q, k = attention.q_norm(q), attention.k_norm(k)
             q, k = apply_rotary_pos_emb(q, k, cos, sin, unsqueeze_dim=1)
+            q = q * self.scale
             attended = torch.empty((total, self.num_heads * self.head_dim), dtype=hidden.dtype, device=self.device)
-            for piece, start, offset, (a, b) in zip(pieces, starts, offsets, spans):
+            for piece, start, offset, (a, b), later in zip(pieces, starts, offsets, spans, later_keys):
                 own = piece.kv.keys_values[index]
                 own[0, :, start : start + b - a] = k[a:b].transpose(0, 1)
                 own[1, :, start : start + b - a] = v[a:b].transpose(0, 1)
                 prefix = None if piece.prefix is None else piece.prefix.keys_values[index, :, :, :offset]
-                attended[a:b] = self._attend(q[a:b], prefix, own[:, :, : start + b - a], start)
+                attended[a:b] = self._attend(q[a:b], prefix, own[:, :, : start + b - a], later)
             hidden = hidden + attention.o_proj(attended)
             hidden = hidden + layer.mlp(layer.post_attention_layernorm(hidden))
         final = self.norm(hidden)
@@ -129,19 +134,20 @@ class CausalReader:
             piece.kv.hidden[start : start + b - a] = final[a:b]
             piece.kv.length = start + b - a
 
-    def _attend(self, q: torch.Tensor, prefix: torch.Tensor | None, own: torch.Tensor, start: int) -> torch.Tensor:
-        """Queries of one sequence's new tokens against its prefix (all visible) and its own tokens
-        (causal). q [new, heads, head_dim]; prefix [k/v, kv_head, prefix_len, head_dim] or None;
-        own [k/v, kv_head, start + new, head_dim]. Returns [new, heads * head_dim]."""
+    def _attend(self, q: torch.Tensor, prefix: torch.Tensor | None, own: torch.Tensor,
+                later: torch.Tensor) -> torch.Tensor:
+        """Queries (already scaled) of one sequence's new tokens against its prefix (all visible) and its
+        own tokens, of which `later` [new, own tokens] marks those after each query.
+        q [new, heads, head_dim]; prefix [k/v, kv_head, prefix_len, head_dim] or None;
+        own [k/v, kv_head, own tokens, head_dim]. Returns [new, heads * head_dim]."""
         new, seen = q.shape[0], own.shape[2]
         kv_heads, group, dim = self.num_kv_heads, self.group, self.head_dim
         # Each kv head serves `group` query heads: one product per kv head over all their queries.
         grouped = q.view(new, kv_heads, group, dim).permute(1, 2, 0, 3).reshape(kv_heads, group * new, dim)
-        scores = (grouped @ own[0].transpose(-1, -2)).float() * self.scale
-        later = torch.arange(seen, device=q.device)[None, :] > torch.arange(start, start + new, device=q.device)[:, None]
+        scores = (grouped @ own[0].transpose(-1, -2)).float()
         scores.view(kv_heads, group, new, seen).masked_fill_(later, float("-inf"))
         if prefix is not None:
-            scores = torch.cat(((grouped @ prefix[0].transpose(-1, -2)).float() * self.scale, scores), dim=-1)
+            scores = torch.cat(((grouped @ prefix[0].transpose(-1, -2)).float(), scores), dim=-1)
         weights = scores.softmax(dim=-1).to(q.dtype)
         if prefix is None:
             out = weights @ own[1]
