@@ -18,7 +18,9 @@ from coordinator.pipeline import Pipeline
 from coordinator.request import plan_request
 from generator_service.messages import advanced_message, pruned_message, sampling_params, started_message
 from common.errors import FieldError
-from reward_service.servicer import score
+from reward_service.engine import ScoringEngine
+from reward_service.servicer import score_items, score_response
+from reward_service.sessions import SessionCache
 from specrej.v1 import coordinator_pb2 as pb
 from specrej.v1 import generator_pb2, reward_pb2
 
@@ -75,18 +77,24 @@ class InProcessSession:
             self.session = None
 
 
-class InProcessReward:
-    """coordinator.clients.RewardClient's interface over a scorer in this process."""
+def scoring_engine(scorer) -> ScoringEngine:
+    """The reward service's engine around a scorer in this process; one caller, so no batching window."""
+    return ScoringEngine(scorer, sessions=SessionCache(2 << 30, 600), batch_window_seconds=0)
 
-    def __init__(self, scorer):
-        self.scorer = scorer
+
+class InProcessReward:
+    """coordinator.clients.RewardClient's interface over a scoring engine in this process."""
+
+    def __init__(self, engine: ScoringEngine):
+        self.engine = engine
 
     def score(self, request: reward_pb2.ScoreRequest, timeout: float | None = None) -> reward_pb2.ScoreResponse:
         try:
-            response, _ = score(self.scorer, request)
-        except PromptError as error:
-            raise ServiceError(grpc.StatusCode.INVALID_ARGUMENT, f"messages: {error}") from error
-        return response
+            future = self.engine.submit(message_dicts(request.messages), score_items(request),
+                                        session=request.session)
+        except FieldError as error:
+            raise ServiceError(grpc.StatusCode.INVALID_ARGUMENT, str(error)) from error
+        return score_response(future.result())
 
 
 def run_pipeline(request: pb.GenerateRequest, session, reward, *, memory_round_tokens: int) -> tuple[pb.GenerateResponse, float]:
@@ -109,7 +117,7 @@ class InProcessBackend:
 
     def __init__(self, engine, scorer, reward_model: str = ""):
         self.engine, self.scorer, self.reward_model = engine, scorer, reward_model
-        self.reward = InProcessReward(scorer)
+        self.reward = InProcessReward(scoring_engine(scorer))
 
     def run(self, request: pb.GenerateRequest, *, memory_round_tokens: int,
             kv_budget_tokens: int | None = None) -> tuple[pb.GenerateResponse, float]:
@@ -185,7 +193,7 @@ class LoopbackServices:
             ("generator", generator_pb2.DESCRIPTOR.services_by_name["Generator"],
              generator_pb2_grpc.add_GeneratorServicer_to_server, GeneratorServicer(engine)),
             ("reward", reward_pb2.DESCRIPTOR.services_by_name["Reward"],
-             reward_pb2_grpc.add_RewardServicer_to_server, RewardServicer(scorer, model_name=model_name)),
+             reward_pb2_grpc.add_RewardServicer_to_server, RewardServicer(scoring_engine(scorer), model_name=model_name)),
         ):
             server = Server(service, [descriptor.full_name], host="127.0.0.1", port=0, max_workers=4, metrics_port=0)
             add(servicer, server.grpc)
