@@ -27,6 +27,8 @@ class _Job:
 
 
 _STOP = object()
+# While no request comes, idle sessions are still freed this often.
+_IDLE_SWEEP_SECONDS = 1.0
 
 
 class ScoringEngine:
@@ -54,13 +56,23 @@ class ScoringEngine:
                 if item.candidate in seen:
                     raise FieldError(f"items[{index}].candidate", f"candidate {item.candidate} appears twice")
                 seen.add(item.candidate)
+        # A full queue refuses before tokenizing, so overload costs the least work.
+        self._admit()
         try:
-            prompt, bodies = self.scorer.tokenize(messages, items)
-        except PromptError as error:
-            raise FieldError("messages", str(error)) from None
-        self.limits.check_tokens(len(prompt), [len(b) for b in bodies])
+            try:
+                prompt, bodies = self.scorer.tokenize(messages, items)
+            except PromptError as error:
+                raise FieldError("messages", str(error)) from None
+            self.limits.check_tokens(len(prompt), [len(b) for b in bodies])
+        except Exception:
+            self._count_queued(-1)
+            raise
         job = _Job(Request(prompt, bodies, [i.candidate for i in items], session), Future(), time.monotonic(),
                    deadline)
+        self._queue.put(job)
+        return job.future
+
+    def _admit(self) -> None:
         with self._lock:
             if self.queued >= self.max_queued:
                 common_metrics.ADMISSION_REJECTED.labels(metrics.SERVICE).inc()
@@ -69,8 +81,11 @@ class ScoringEngine:
                                  retry)
             self.queued += 1
             common_metrics.ADMISSION_QUEUED.labels(metrics.SERVICE).set(self.queued)
-        self._queue.put(job)
-        return job.future
+
+    def _count_queued(self, change: int) -> None:
+        with self._lock:
+            self.queued += change
+            common_metrics.ADMISSION_QUEUED.labels(metrics.SERVICE).set(self.queued)
 
     def release(self, session: str) -> int:
         """Free what is kept for a session; returns the bytes freed."""
@@ -85,7 +100,7 @@ class ScoringEngine:
     def _collect(self) -> list[_Job] | None:
         """The next batch: the first request, and those that arrive within the batching window after it."""
         try:
-            first = self._queue.get(timeout=min(1.0, self.sessions.ttl_seconds))
+            first = self._queue.get(timeout=_IDLE_SWEEP_SECONDS)
         except queue.Empty:
             return []
         if first is _STOP:
@@ -112,9 +127,7 @@ class ScoringEngine:
 
     def _run(self, jobs: list[_Job]) -> None:
         now = time.monotonic()
-        with self._lock:
-            self.queued -= len(jobs)
-            common_metrics.ADMISSION_QUEUED.labels(metrics.SERVICE).set(self.queued)
+        self._count_queued(-len(jobs))
         live = []
         for job in jobs:
             common_metrics.ADMISSION_WAIT_SECONDS.labels(metrics.SERVICE).observe(now - job.enqueued)

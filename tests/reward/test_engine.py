@@ -76,6 +76,7 @@ def test_input_out_of_bounds_is_refused_naming_the_field(logprob, messages, item
             engine.submit(messages, items)
         assert str(error.value).startswith(f"{field}: ")
         assert sample("specrej_reward_score_seconds_count") == batches
+        assert engine.queued == 0
     finally:
         engine.close()
 
