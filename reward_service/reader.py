@@ -102,14 +102,12 @@ class CausalReader:
         for piece in pieces:
             spans.append((end, end + piece.count))
             end += piece.count
+        groups = self._groups(pieces, starts, spans)
         hidden = self.embed(torch.tensor(ids, device=self.device))
         cos, sin = self.rotary(hidden, positions.to(self.device).unsqueeze(0))
         cos, sin = cos[0], sin[0]
         total = hidden.shape[0]
-        # Query i of a piece (at own position start + i) sees its own keys 0 .. start + i.
-        later_keys = [torch.arange(start + p.count, device=self.device)[None, :]
-                       > torch.arange(start, start + p.count, device=self.device)[:, None]
-                       for p, start in zip(pieces, starts)]
+        new_keys_values = []  # per layer [k/v, token, kv_head, head_dim], written to the pieces after the pass
         for index, layer in enumerate(self.layers):
             attention = layer.self_attn
             x = layer.input_layernorm(hidden)
@@ -119,40 +117,86 @@ class CausalReader:
             if self.has_qk_norm:
                 q, k = attention.q_norm(q), attention.k_norm(k)
             q, k = apply_rotary_pos_emb(q, k, cos, sin, unsqueeze_dim=1)
-            q = q * self.scale
+            new = torch.stack((k, v))
+            new_keys_values.append(new)
             attended = torch.empty((total, self.num_heads * self.head_dim), dtype=hidden.dtype, device=self.device)
-            for piece, start, offset, (a, b), later in zip(pieces, starts, offsets, spans, later_keys):
-                own = piece.kv.keys_values[index]
-                own[0, :, start : start + b - a] = k[a:b].transpose(0, 1)
-                own[1, :, start : start + b - a] = v[a:b].transpose(0, 1)
-                prefix = None if piece.prefix is None else piece.prefix.keys_values[index, :, :, :offset]
-                attended[a:b] = self._attend(q[a:b], prefix, own[:, :, : start + b - a], later)
+            for group in groups:
+                group.attend(self, index, q * self.scale, new, attended)
             hidden = hidden + attention.o_proj(attended)
             hidden = hidden + layer.mlp(layer.post_attention_layernorm(hidden))
         final = self.norm(hidden)
+        # [layer, k/v, token, kv_head, head_dim] -> each piece's [layer, k/v, kv_head, position, head_dim]
+        new_keys_values = torch.stack(new_keys_values).transpose(2, 3)
         for piece, start, (a, b) in zip(pieces, starts, spans):
+            piece.kv.keys_values[:, :, :, start : start + b - a] = new_keys_values[:, :, :, a:b]
             piece.kv.hidden[start : start + b - a] = final[a:b]
             piece.kv.length = start + b - a
 
-    def _attend(self, q: torch.Tensor, prefix: torch.Tensor | None, own: torch.Tensor,
-                later: torch.Tensor) -> torch.Tensor:
-        """Queries (already scaled) of one sequence's new tokens against its prefix (all visible) and its
-        own tokens, of which `later` [new, own tokens] marks those after each query.
-        q [new, heads, head_dim]; prefix [k/v, kv_head, prefix_len, head_dim] or None;
-        own [k/v, kv_head, own tokens, head_dim]. Returns [new, heads * head_dim]."""
-        new, seen = q.shape[0], own.shape[2]
-        kv_heads, group, dim = self.num_kv_heads, self.group, self.head_dim
-        # Each kv head serves `group` query heads: one product per kv head over all their queries.
-        grouped = q.view(new, kv_heads, group, dim).permute(1, 2, 0, 3).reshape(kv_heads, group * new, dim)
-        scores = (grouped @ own[0].transpose(-1, -2)).float()
-        scores.view(kv_heads, group, new, seen).masked_fill_(later, float("-inf"))
-        if prefix is not None:
-            scores = torch.cat(((grouped @ prefix[0].transpose(-1, -2)).float(), scores), dim=-1)
+    def _groups(self, pieces: list[Piece], starts: list[int], spans: list[tuple[int, int]]) -> list["_Group"]:
+        """Pieces that share a prefix attend together; a piece without one is a group of its own."""
+        by_prefix: dict[int, list[int]] = {}
+        for number, piece in enumerate(pieces):
+            by_prefix.setdefault(id(piece.prefix) if piece.prefix is not None else -1 - number, []).append(number)
+        return [_Group([pieces[i] for i in members], [starts[i] for i in members], [spans[i] for i in members],
+                       self.device) for members in by_prefix.values()]
+
+
+class _Group:
+    """Pieces sharing one prefix, laid out as a padded batch [piece, new token] for attention: each
+    new token attends to the whole prefix (one copy, broadcast over the pieces) and causally to its
+    own piece's tokens."""
+
+    def __init__(self, pieces: list[Piece], starts: list[int], spans: list[tuple[int, int]], device):
+        self.pieces, self.starts = pieces, starts
+        counts = [b - a for a, b in spans]
+        self.width = max(counts)  # new tokens per piece, padded
+        self.length = max(s + c for s, c in zip(starts, counts))  # own tokens per piece, padded
+        rows = len(pieces)
+        # Where each (piece, new token) is in the packed pass; padding points at token 0 and is dropped.
+        slot = torch.arange(self.width)
+        self.valid = (slot[None, :] < torch.tensor(counts)[:, None]).to(device)
+        self.token = (torch.tensor([a for a, _ in spans])[:, None] + slot[None, :]).to(device) * self.valid
+        own_position = torch.tensor(starts)[:, None] + slot[None, :]
+        # Query j of a piece (own position start + j) sees its own tokens 0 .. start + j.
+        self.later = (torch.arange(self.length)[None, None, :] > own_position[:, :, None]).to(device)
+        # Cached tokens of each piece, and new ones, as (piece, position) indices into the padded layout.
+        self.cached_rows = torch.cat([torch.full((s,), r) for r, s in enumerate(starts)]).to(device)
+        self.cached_positions = torch.cat([torch.arange(s) for s in starts]).to(device)
+        self.new_rows = torch.arange(rows, device=device)[:, None].expand(rows, self.width)[self.valid]
+        self.new_positions = own_position.to(device)[self.valid]
+        self.prefix = pieces[0].prefix
+
+    def attend(self, reader: CausalReader, layer: int, q: torch.Tensor, new: torch.Tensor,
+               attended: torch.Tensor) -> None:
+        """Write into `attended` [token, heads * head_dim] the attention output of this group's tokens;
+        q [token, heads, head_dim] (scaled), new [k/v, token, kv_head, head_dim] of the whole pass."""
+        rows, width, length = len(self.pieces), self.width, self.length
+        kv_heads, group, dim = reader.num_kv_heads, reader.group, reader.head_dim
+        own = new.new_zeros((rows, length, 2, kv_heads, dim))
+        if len(self.cached_rows):
+            cached = torch.cat([p.kv.keys_values[layer, :, :, :s].permute(2, 0, 1, 3)
+                                for p, s in zip(self.pieces, self.starts)])
+            own[self.cached_rows, self.cached_positions] = cached
+        own[self.new_rows, self.new_positions] = new[:, self.token[self.valid]].transpose(0, 1)
+        own = own.permute(2, 3, 0, 1, 4)  # [k/v, kv_head, piece, position, head_dim]
+        # Each kv head serves `group` query heads: one product per kv head over all their queries. The
+        # prefix is one [kv_head, prefix, head_dim] tensor for all pieces: their queries are stacked
+        # against it rather than it being repeated for each piece.
+        queries = q[self.token].view(rows, width, kv_heads, group, dim).permute(2, 0, 3, 1, 4)
+        queries = queries.reshape(kv_heads, rows, group * width, dim)
+        scores = (queries @ own[0].transpose(-1, -2)).float()
+        scores.view(kv_heads, rows, group, width, length).masked_fill_(self.later[None, :, None], float("-inf"))
+        if self.prefix is not None:
+            prefix = self.prefix.keys_values[layer, :, :, : self.prefix.length]
+            prefix_scores = queries.reshape(kv_heads, rows * group * width, dim) @ prefix[0].transpose(-1, -2)
+            prefix_scores = prefix_scores.float().view(kv_heads, rows, group * width, -1)
+            scores = torch.cat((prefix_scores, scores), dim=-1)
         weights = scores.softmax(dim=-1).to(q.dtype)
-        if prefix is None:
+        if self.prefix is None:
             out = weights @ own[1]
         else:
-            prefix_weights, own_weights = weights.split([prefix.shape[2], seen], dim=-1)
-            out = prefix_weights @ prefix[1] + own_weights @ own[1]
-        return out.view(kv_heads, group, new, dim).permute(2, 0, 1, 3).reshape(new, kv_heads * group * dim)
-
+            prefix_weights, own_weights = weights.split([self.prefix.length, length], dim=-1)
+            prefix_out = prefix_weights.reshape(kv_heads, rows * group * width, -1) @ prefix[1]
+            out = prefix_out.view(kv_heads, rows, group * width, dim) + own_weights @ own[1]
+        out = out.view(kv_heads, rows, group, width, dim).permute(1, 3, 0, 2, 4).reshape(rows, width, -1)
+        attended[self.token[self.valid]] = out[self.valid]
