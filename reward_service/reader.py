@@ -64,7 +64,7 @@ class Piece:
 
 class CausalReader:
     """Runs pieces of many sequences in one forward pass: the projections and MLPs over all their
-    tokens packed together (no padding), attention per sequence against its prefix and itself."""
+    tokens packed together (no padding), attention per group of pieces that share a prefix."""
 
     def __init__(self, model):
         base = model.base_model
