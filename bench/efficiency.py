@@ -17,7 +17,7 @@ from collections.abc import Callable, Sequence
 from bench.config import EVERY, MEMORY, POOL_SEED_BASE, BenchConfig, Schedule
 from bench.prompts import Prompt
 from bench.records import BEST_OF_N, SPECULATIVE_REJECTION, Pool, RunRecord
-from coordinator.clients import ServiceError
+from common.errors import ServiceError
 from specrej.v1 import coordinator_pb2 as pb
 
 NO_SCHEDULE = "none"  # Best-of-N's schedule name

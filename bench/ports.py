@@ -4,20 +4,21 @@ In process: the engine and scorer objects are called directly and their results 
 same protobuf messages the services send (generator_service.messages, reward_service.servicer).
 Over gRPC: coordinator.clients, exactly as the coordinator uses them. A `Backend` runs one
 GenerateRequest through the Pipeline either way, so the benchmark measures the real algorithm.
+The ports are async (as the coordinator's are); the benchmark is not, so every Backend runs them on
+one event loop of this module, the loop the loopback servers serve on too.
 """
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import time
 
-import grpc
-
 from common.chat import PromptError, message_dicts, prompt_token_ids
-from coordinator.clients import GeneratorClient, RewardClient, ServiceError
-from coordinator.pipeline import Pipeline
-from coordinator.request import plan_request
-from generator_service.messages import advanced_message, pruned_message, sampling_params, started_message
 from common.errors import FieldError
+from coordinator.clients import GeneratorClient, RewardClient
+from coordinator.pipeline import Pipeline
+from coordinator.request import Limits, plan_request
+from generator_service.messages import advanced_message, pruned_message, sampling_params, started_message
 from reward_service.engine import ScoringEngine
 from reward_service.servicer import score_items, score_response
 from reward_service.sessions import SessionCache
@@ -26,6 +27,15 @@ from specrej.v1 import generator_pb2, reward_pb2
 
 # The benchmark sets n itself; the generator's memory budget is the only limit that matters.
 MAX_N = 1 << 20
+_loop: asyncio.AbstractEventLoop | None = None
+
+
+def run_async(coroutine):
+    """Run `coroutine` to its end on this module's event loop."""
+    global _loop
+    if _loop is None:
+        _loop = asyncio.new_event_loop()
+    return _loop.run_until_complete(coroutine)
 
 
 class InProcessSession:
@@ -39,7 +49,7 @@ class InProcessSession:
         self.engine, self.kv_budget_tokens = engine, kv_budget_tokens
         self.session = None
 
-    def start(self, start: generator_pb2.StartSession) -> generator_pb2.SessionStarted:
+    async def start(self, start: generator_pb2.StartSession) -> generator_pb2.SessionStarted:
         messages = message_dicts(start.messages)
         try:
             self.session = self.engine.open_session(
@@ -48,9 +58,7 @@ class InProcessSession:
                 planner=self._planner(messages),
             )
         except PromptError as error:
-            raise ServiceError(grpc.StatusCode.INVALID_ARGUMENT, f"messages: {error}") from error
-        except FieldError as error:
-            raise ServiceError(grpc.StatusCode.INVALID_ARGUMENT, str(error)) from error
+            raise FieldError("messages", str(error)) from error
         return started_message(self.session, self.session.start())
 
     def _planner(self, messages: list[dict]):
@@ -61,15 +69,11 @@ class InProcessSession:
         prompt_tokens = len(prompt_token_ids(self.engine.tokenizer, messages))
         return dataclasses.replace(own, budget_bytes=(prompt_tokens + self.kv_budget_tokens) * own.bytes_per_token)
 
-    def advance(self, until_tokens: int) -> generator_pb2.Advanced:
+    async def advance(self, until_tokens: int) -> generator_pb2.Advanced:
         return advanced_message(self.session, self.session.advance(until_tokens))
 
-    def prune(self, keep: list[int]) -> generator_pb2.Pruned:
-        try:
-            seconds = self.session.prune(list(keep))
-        except FieldError as error:
-            raise ServiceError(grpc.StatusCode.INVALID_ARGUMENT, str(error)) from error
-        return pruned_message(self.session, seconds)
+    async def prune(self, keep: list[int]) -> generator_pb2.Pruned:
+        return pruned_message(self.session, self.session.prune(list(keep)))
 
     def close(self) -> None:
         if self.session is not None:
@@ -88,27 +92,28 @@ class InProcessReward:
     def __init__(self, engine: ScoringEngine):
         self.engine = engine
 
-    def score(self, request: reward_pb2.ScoreRequest, timeout: float | None = None) -> reward_pb2.ScoreResponse:
-        try:
-            future = self.engine.submit(message_dicts(request.messages), score_items(request),
-                                        session=request.session)
-        except FieldError as error:
-            raise ServiceError(grpc.StatusCode.INVALID_ARGUMENT, str(error)) from error
-        return score_response(future.result())
+    async def score(self, request: reward_pb2.ScoreRequest) -> reward_pb2.ScoreResponse:
+        future = self.engine.submit(message_dicts(request.messages), score_items(request), session=request.session)
+        return score_response(await asyncio.wrap_future(future))
 
 
-def run_pipeline(request: pb.GenerateRequest, session, reward, *, memory_round_tokens: int) -> tuple[pb.GenerateResponse, float]:
-    """Run one request through the coordinator's Pipeline; returns the response and the wall seconds
-    from opening to closing the generator session (prefill, decoding, scoring, prunes)."""
+async def run_pipeline(request: pb.GenerateRequest, session, reward, *,
+                       memory_round_tokens: int) -> pb.GenerateResponse:
+    """Run one request through the coordinator's Pipeline."""
+    pipeline = Pipeline(plan_request(request, Limits(max_n=MAX_N, memory_round_tokens=memory_round_tokens)),
+                        session, reward)
+    await pipeline.start()
+    result = None
+    async for result in pipeline.events():
+        pass
+    return result
+
+
+def timed(coroutine_function, *args, **kwargs) -> tuple[pb.GenerateResponse, float]:
+    """Run a request; returns the response and the wall seconds from opening to closing the
+    generator session (prefill, decoding, scoring, prunes)."""
     began = time.perf_counter()
-    try:
-        pipeline = Pipeline(plan_request(request, max_n=MAX_N), session, reward, memory_round_tokens=memory_round_tokens)
-        pipeline.start()
-        result = None
-        for result in pipeline.events():
-            pass
-    finally:
-        session.close()
+    result = run_async(coroutine_function(*args, **kwargs))
     return result, time.perf_counter() - began
 
 
@@ -122,7 +127,13 @@ class InProcessBackend:
     def run(self, request: pb.GenerateRequest, *, memory_round_tokens: int,
             kv_budget_tokens: int | None = None) -> tuple[pb.GenerateResponse, float]:
         session = InProcessSession(self.engine, kv_budget_tokens)
-        return run_pipeline(request, session, self.reward, memory_round_tokens=memory_round_tokens)
+
+        async def run():
+            try:
+                return await run_pipeline(request, session, self.reward, memory_round_tokens=memory_round_tokens)
+            finally:
+                session.close()
+        return timed(run)
 
     def describe(self) -> dict:
         engine = self.engine
@@ -147,7 +158,9 @@ class GrpcBackend:
     name = "grpc"
 
     def __init__(self, generator: str, reward: str, timeout: float = 3600.0):
-        self.generator, self.reward = GeneratorClient(generator), RewardClient(reward)
+        async def clients():  # grpc.aio channels belong to the loop they are made on
+            return GeneratorClient(generator), RewardClient(reward)
+        self.generator, self.reward = run_async(clients())
         self.timeout = timeout
 
     def run(self, request: pb.GenerateRequest, *, memory_round_tokens: int,
@@ -155,14 +168,18 @@ class GrpcBackend:
         if kv_budget_tokens is not None:
             raise ValueError("a per-run KV budget needs the in-process engine; over gRPC the generator "
                              "service's --kv-cache-budget applies (use the schedule `memory`)")
-        session = self.generator.open(self.timeout)
-        return run_pipeline(request, session, self.reward, memory_round_tokens=memory_round_tokens)
+
+        async def run():
+            async with self.generator.session(self.timeout) as session:
+                return await run_pipeline(request, session, self.reward.for_request(self.timeout),
+                                          memory_round_tokens=memory_round_tokens)
+        return timed(run)
 
     def describe(self) -> dict:
         from specrej.v1 import reward_pb2 as reward_messages
 
-        generator = self.generator.stub.Info(generator_pb2.InfoRequest(), timeout=30)
-        reward = self.reward.stub.Info(reward_messages.RewardInfoRequest(), timeout=30)
+        generator = run_async(self.generator.stub.Info(generator_pb2.InfoRequest(), timeout=30))
+        reward = run_async(self.reward.stub.Info(reward_messages.RewardInfoRequest(), timeout=30))
         return {
             "backend": f"{self.name} (generator {self.generator.target}, reward {self.reward.target})",
             "generator": generator.model,
@@ -174,34 +191,37 @@ class GrpcBackend:
         }
 
     def close(self) -> None:
-        self.generator.channel.close()
-        self.reward.channel.close()
+        run_async(self.generator.close())
+        run_async(self.reward.close())
 
 
 class LoopbackServices:
     """The real gRPC servicers around this process's engine and scorer, on loopback ports: the gRPC
-    path with the very same engines, for measuring what the transport costs."""
+    path with the very same engines, for measuring what the transport costs. They serve on this
+    module's event loop, while a GrpcBackend's request runs on it."""
 
     def __init__(self, engine, scorer, model_name: str = ""):
-        from common.server import Server
+        from common.server import Server, ServerOptions
         from generator_service.servicer import GeneratorServicer
         from reward_service.servicer import RewardServicer
         from specrej.v1 import generator_pb2_grpc, reward_pb2_grpc
 
-        self.servers = []
-        for service, descriptor, add, servicer in (
+        async def start(service, descriptor, add, servicer):
+            server = Server(service, [descriptor.full_name],
+                            ServerOptions(host="127.0.0.1", port=0, metrics_port=0))
+            add(servicer, server.grpc)
+            await server.start()
+            await server.mark_serving()
+            return server
+
+        self.servers = [run_async(start(*spec)) for spec in (
             ("generator", generator_pb2.DESCRIPTOR.services_by_name["Generator"],
              generator_pb2_grpc.add_GeneratorServicer_to_server, GeneratorServicer(engine)),
             ("reward", reward_pb2.DESCRIPTOR.services_by_name["Reward"],
              reward_pb2_grpc.add_RewardServicer_to_server, RewardServicer(scoring_engine(scorer), model_name=model_name)),
-        ):
-            server = Server(service, [descriptor.full_name], host="127.0.0.1", port=0, max_workers=4, metrics_port=0)
-            add(servicer, server.grpc)
-            server.start()
-            server.mark_serving()
-            self.servers.append(server)
+        )]
         self.generator_address, self.reward_address = (f"127.0.0.1:{s.port}" for s in self.servers)
 
     def stop(self) -> None:
         for server in self.servers:
-            server.stop(grace=1.0)
+            run_async(server.grpc.stop(1.0))

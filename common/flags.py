@@ -57,3 +57,20 @@ def add_server_flags(parser: argparse.ArgumentParser, *, default_port: int, defa
     add_flag(parser, "drain-grace-seconds", env="SPECREJ_DRAIN_GRACE_SECONDS", default=300.0, type=float,
              help="on SIGTERM: health goes NOT_SERVING, new calls get UNAVAILABLE, and calls in flight get this long "
                   "to finish; keep it at least the longest request and below the pod's terminationGracePeriodSeconds")
+
+
+def add_tracing_flag(parser: argparse.ArgumentParser):
+    add_flag(parser, "otlp-endpoint", env="SPECREJ_OTLP_ENDPOINT", default=None,
+             help="OpenTelemetry collector to send traces to over OTLP/gRPC (http://HOST:4317, or https:// for "
+                  "TLS); unset = no tracing")
+
+
+def add_upstream_tls_flags(parser: argparse.ArgumentParser):
+    """TLS for the channels a service opens to other services (common.tls.ChannelTls)."""
+    add_flag(parser, "upstream-tls-ca", env="SPECREJ_UPSTREAM_TLS_CA", default=None,
+             help="PEM CA bundle that signed the upstream services' certificates; setting any --upstream-tls-* "
+                  "flag turns TLS on for upstream calls (without this one, the system's roots are trusted)")
+    add_flag(parser, "upstream-tls-cert", env="SPECREJ_UPSTREAM_TLS_CERT", default=None,
+             help="PEM client certificate to present upstream (mutual TLS, with --upstream-tls-key)")
+    add_flag(parser, "upstream-tls-key", env="SPECREJ_UPSTREAM_TLS_KEY", default=None,
+             help="PEM private key of --upstream-tls-cert")

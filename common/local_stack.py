@@ -9,6 +9,8 @@ import time
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from .tls import ChannelTls, secure_or_insecure_channel
+
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 
 
@@ -18,10 +20,11 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
-def wait_serving(address: str, process: subprocess.Popen, timeout: float = 300.0) -> None:
+def wait_serving(address: str, process: subprocess.Popen, timeout: float = 300.0,
+                 tls: ChannelTls | None = None) -> None:
     """Block until the server's health says SERVING; fail early if the process dies."""
     deadline = time.monotonic() + timeout
-    with grpc.insecure_channel(address) as channel:
+    with secure_or_insecure_channel(address, tls, aio=False) as channel:
         stub = health_pb2_grpc.HealthStub(channel)
         while time.monotonic() < deadline:
             if process.poll() is not None:
@@ -47,10 +50,12 @@ def stop_process(process: subprocess.Popen, grace: float = 10.0) -> None:
 
 
 class Service:
-    """One service as a real process: `python -m module --port P --metrics-port M ...`."""
+    """One service as a real process: `python -m module --port P --metrics-port M ...`; `tls` is how
+    to reach it when it serves TLS."""
 
-    def __init__(self, module: str, *args: str, log_dir: pathlib.Path, wait: bool = True):
-        self.module = module
+    def __init__(self, module: str, *args: str, log_dir: pathlib.Path, wait: bool = True,
+                 tls: ChannelTls | None = None):
+        self.module, self.tls = module, tls
         self.port, self.metrics_port = free_port(), free_port()
         self.address = f"127.0.0.1:{self.port}"
         self.log_path = pathlib.Path(log_dir) / f"{module}-{self.port}.log"
@@ -65,7 +70,7 @@ class Service:
 
     def wait_serving(self) -> None:
         try:
-            wait_serving(self.address, self.process)
+            wait_serving(self.address, self.process, tls=self.tls)
         except Exception:
             self.stop()
             raise RuntimeError(f"{self.module} failed to start:\n{self.log()[-3000:]}")
@@ -80,21 +85,22 @@ class Service:
 
 class Stack:
     """Generator, reward and coordinator as real processes, wired together on loopback.
-    The model services load in parallel."""
+    The model services load in parallel. With `tls`, all three serve TLS (their flags come with the
+    *_args) and `tls` is what this process presents to them."""
 
-    def __init__(self, log_dir, generator_args=(), reward_args=(), coordinator_args=()):
-        self.generator = Service("generator_service", *generator_args, log_dir=log_dir, wait=False)
-        self.reward = Service("reward_service", *reward_args, log_dir=log_dir, wait=False)
+    def __init__(self, log_dir, generator_args=(), reward_args=(), coordinator_args=(), tls: ChannelTls | None = None):
+        self.generator = Service("generator_service", *generator_args, log_dir=log_dir, wait=False, tls=tls)
+        self.reward = Service("reward_service", *reward_args, log_dir=log_dir, wait=False, tls=tls)
         try:
             self.generator.wait_serving()
             self.reward.wait_serving()
             self.coordinator = Service("coordinator", "--generator", self.generator.address, "--reward",
-                                       self.reward.address, *coordinator_args, log_dir=log_dir)
+                                       self.reward.address, *coordinator_args, log_dir=log_dir, tls=tls)
         except Exception:
             self.generator.stop()
             self.reward.stop()
             raise
-        self.channel = grpc.insecure_channel(self.coordinator.address)
+        self.channel = secure_or_insecure_channel(self.coordinator.address, tls, aio=False)
 
     @property
     def services(self):

@@ -68,6 +68,15 @@ class ChannelTls:
     cert: str | None = None  # client certificate for mTLS
     key: str | None = None
 
+    @classmethod
+    def from_upstream_args(cls, args) -> "ChannelTls | None":
+        """From common.flags.add_upstream_tls_flags; None (plaintext) when none of them is set."""
+        if not (args.upstream_tls_ca or args.upstream_tls_cert or args.upstream_tls_key):
+            return None
+        if bool(args.upstream_tls_cert) != bool(args.upstream_tls_key):
+            raise SystemExit("--upstream-tls-cert and --upstream-tls-key go together")
+        return cls(args.upstream_tls_ca, args.upstream_tls_cert, args.upstream_tls_key)
+
     def credentials(self) -> grpc.ChannelCredentials:
         return grpc.ssl_channel_credentials(root_certificates=_read(self.ca), private_key=_read(self.key),
                                             certificate_chain=_read(self.cert))

@@ -1,44 +1,75 @@
 """python -m coordinator: the public Speculative Rejection / Best-of-N API over gRPC."""
 import argparse
+import asyncio
 import logging
 
-from common.flags import add_flag, add_server_flags
+from common.flags import add_flag, add_server_flags, add_tracing_flag, add_upstream_tls_flags, parse_bytes
 
 
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m coordinator", description=__doc__)
-    add_server_flags(parser, default_port=50050, default_metrics_port=9100)
+    add_server_flags(parser, default_port=50050, default_metrics_port=9100, reflection="on")
     add_flag(parser, "generator", env="SPECREJ_GENERATOR", default="localhost:50051",
              help="generator service address (HOST:PORT, or dns:///NAME:PORT to balance over replicas)")
     add_flag(parser, "reward", env="SPECREJ_REWARD", default="localhost:50052", help="reward service address")
+    add_upstream_tls_flags(parser)
+    add_flag(parser, "auth-token-file", env="SPECREJ_AUTH_TOKEN_FILE", default=None,
+             help="file of bearer tokens, one per line, re-read when it changes; when set, calls need "
+                  "`authorization: Bearer <token>` metadata (health checks excepted); unset = no authentication")
+    add_flag(parser, "max-concurrent", env="SPECREJ_MAX_CONCURRENT", default=64, type=int,
+             help="requests running at once; more wait in the queue")
+    add_flag(parser, "max-queued", env="SPECREJ_MAX_QUEUED", default=256, type=int,
+             help="requests waiting to run before new ones get RESOURCE_EXHAUSTED (with a retry hint)")
     add_flag(parser, "max-n", env="SPECREJ_MAX_N", default=1024, type=int,
              help="largest n a request may ask for (the generator's memory budget may allow fewer)")
+    add_flag(parser, "max-prompt-bytes", env="SPECREJ_MAX_PROMPT_BYTES", default=1_000_000, type=parse_bytes,
+             help="most UTF-8 bytes of prompt or message text in one request")
+    add_flag(parser, "max-messages", env="SPECREJ_MAX_MESSAGES", default=256, type=int,
+             help="most messages in one request's conversation")
+    add_flag(parser, "max-decision-points", env="SPECREJ_MAX_DECISION_POINTS", default=1024, type=int,
+             help="most explicit decision_points in one request")
     add_flag(parser, "memory-round-tokens", env="SPECREJ_MEMORY_ROUND_TOKENS", default=32, type=int,
              help="with memory-driven decision points, tokens every candidate must decode before the first one; "
                   "sizes n = 0 and bounds an explicit n")
     add_flag(parser, "default-timeout", env="SPECREJ_DEFAULT_TIMEOUT", default=600.0, type=float,
              help="seconds a request may take when its client sets no deadline")
+    add_tracing_flag(parser)
     return parser.parse_args(argv)
 
 
 def main(argv=None) -> None:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    asyncio.run(serve(args))
+
+
+async def serve(args) -> None:
     from common import metrics as common_metrics
-    from common.server import Server
+    from common.auth import BearerTokenInterceptor, TokenFile
+    from common.server import Server, ServerOptions
+    from common.tls import ChannelTls
+    from common.tracing import configure_tracing
     from specrej.v1 import coordinator_pb2, coordinator_pb2_grpc
+    from .admission import Admission
     from .clients import GeneratorClient, RewardClient
+    from .request import Limits
     from .servicer import CoordinatorServicer
 
+    configure_tracing("coordinator", args.otlp_endpoint)
+    interceptors = [BearerTokenInterceptor(TokenFile(args.auth_token_file))] if args.auth_token_file else []
     server = Server("coordinator", [coordinator_pb2.DESCRIPTOR.services_by_name["Coordinator"].full_name],
-                    host=args.host, port=args.port, max_workers=args.max_workers, metrics_port=args.metrics_port)
-    servicer = CoordinatorServicer(GeneratorClient(args.generator), RewardClient(args.reward), max_n=args.max_n,
-                                   memory_round_tokens=args.memory_round_tokens, default_timeout=args.default_timeout)
+                    ServerOptions.from_args(args), interceptors=interceptors)
+    upstream_tls = ChannelTls.from_upstream_args(args)
+    limits = Limits(max_n=args.max_n, max_prompt_bytes=args.max_prompt_bytes, max_messages=args.max_messages,
+                    max_decision_points=args.max_decision_points, memory_round_tokens=args.memory_round_tokens)
+    servicer = CoordinatorServicer(
+        GeneratorClient(args.generator, upstream_tls), RewardClient(args.reward, upstream_tls),
+        Admission(args.max_concurrent, args.max_queued, service="coordinator"), limits, args.default_timeout)
     coordinator_pb2_grpc.add_CoordinatorServicer_to_server(servicer, server.grpc)
     common_metrics.set_build_info("coordinator", model="")
-    server.start()
-    server.mark_serving()
-    server.wait()
+    await server.start()
+    await server.mark_serving()
+    await server.serve_until_signalled()
 
 
 if __name__ == "__main__":

@@ -1,10 +1,18 @@
-"""gRPC clients of the generator and reward services, with their failures turned into
-ServiceError carrying the status the coordinator should answer with."""
-import queue
+"""grpc.aio clients of the generator and reward services. Their failures become common.errors with
+public messages that name the service, never its address (addresses go to the log)."""
+import asyncio
+import contextlib
+import logging
+import time
 
 import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from common import errors
+from common.tls import ChannelTls, secure_or_insecure_channel
 from specrej.v1 import generator_pb2, generator_pb2_grpc, reward_pb2, reward_pb2_grpc
+
+log = logging.getLogger(__name__)
 
 # Headless Kubernetes services resolve to every replica; round robin spreads requests over them,
 # and a request's whole session stays on the replica its stream was opened to.
@@ -13,82 +21,169 @@ _CHANNEL_OPTIONS = [
     ("grpc.max_receive_message_length", 64 * 1024 * 1024),
     ("grpc.max_send_message_length", 64 * 1024 * 1024),
 ]
+# How long a health check of a channel that is not connected may take before the service counts as
+# down. A refused connection fails at once whatever this is; it bounds only a service that does not
+# answer, and is long enough that a busy but healthy service is not taken for a dead one.
+PROBE_SECONDS = 2.0
 
 
-class ServiceError(Exception):
-    def __init__(self, code: grpc.StatusCode, message: str):
-        super().__init__(message)
-        self.code, self.message = code, message
-
-
-def _translate(error: grpc.RpcError, service: str, target: str) -> ServiceError:
-    code, details = error.code(), error.details()
+def translate(error: grpc.aio.AioRpcError, service: str, target: str) -> errors.ServiceError:
+    """The error the coordinator answers with when `service` failed with `error`."""
+    code, details = error.code(), error.details() or ""
+    log.warning("the %s service at %s answered %s: %s", service, target, code.name, details)
     if code == grpc.StatusCode.UNAVAILABLE:
-        return ServiceError(code, f"the {service} service at {target} is unavailable: {details}")
+        return errors.Unavailable(f"the {service} service is unavailable")
     if code == grpc.StatusCode.DEADLINE_EXCEEDED:
-        return ServiceError(code, f"the deadline passed while waiting for the {service} service")
-    return ServiceError(code, details or f"{service} service failed with {code.name}")
+        return errors.DeadlineExceeded(f"the deadline passed while waiting for the {service} service")
+    if code == grpc.StatusCode.CANCELLED:
+        return errors.Cancelled(f"the call to the {service} service was cancelled")
+    if code == grpc.StatusCode.RESOURCE_EXHAUSTED:
+        pushback = dict(error.trailing_metadata() or ()).get(errors.RETRY_PUSHBACK_KEY)
+        return errors.Overloaded(details, retry_after_seconds=int(pushback) / 1000 if pushback else 1.0)
+    if code == grpc.StatusCode.INVALID_ARGUMENT:
+        violations = errors.field_violations(error)
+        if violations:
+            return errors.FieldError(*violations[0])
+        return errors.Upstream(code, details)
+    if code in (grpc.StatusCode.INTERNAL, grpc.StatusCode.UNKNOWN):
+        return errors.Upstream(code, f"the {service} service failed; see its log")
+    return errors.Upstream(code, details or f"the {service} service failed with {code.name}")
+
+
+class _Upstream:
+    """A channel to one service (over TLS when given) and its health stub."""
+
+    service = ""  # the name public messages use
+    service_name = ""  # the gRPC service its health check asks about
+
+    def __init__(self, target: str, tls: ChannelTls | None = None):
+        self.target = target
+        self.channel = secure_or_insecure_channel(target, tls, options=_CHANNEL_OPTIONS)
+        self.health = health_pb2_grpc.HealthStub(self.channel)
+
+    def _error(self, error: grpc.aio.AioRpcError) -> errors.ServiceError:
+        return translate(error, self.service, self.target)
+
+    async def check_reachable(self) -> None:
+        """Raise Unavailable unless the service answers, quickly: a connected channel counts as up,
+        otherwise a health check must say SERVING within PROBE_SECONDS."""
+        if self.channel.get_state(try_to_connect=True) == grpc.ChannelConnectivity.READY:
+            return
+        try:
+            response = await self.health.Check(health_pb2.HealthCheckRequest(service=self.service_name),
+                                               timeout=PROBE_SECONDS)
+        except grpc.aio.AioRpcError as error:
+            log.warning("the %s service at %s is not reachable: %s %s", self.service, self.target,
+                        error.code().name, error.details())
+            raise errors.Unavailable(f"the {self.service} service is unavailable") from None
+        if response.status != health_pb2.HealthCheckResponse.SERVING:
+            log.warning("the %s service at %s is %s", self.service, self.target,
+                        health_pb2.HealthCheckResponse.ServingStatus.Name(response.status))
+            raise errors.Unavailable(f"the {self.service} service is not serving yet")
+
+    async def close(self) -> None:
+        await self.channel.close()
 
 
 class GeneratorSession:
-    """One generator session: a bidirectional stream, one event answering each command."""
+    """One generator session: a bidirectional stream, one event answering each command. Implements
+    coordinator.pipeline.GeneratorPort."""
 
-    def __init__(self, stub, target: str, timeout: float | None):
-        self.target = target
-        self._commands: queue.Queue = queue.Queue()
-        self._call = stub.Session(iter(self._commands.get, None), timeout=timeout)
+    def __init__(self, client: "GeneratorClient", timeout: float | None, metadata: tuple):
+        self._client = client
+        self._call = client.stub.Session(timeout=timeout, metadata=metadata)
 
-    def _send(self, command: generator_pb2.SessionCommand):
-        self._commands.put(command)
+    async def _send(self, command: generator_pb2.SessionCommand) -> generator_pb2.SessionEvent:
         try:
-            return next(self._call)
-        except grpc.RpcError as error:
-            raise _translate(error, "generator", self.target) from error
-        except StopIteration:
-            raise ServiceError(grpc.StatusCode.INTERNAL, "the generator ended the session early") from None
+            try:
+                await self._call.write(command)
+            except asyncio.InvalidStateError:
+                pass  # the call ended between two commands (its deadline, a generator failure): reading says how
+            event = await self._call.read()
+        except grpc.aio.AioRpcError as error:
+            raise self._client._error(error) from None
+        if event is grpc.aio.EOF:
+            raise errors.Upstream(grpc.StatusCode.INTERNAL, "the generator ended the session early")
+        return event
 
-    def start(self, start: generator_pb2.StartSession) -> generator_pb2.SessionStarted:
-        return self._send(generator_pb2.SessionCommand(start=start)).started
+    async def start(self, start: generator_pb2.StartSession) -> generator_pb2.SessionStarted:
+        return (await self._send(generator_pb2.SessionCommand(start=start))).started
 
-    def advance(self, until_tokens: int) -> generator_pb2.Advanced:
-        return self._send(generator_pb2.SessionCommand(advance=generator_pb2.Advance(until_tokens=until_tokens))).advanced
+    async def advance(self, until_tokens: int) -> generator_pb2.Advanced:
+        command = generator_pb2.SessionCommand(advance=generator_pb2.Advance(until_tokens=until_tokens))
+        return (await self._send(command)).advanced
 
-    def prune(self, keep: list[int]) -> generator_pb2.Pruned:
-        return self._send(generator_pb2.SessionCommand(prune=generator_pb2.Prune(keep=keep))).pruned
+    async def prune(self, keep: list[int]) -> generator_pb2.Pruned:
+        return (await self._send(generator_pb2.SessionCommand(prune=generator_pb2.Prune(keep=keep)))).pruned
 
-    def close(self) -> None:
+    async def close(self) -> None:
         """End the stream and wait for the generator to free the session."""
-        self._commands.put(None)
         try:
-            for _ in self._call:
+            await self._call.done_writing()
+            while await self._call.read() is not grpc.aio.EOF:
                 pass
-        except grpc.RpcError:
+        except grpc.aio.AioRpcError:
             pass  # the session is gone either way
 
     def cancel(self) -> None:
-        """Abandon the session at once (the client left); safe from any thread."""
-        self._commands.put(None)
+        """Abandon the session at once: the generator frees it."""
         self._call.cancel()
 
 
-class GeneratorClient:
-    def __init__(self, target: str):
-        self.target = target
-        self.channel = grpc.insecure_channel(target, options=_CHANNEL_OPTIONS)
+class GeneratorClient(_Upstream):
+    service = "generator"
+    service_name = generator_pb2.DESCRIPTOR.services_by_name["Generator"].full_name
+
+    def __init__(self, target: str, tls: ChannelTls | None = None):
+        super().__init__(target, tls)
         self.stub = generator_pb2_grpc.GeneratorStub(self.channel)
+        self._context_tokens: int | None = None
 
-    def open(self, timeout: float | None) -> GeneratorSession:
-        return GeneratorSession(self.stub, self.target, timeout)
+    @contextlib.asynccontextmanager
+    async def session(self, timeout: float | None, metadata: tuple = ()):
+        """A session that is closed when the block ends and cancelled when it fails or is
+        cancelled (the client left, the deadline passed): either way the generator frees it."""
+        session = GeneratorSession(self, timeout, metadata)
+        try:
+            yield session
+        except BaseException:
+            session.cancel()
+            raise
+        await session.close()
+
+    async def context_tokens(self) -> int | None:
+        """The generator model's context length, once it has answered; None while it is unknown."""
+        if self._context_tokens is None:
+            try:
+                info = await self.stub.Info(generator_pb2.InfoRequest(), timeout=PROBE_SECONDS)
+                self._context_tokens = info.max_context_tokens or None
+            except grpc.aio.AioRpcError:
+                return None
+        return self._context_tokens
 
 
-class RewardClient:
-    def __init__(self, target: str):
-        self.target = target
-        self.channel = grpc.insecure_channel(target, options=_CHANNEL_OPTIONS)
+class RewardCalls:
+    """The reward service for one request: its deadline and metadata on every call. Implements
+    coordinator.pipeline.RewardPort."""
+
+    def __init__(self, client: "RewardClient", deadline: float | None, metadata: tuple):
+        self._client, self._deadline, self._metadata = client, deadline, metadata
+
+    async def score(self, request: reward_pb2.ScoreRequest) -> reward_pb2.ScoreResponse:
+        timeout = None if self._deadline is None else max(0.0, self._deadline - time.monotonic())
+        try:
+            return await self._client.stub.Score(request, timeout=timeout, metadata=self._metadata)
+        except grpc.aio.AioRpcError as error:
+            raise self._client._error(error) from None
+
+
+class RewardClient(_Upstream):
+    service = "reward"
+    service_name = reward_pb2.DESCRIPTOR.services_by_name["Reward"].full_name
+
+    def __init__(self, target: str, tls: ChannelTls | None = None):
+        super().__init__(target, tls)
         self.stub = reward_pb2_grpc.RewardStub(self.channel)
 
-    def score(self, request: reward_pb2.ScoreRequest, timeout: float | None) -> reward_pb2.ScoreResponse:
-        try:
-            return self.stub.Score(request, timeout=timeout)
-        except grpc.RpcError as error:
-            raise _translate(error, "reward", self.target) from error
+    def for_request(self, timeout: float | None, metadata: tuple = ()) -> RewardCalls:
+        return RewardCalls(self, None if timeout is None else time.monotonic() + timeout, metadata)

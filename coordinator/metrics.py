@@ -23,7 +23,8 @@ STAGE_SECONDS = prom.Counter("specrej_stage_seconds_total",
                              "Time requests spent generating, scoring, and in the coordinator itself.",
                              ["service", "stage"])
 IN_FLIGHT = prom.Gauge("specrej_requests_in_flight", "Requests being answered.", ["service"])
-QUEUED = prom.Gauge("specrej_requests_queued", "Requests waiting for a generator session.", ["service"])
+QUEUED = prom.Gauge("specrej_requests_queued",
+                    "Admitted requests waiting for the generator to open their session.", ["service"])
 REWARD = prom.Histogram("specrej_response_reward", "Reward of the returned response.", ["service", "method"],
                         buckets=(-10, -5, -3, -2, -1.5, -1, -0.75, -0.5, -0.25, 0, 0.5, 1, 2, 5, 10))
 
@@ -42,11 +43,17 @@ def observe_round(record: pb.Round) -> None:
 def observe_result(response: pb.GenerateResponse) -> None:
     stats, method = response.stats, method_name(response.stats.method)
     ROUNDS.labels(SERVICE, method).observe(len(stats.rounds))
-    DECODED_TOKENS.labels(SERVICE, method).inc(stats.generated_tokens)
     STAGE_SECONDS.labels(SERVICE, "generate").inc(stats.generate_seconds)
     STAGE_SECONDS.labels(SERVICE, "score").inc(stats.score_seconds)
     STAGE_SECONDS.labels(SERVICE, "coordinate").inc(stats.coordinator_seconds)
     REWARD.labels(SERVICE, method).observe(response.best.score)
+
+
+def observe_decoded(method: str, tokens: int) -> None:
+    """Tokens a request had decoded when it ended, however it ended (the generator counts them too);
+    requests that never reached the generator add nothing."""
+    if tokens:
+        DECODED_TOKENS.labels(SERVICE, method).inc(tokens)
 
 
 def _initialise() -> None:

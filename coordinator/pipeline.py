@@ -1,24 +1,32 @@
 """One request, start to end: open a generator session, decode to each decision point, score,
 rank, prune, and return the best finished candidate. The decisions come from `schedule`; the
-generator and reward model are reached through small port objects, so the same pipeline runs over
-gRPC or, in the benchmark, in process."""
+generator and reward model are reached through two small async ports, so the same pipeline runs
+over gRPC (coordinator.clients) or, in the benchmark, in process (bench.ports)."""
 import time
 from dataclasses import dataclass, field
-from typing import Iterator, Protocol
+from typing import AsyncIterator, Protocol
 
-from specrej.v1 import common_pb2, coordinator_pb2 as pb, generator_pb2, reward_pb2
+from opentelemetry import trace
+
+from specrej.v1 import coordinator_pb2 as pb, generator_pb2, reward_pb2
 from . import schedule
 from .request import Plan
 
+tracer = trace.get_tracer(__name__)
+
 
 class GeneratorPort(Protocol):
-    def start(self, start: generator_pb2.StartSession) -> generator_pb2.SessionStarted: ...
-    def advance(self, until_tokens: int) -> generator_pb2.Advanced: ...
-    def prune(self, keep: list[int]) -> generator_pb2.Pruned: ...
+    """One generator session."""
+
+    async def start(self, start: generator_pb2.StartSession) -> generator_pb2.SessionStarted: ...
+    async def advance(self, until_tokens: int) -> generator_pb2.Advanced: ...
+    async def prune(self, keep: list[int]) -> generator_pb2.Pruned: ...
 
 
 class RewardPort(Protocol):
-    def score(self, request: reward_pb2.ScoreRequest, timeout: float | None) -> reward_pb2.ScoreResponse: ...
+    """The reward model, for one request."""
+
+    async def score(self, request: reward_pb2.ScoreRequest) -> reward_pb2.ScoreResponse: ...
 
 
 @dataclass
@@ -42,85 +50,88 @@ class _Clock:
 
 
 class Pipeline:
-    def __init__(self, plan: Plan, generator: GeneratorPort, reward: RewardPort, *, memory_round_tokens: int,
-                 deadline: float | None = None):
+    def __init__(self, plan: Plan, generator: GeneratorPort, reward: RewardPort):
         self.plan, self.generator, self.reward = plan, generator, reward
-        self.memory_round_tokens = memory_round_tokens
-        self.deadline = deadline  # time.monotonic() value, or None
         self.clock = _Clock()
         self.rounds: list[pb.Round] = []
         self.scored_tokens = 0
-        self.messages = [common_pb2.Message(role=m["role"], content=m["content"]) for m in plan.messages]
+        self.started: generator_pb2.SessionStarted | None = None
+        self.candidates: dict[int, _Candidate] = {}
 
-    def _remaining(self) -> float | None:
-        return None if self.deadline is None else max(0.0, self.deadline - time.monotonic())
+    @property
+    def decoded_tokens(self) -> int:
+        """Tokens decoded so far over all candidates; each sampled its first token at prefill."""
+        return sum(max(c.num_tokens, 1) for c in self.candidates.values())
 
-    def _timed_generator(self, call, *args):
+    async def _timed_generator(self, call, *args):
         began = time.perf_counter()
         try:
-            return call(*args)
+            return await call(*args)
         finally:
             self.clock.generate += time.perf_counter() - began
 
-    def _scores(self, candidates: list[_Candidate]) -> list[float]:
+    async def _scores(self, candidates: list[_Candidate]) -> list[float]:
         began = time.perf_counter()
         request = reward_pb2.ScoreRequest(
-            messages=self.messages,
+            messages=self.plan.messages,
             items=[reward_pb2.ScoreItem(response=c.text, complete=c.finish_reason == "stop") for c in candidates],
         )
-        response = self.reward.score(request, self._remaining())
+        with tracer.start_as_current_span("score", attributes={"specrej.candidates": len(candidates)}):
+            response = await self.reward.score(request)
         self.clock.score += time.perf_counter() - began
         self.scored_tokens += response.scored_tokens
         return list(response.scores)
 
-    def start(self) -> None:
+    async def start(self) -> None:
         """Open the generator session: prefill and first tokens. May wait for a free session."""
         plan = self.plan
-        self.started = self._timed_generator(self.generator.start, generator_pb2.StartSession(
-            messages=self.messages, n=plan.n, max_new_tokens=plan.max_new_tokens,
-            sampling=generator_pb2.SamplingParams(temperature=plan.temperature, top_p=plan.top_p, top_k=plan.top_k,
-                                                  seed=plan.seed),
-            min_tokens_before_full=(plan.schedule.first_stop(plan.max_new_tokens, self.memory_round_tokens)
-                                    if plan.rejection_rate > 0 else plan.max_new_tokens),
-        ))
+        with tracer.start_as_current_span("prefill"):
+            self.started = await self._timed_generator(self.generator.start, generator_pb2.StartSession(
+                messages=plan.messages, n=plan.n, max_new_tokens=plan.max_new_tokens,
+                sampling=generator_pb2.SamplingParams(temperature=plan.temperature, top_p=plan.top_p,
+                                                      top_k=plan.top_k, seed=plan.seed),
+                min_tokens_before_full=plan.min_tokens_before_full,
+            ))
         self.clock.prefill = self.started.prefill_seconds
+        self.candidates = {i: _Candidate(i) for i in range(self.started.n)}
 
-    def events(self) -> Iterator[pb.Round | pb.GenerateResponse]:
+    async def events(self) -> AsyncIterator[pb.Round | pb.GenerateResponse]:
         """After `start()`: yields a Round after each decision point, then the GenerateResponse."""
         plan = self.plan
-        candidates = {i: _Candidate(i) for i in range(self.started.n)}
-        live = dict(candidates)
+        live = dict(self.candidates)
         position = 1
         while True:
             round_began = (self.clock.generate, self.clock.score)
-            advanced = self._timed_generator(
-                self.generator.advance, plan.schedule.next_stop(position, plan.max_new_tokens))
+            with tracer.start_as_current_span("decode"):
+                advanced = await self._timed_generator(
+                    self.generator.advance, plan.schedule.next_stop(position, plan.max_new_tokens))
             position = advanced.position
             for update in advanced.sequences:
-                candidate = candidates[update.index]
+                candidate = self.candidates[update.index]
                 candidate.text += update.text_delta
                 candidate.num_tokens = update.num_tokens
                 candidate.finish_reason = update.finish_reason
             running = [c for c in live.values() if not c.finished]
             if not running:
                 break
-            if advanced.memory_full and advanced.steps == 0 and len(running) == 1:
-                # A lone candidate that fills the whole cache can grow no further.
+            if schedule.cannot_grow(len(running), advanced.memory_full, advanced.steps):
                 running[0].finish_reason = "length"
                 break
-            yield self._decide(live, advanced, position, round_began)
-        yield self._result(candidates, live)
+            with tracer.start_as_current_span("decision point", attributes={"specrej.position": position}):
+                record = await self._decide(live, advanced, position, round_began)
+            yield record
+        yield await self._result(live)
 
-    def _decide(self, live: dict, advanced, position: int, round_began) -> pb.Round:
+    async def _decide(self, live: dict, advanced, position: int, round_began) -> pb.Round:
         order = list(live.values())
-        ranked = [schedule.Ranked(c.index, s, c.finished) for c, s in zip(order, self._scores(order))]
+        ranked = [schedule.Ranked(c.index, s, c.finished) for c, s in zip(order, await self._scores(order))]
         decision = schedule.decide(ranked, self.plan.rejection_rate, memory_full=advanced.memory_full)
         for loser in decision.rejected:
             candidate = live.pop(loser.index)
             if not candidate.finished:
                 candidate.finish_reason = "rejected"
         if any(not c.finished for c in decision.rejected):
-            self._timed_generator(self.generator.prune, [c.index for c in decision.kept if not c.finished])
+            await self._timed_generator(self.generator.prune, [c.index for c in decision.kept if not c.finished])
         record = pb.Round(
             token_position=position, active_before=len(ranked), kept=len(decision.kept),
             rejected=len(decision.rejected), cutoff_score=decision.cutoff_score,
@@ -131,10 +142,11 @@ class Pipeline:
         self.rounds.append(record)
         return record
 
-    def _result(self, candidates: dict, live: dict) -> pb.GenerateResponse:
+    async def _result(self, live: dict) -> pb.GenerateResponse:
         finalists = sorted(live.values(), key=lambda c: c.index)
-        scores = self._scores(finalists)
+        scores = await self._scores(finalists)
         ranked = schedule.rank([schedule.Ranked(c.index, s, True) for c, s in zip(finalists, scores)])
+        candidates = self.candidates
         chosen = [
             pb.Candidate(index=r.index, text=candidates[r.index].text, score=r.score,
                          num_tokens=candidates[r.index].num_tokens, finish_reason=candidates[r.index].finish_reason)

@@ -1,8 +1,11 @@
-"""Checking a GenerateRequest and turning it into a plan. Bad fields get a message naming them."""
+"""Checking a GenerateRequest and turning it into a plan. Bad fields raise common.errors.FieldError
+naming them. Every check here is cheap: sizes and ranges, nothing that needs a model."""
 import math
 import secrets
 from dataclasses import dataclass
 
+from common.errors import FieldError
+from specrej.v1 import common_pb2
 from specrej.v1 import coordinator_pb2 as pb
 from .schedule import DecisionSchedule
 
@@ -10,13 +13,23 @@ DEFAULT_REJECTION_RATE = 0.5
 _ROLES = {"system", "user", "assistant"}
 
 
-class InvalidRequest(ValueError):
-    pass
+@dataclass(frozen=True)
+class Limits:
+    """What this coordinator accepts (its flags); the generator checks the rest exactly."""
+
+    max_n: int = 1024
+    max_prompt_bytes: int = 1_000_000
+    max_messages: int = 256
+    max_decision_points: int = 1024
+    # Response tokens before the first memory-driven decision point (sizes n = 0).
+    memory_round_tokens: int = 32
+    # The generator model's context length when known; max_new_tokens must be below it.
+    max_context_tokens: int | None = None
 
 
 @dataclass(frozen=True)
 class Plan:
-    messages: list[dict]
+    messages: tuple[common_pb2.Message, ...]
     n: int
     method: int
     rejection_rate: float
@@ -27,56 +40,77 @@ class Plan:
     seed: int
     schedule: DecisionSchedule
     return_top: int
+    # Tokens every candidate must be able to decode before the KV cache is full (the generator sizes n by it).
+    min_tokens_before_full: int
 
 
-def plan_request(request: pb.GenerateRequest, *, max_n: int) -> Plan:
-    """Validate every field of `request`; raise InvalidRequest naming the first bad one."""
-    messages = _messages(request)
+def plan_request(request: pb.GenerateRequest, limits: Limits = Limits()) -> Plan:
+    """Validate every field of `request`; raise FieldError naming the first bad one."""
+    messages = _messages(request, limits)
     if request.method not in pb.Method.values():
-        raise InvalidRequest(f"method: unknown method {request.method}")
+        raise FieldError("method", f"unknown method {request.method}")
     best_of_n = request.method == pb.BEST_OF_N
-    if request.n > max_n:
-        raise InvalidRequest(f"n: {request.n} is more than this service's limit of {max_n}")
+    if request.n > limits.max_n:
+        raise FieldError("n", f"{request.n} is more than this service's limit of {limits.max_n}")
     alpha = request.rejection_rate if request.HasField("rejection_rate") else DEFAULT_REJECTION_RATE
     if not (math.isfinite(alpha) and 0 <= alpha < 1):
-        raise InvalidRequest(f"rejection_rate: must be in [0, 1), got {alpha}")
+        raise FieldError("rejection_rate", f"must be in [0, 1), got {alpha}")
     if request.max_new_tokens < 1:
-        raise InvalidRequest("max_new_tokens: must be at least 1")
+        raise FieldError("max_new_tokens", "must be at least 1")
+    if limits.max_context_tokens is not None and request.max_new_tokens >= limits.max_context_tokens:
+        raise FieldError("max_new_tokens", f"{request.max_new_tokens} does not fit the generator's context of "
+                                           f"{limits.max_context_tokens} tokens")
+    # Any finite temperature >= 0 goes to the generator as is; it decides what counts as greedy.
     temperature = request.temperature if request.HasField("temperature") else 1.0
     if not (math.isfinite(temperature) and temperature >= 0):
-        raise InvalidRequest(f"temperature: must be >= 0 (0 = greedy), got {temperature}")
+        raise FieldError("temperature", f"must be >= 0 (0 = greedy), got {temperature}")
     top_p = request.top_p if request.HasField("top_p") else 1.0
     if not (math.isfinite(top_p) and 0 < top_p <= 1):
-        raise InvalidRequest(f"top_p: must be in (0, 1], got {top_p}")
+        raise FieldError("top_p", f"must be in (0, 1], got {top_p}")
+    if len(request.decision_points) > limits.max_decision_points:
+        raise FieldError("decision_points", f"{len(request.decision_points)} positions; the limit is "
+                                            f"{limits.max_decision_points}")
     points = sorted(set(request.decision_points))
     if points and points[0] == 0:
-        raise InvalidRequest("decision_points: positions must be at least 1")
+        raise FieldError("decision_points", "positions must be at least 1")
+    alpha = 0.0 if best_of_n else alpha
+    schedule = DecisionSchedule(every_tokens=request.decision_every_tokens, points=tuple(points), enabled=not best_of_n)
     return Plan(
         messages=messages,
         n=request.n,
         method=request.method,
-        rejection_rate=0.0 if best_of_n else alpha,
+        rejection_rate=alpha,
         max_new_tokens=request.max_new_tokens,
         temperature=temperature,
         top_p=top_p,
         top_k=request.top_k,
         seed=request.seed if request.HasField("seed") else secrets.randbits(63),
-        schedule=DecisionSchedule(every_tokens=request.decision_every_tokens, points=tuple(points),
-                                  enabled=not best_of_n),
+        schedule=schedule,
         return_top=max(1, request.return_top),
+        min_tokens_before_full=schedule.min_tokens_before_full(request.max_new_tokens, limits.memory_round_tokens,
+                                                               rejecting=alpha > 0),
     )
 
 
-def _messages(request: pb.GenerateRequest) -> list[dict]:
+def _messages(request: pb.GenerateRequest, limits: Limits) -> tuple[common_pb2.Message, ...]:
     if request.prompt and request.messages:
-        raise InvalidRequest("prompt: give either prompt or messages, not both")
+        raise FieldError("prompt", "give either prompt or messages, not both")
     if not request.messages:
         if not request.prompt.strip():
-            raise InvalidRequest("prompt: must not be empty")
-        return [{"role": "user", "content": request.prompt}]
+            raise FieldError("prompt", "must not be empty")
+        _check_bytes("prompt", len(request.prompt.encode()), limits)
+        return (common_pb2.Message(role="user", content=request.prompt),)
+    if len(request.messages) > limits.max_messages:
+        raise FieldError("messages", f"{len(request.messages)} messages; the limit is {limits.max_messages}")
     for position, message in enumerate(request.messages):
         if message.role not in _ROLES:
-            raise InvalidRequest(f"messages[{position}].role: must be one of {sorted(_ROLES)}, got {message.role!r}")
+            raise FieldError(f"messages[{position}].role", f"must be one of {sorted(_ROLES)}, got {message.role!r}")
         if not message.content.strip():
-            raise InvalidRequest(f"messages[{position}].content: must not be empty")
-    return [{"role": m.role, "content": m.content} for m in request.messages]
+            raise FieldError(f"messages[{position}].content", "must not be empty")
+    _check_bytes("messages", sum(len(m.content.encode()) for m in request.messages), limits)
+    return tuple(request.messages)
+
+
+def _check_bytes(field: str, size: int, limits: Limits) -> None:
+    if size > limits.max_prompt_bytes:
+        raise FieldError(field, f"{size} bytes of text; the limit is {limits.max_prompt_bytes}")

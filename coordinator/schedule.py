@@ -81,3 +81,13 @@ class DecisionSchedule:
         """Tokens every candidate must reach before the first decision point; sizes n."""
         stop = self.next_stop(0, max_new_tokens)
         return stop if stop else min(memory_round_tokens, max_new_tokens)
+
+    def min_tokens_before_full(self, max_new_tokens: int, memory_round_tokens: int, rejecting: bool) -> int:
+        """Room every candidate needs in the KV cache: up to the first decision point, or the whole
+        response when no decision point will ever free memory (Best-of-N, alpha = 0)."""
+        return self.first_stop(max_new_tokens, memory_round_tokens) if rejecting else max_new_tokens
+
+
+def cannot_grow(running: int, memory_full: bool, steps: int) -> bool:
+    """A lone running candidate that fills the whole cache can decode no further: it ends at length."""
+    return memory_full and steps == 0 and running == 1

@@ -1,93 +1,105 @@
-"""gRPC translation for the public Coordinator API."""
-import logging
+"""gRPC translation for the public Coordinator API: check the request, admit it, make sure the
+reward model is reachable, run the pipeline over a generator session, and account for the request
+(metrics, its log line, its trace span). Failures are common.errors; the server's interceptor
+turns them into statuses."""
+import asyncio
+import dataclasses
 import time
 
 import grpc
+from opentelemetry import trace
 
+from common import errors, requestlog
+from common.interceptor import ended_by_client
 from specrej.v1 import coordinator_pb2 as pb
 from specrej.v1 import coordinator_pb2_grpc
 from . import metrics
-from .clients import GeneratorClient, RewardClient, ServiceError
+from .admission import Admission
+from .clients import GeneratorClient, RewardClient
 from .pipeline import Pipeline
-from .request import InvalidRequest, plan_request
+from .request import Limits, plan_request
 
-log = logging.getLogger(__name__)
+tracer = trace.get_tracer(__name__)
 
-_NO_DEADLINE = 10**7  # seconds
+_NO_DEADLINE = 10**7  # seconds; without a client deadline gRPC reports a time far in the future
 
 
 class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServicer):
-    def __init__(self, generator: GeneratorClient, reward: RewardClient, *, max_n: int, memory_round_tokens: int,
+    def __init__(self, generator: GeneratorClient, reward: RewardClient, admission: Admission, limits: Limits,
                  default_timeout: float):
-        self.generator, self.reward = generator, reward
-        self.max_n, self.memory_round_tokens, self.default_timeout = max_n, memory_round_tokens, default_timeout
+        self.generator, self.reward, self.admission = generator, reward, admission
+        self.limits, self.default_timeout = limits, default_timeout
 
-    def Generate(self, request, context):
+    async def Generate(self, request, context):
         response = None
-        for event in self._events(request, context):
+        async for event in self._events(request, context):
             response = event
         return response
 
-    def GenerateStream(self, request, context):
-        for event in self._events(request, context):
+    async def GenerateStream(self, request, context):
+        async for event in self._events(request, context):
             if isinstance(event, pb.Round):
                 yield pb.GenerateEvent(round=event)
             else:
                 yield pb.GenerateEvent(result=event)
 
-    def _events(self, request, context):
-        """Run the pipeline for one request; every failure becomes a gRPC status."""
+    async def _events(self, request, context):
+        """Run one request; yields its Rounds, then its GenerateResponse."""
         method = metrics.method_name(request.method)
+        call_log = requestlog.current()
+        call_log.add(n=request.n, method_name=method)
         began = time.perf_counter()
         code = grpc.StatusCode.OK
+        pipeline = None
         metrics.IN_FLIGHT.labels(metrics.SERVICE).inc()
         try:
-            yield from self._run(request, context)
-        except _Abort as abort:
-            code = abort.code
-            context.abort(abort.code, abort.message)
-        except GeneratorExit:
-            code = grpc.StatusCode.CANCELLED
+            with tracer.start_as_current_span("request", attributes={"specrej.request_id": call_log.request_id,
+                                                                     "specrej.method": method}):
+                limits = dataclasses.replace(self.limits, max_context_tokens=await self.generator.context_tokens())
+                plan = plan_request(request, limits)
+                call_log.add(alpha=plan.rejection_rate, max_new_tokens=plan.max_new_tokens)
+                async with self.admission.slot():
+                    # Fail before any decoding when the reward model could not rank the candidates.
+                    await self.reward.check_reachable()
+                    remaining = context.time_remaining()
+                    timeout = remaining if remaining is not None and remaining < _NO_DEADLINE else self.default_timeout
+                    async with self.generator.session(timeout, call_log.metadata) as session:
+                        pipeline = Pipeline(plan, session, self.reward.for_request(timeout, call_log.metadata))
+                        metrics.QUEUED.labels(metrics.SERVICE).inc()
+                        try:
+                            await pipeline.start()
+                        finally:
+                            metrics.QUEUED.labels(metrics.SERVICE).dec()
+                        async for event in pipeline.events():
+                            if isinstance(event, pb.Round):
+                                metrics.observe_round(event)
+                            else:
+                                metrics.observe_result(event)
+                            yield event
+        except errors.ServiceError as error:
+            code = error.code
+            raise
+        except asyncio.CancelledError:
+            code = ended_by_client(context)
+            raise
+        except Exception:
+            code = grpc.StatusCode.INTERNAL
             raise
         finally:
+            seconds = time.perf_counter() - began
             metrics.IN_FLIGHT.labels(metrics.SERVICE).dec()
             metrics.REQUESTS.labels(metrics.SERVICE, method, code.name).inc()
-            metrics.REQUEST_SECONDS.labels(metrics.SERVICE, method).observe(time.perf_counter() - began)
-
-    def _run(self, request, context):
-        try:
-            plan = plan_request(request, max_n=self.max_n)
-        except InvalidRequest as error:
-            raise _Abort(grpc.StatusCode.INVALID_ARGUMENT, str(error)) from None
-        remaining = context.time_remaining()
-        # Without a client deadline gRPC reports a time far in the future; use the default instead.
-        timeout = remaining if remaining is not None and remaining < _NO_DEADLINE else self.default_timeout
-        session = self.generator.open(timeout)
-        # A client that cancels or disconnects must not leave a session decoding on the generator.
-        context.add_callback(session.cancel)
-        pipeline = Pipeline(plan, session, self.reward, memory_round_tokens=self.memory_round_tokens,
-                            deadline=time.monotonic() + timeout)
-        try:
-            metrics.QUEUED.labels(metrics.SERVICE).inc()
-            try:
-                pipeline.start()
-            finally:
-                metrics.QUEUED.labels(metrics.SERVICE).dec()
-            for event in pipeline.events():
-                if isinstance(event, pb.Round):
-                    metrics.observe_round(event)
-                else:
-                    metrics.observe_result(event)
-                yield event
-        except ServiceError as error:
-            if not context.is_active():
-                raise _Abort(grpc.StatusCode.CANCELLED, "the client went away") from None
-            raise _Abort(error.code, error.message) from None
-        finally:
-            session.close()
+            metrics.REQUEST_SECONDS.labels(metrics.SERVICE, method).observe(seconds)
+            if pipeline is not None and pipeline.started is not None:
+                metrics.observe_decoded(method, pipeline.decoded_tokens)
+                _log_work(call_log, pipeline, seconds)
 
 
-class _Abort(Exception):
-    def __init__(self, code: grpc.StatusCode, message: str):
-        super().__init__(message)
-        self.code, self.message = code, message
+def _log_work(call_log: requestlog.CallLog, pipeline: Pipeline, seconds: float) -> None:
+    clock = pipeline.clock
+    call_log.add(
+        n=pipeline.started.n, decision_points=len(pipeline.rounds), tokens_decoded=pipeline.decoded_tokens,
+        tokens_scored=pipeline.scored_tokens, prefill_seconds=round(clock.prefill, 6),
+        generate_seconds=round(clock.generate, 6), score_seconds=round(clock.score, 6),
+        coordinator_seconds=round(max(0.0, seconds - clock.generate - clock.score), 6),
+    )

@@ -51,7 +51,7 @@ def prometheus_rule() -> str:
     rule = {
         "apiVersion": "monitoring.coreos.com/v1",
         "kind": "PrometheusRule",
-        "metadata": {"name": "specrej", "labels": {"app.kubernetes.io/part-of": "specrej"}},
+        "metadata": {"name": "specrej", "namespace": "specrej", "labels": {"app.kubernetes.io/part-of": "specrej"}},
         "spec": {"groups": groups},
     }
     return _RULE_HEADER + yaml.dump(rule, Dumper=_BlockDumper, sort_keys=False, width=100)

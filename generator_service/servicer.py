@@ -76,6 +76,7 @@ class GeneratorServicer(generator_pb2_grpc.GeneratorServicer):
         try:
             prefill_seconds = await asyncio.to_thread(session.start)
             metrics.PREFILL_SECONDS.labels(metrics.SERVICE).observe(prefill_seconds)
+            metrics.TOKENS.labels(metrics.SERVICE).inc(session.n)  # every row's first token, sampled at prefill
             yield pb.SessionEvent(started=started_message(session, prefill_seconds))
             async for command in request_iterator:
                 kind = command.WhichOneof("command")

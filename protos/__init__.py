@@ -1,1 +1,2 @@
-"""The `.proto` contracts of package specrej.v1 and the command that compiles them."""
+"""The `.proto` contracts of package specrej.v1, the command that compiles them (`python -m protos`)
+and their buf checks (`python -m protos.contract`)."""

@@ -58,6 +58,28 @@ def tiny_classifier_dir(tmp_path_factory, tokenizer_dir):
 
 
 @pytest.fixture(scope="session")
+def _tracer_provider():
+    """This process's OpenTelemetry provider, keeping finished spans in memory (a process has only one)."""
+    from opentelemetry import trace
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    trace.set_tracer_provider(provider)
+    return exporter
+
+
+@pytest.fixture
+def span_exporter(_tracer_provider):
+    """The spans finished during one test."""
+    _tracer_provider.clear()
+    return _tracer_provider
+
+
+@pytest.fixture(scope="session")
 def service_logs(tmp_path_factory):
     return tmp_path_factory.mktemp("service-logs")
 

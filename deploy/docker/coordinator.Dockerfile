@@ -27,7 +27,7 @@ ENV PYTHONUNBUFFERED=1 \
 WORKDIR /app
 COPY requirements.txt /tmp/requirements.txt
 RUN set -eux; \
-    grep -E '^(grpcio|grpcio-health-checking|grpcio-reflection|protobuf|prometheus-client)([<>=!~ ;[]|$)' \
+    grep -E '^(grpcio|grpcio-health-checking|grpcio-reflection|grpcio-status|googleapis-common-protos|protobuf|prometheus-client|opentelemetry-api|opentelemetry-sdk|opentelemetry-proto|opentelemetry-exporter-otlp-proto-common|opentelemetry-exporter-otlp-common|opentelemetry-exporter-otlp-proto-grpc|opentelemetry-semantic-conventions|opentelemetry-instrumentation|opentelemetry-instrumentation-grpc)([<>=!~ ;[]|$)' \
         /tmp/requirements.txt > /tmp/runtime.txt; \
     pip install -r /tmp/runtime.txt; \
     rm /tmp/requirements.txt /tmp/runtime.txt; \
@@ -35,8 +35,13 @@ RUN set -eux; \
     useradd --uid 10001 --gid 10001 --no-create-home --home-dir /tmp specrej
 COPY --from=protos /src/specrej/ /app/specrej/
 COPY . /app
-# Fail the build, not the pod, if the coordinator imports something this image lacks.
-RUN python -m coordinator --help > /dev/null
+# Fail the build, not the pod, if the coordinator imports something this image lacks: --help,
+# the modules it uses once serving (gRPC, rich error details, metrics, tracing, the TLS health probe), and the `sleep` of the
+# Kubernetes preStop hook.
+RUN set -eux; \
+    python -m coordinator --help > /dev/null; \
+    python -c "import grpc, grpc_health.v1.health, grpc_reflection.v1alpha.reflection, grpc_status, prometheus_client, opentelemetry.sdk, opentelemetry.exporter.otlp.proto.grpc.trace_exporter, opentelemetry.instrumentation.grpc, common.health_probe"; \
+    sleep 0
 
 USER 10001:10001
 EXPOSE 50050 9100

@@ -57,13 +57,17 @@ RUN set -eux; \
     chown 10001:10001 /models
 
 # The code (deploy/docker/model.Dockerfile.dockerignore keeps tests, benchmarks and local
-# build output out), then the gRPC code generated from protos/ into /app/specrej/v1, then a
-# smoke run of --help, to fail the build rather than the pod on a missing dependency.
+# build output out), then the gRPC code generated from protos/ into /app/specrej/v1, then smoke
+# runs that fail the build rather than the pod on a missing dependency: --help, the imports the
+# services make only once serving (the model libraries, gRPC, metrics, the TLS health probe), and
+# the `sleep` of the Kubernetes preStop hook.
 COPY . /app
 RUN set -eux; \
     python -m protos; \
     python -m generator_service --help > /dev/null; \
-    python -m reward_service --help > /dev/null
+    python -m reward_service --help > /dev/null; \
+    python -c "import grpc, grpc_health.v1.health, grpc_reflection.v1alpha.reflection, prometheus_client, torch, transformers, common.health_probe"; \
+    sleep 0
 
 USER 10001:10001
 EXPOSE 50051 50052 9101 9102

@@ -13,6 +13,9 @@ import json
 DATASOURCE = {"type": "prometheus", "uid": "${datasource}"}
 RATE = "$__rate_interval"
 SCOPE = 'namespace=~"$namespace", pod=~"$pod"'
+# Health checks (probes, every few seconds) and reflection would swamp the API's calls.
+API_CALLS = 'grpc_method!~"Check|Watch|ServerReflectionInfo"'
+TOKENS_PER_SECOND = "suffix: tokens/s"
 
 
 def sel(service: str | None = None, extra: str = "") -> str:
@@ -94,6 +97,8 @@ def rows() -> list[tuple[str, list[dict]]]:
     gen = sel("generator")
     rew = sel("reward")
     failed = sel("coordinator", 'code!="OK"')
+    ok = sel("coordinator", 'code="OK"')
+    api_calls = sel(extra=API_CALLS)
     return [
         ("Requests", [
             timeseries(
@@ -171,10 +176,11 @@ def rows() -> list[tuple[str, list[dict]]]:
                 "short", min_value=None),
             timeseries(
                 "Decoded tokens per request",
-                "Tokens generated per request, by method: the work Speculative Rejection "
-                "saves compared with Best-of-N at the same n.",
+                "Tokens generated per successful request, by method: the work Speculative "
+                "Rejection saves compared with Best-of-N at the same n. Divided by the requests "
+                "that ended OK, since refused and invalid requests decode nothing.",
                 [target(f"sum by (method) (rate(specrej_decoded_tokens_total{coord}[{RATE}]))"
-                        f" / sum by (method) (rate(specrej_request_duration_seconds_count{coord}[{RATE}]))",
+                        f" / sum by (method) (rate(specrej_requests_total{ok}[{RATE}]))",
                         "{{method}}")],
                 "short"),
             timeseries(
@@ -203,7 +209,7 @@ def rows() -> list[tuple[str, list[dict]]]:
                         "generator {{instance}} {{pod}}"),
                  target(f"sum by (method) (rate(specrej_decoded_tokens_total{coord}[{RATE}]))",
                         "coordinator {{method}}")],
-                "short"),
+                TOKENS_PER_SECOND),
             timeseries(
                 "Decode batch size",
                 "Sequences in each decode step (mean and p95), across all sessions. Larger batches "
@@ -268,12 +274,42 @@ def rows() -> list[tuple[str, list[dict]]]:
                  for q in (0.5, 0.95, 0.99)],
                 "s"),
             timeseries(
-                "Sequences and tokens scored per second",
-                "Partial or finished responses scored per second, and the tokens they contain "
-                "(each decision point re-reads every candidate's whole prefix).",
-                [target(f"sum(rate(specrej_reward_sequences_total{rew}[{RATE}]))", "sequences/s"),
-                 target(f"sum(rate(specrej_reward_tokens_total{rew}[{RATE}]))", "tokens/s")],
+                "Sequences scored per second",
+                "Partial or finished responses scored per second, per pod.",
+                [target(f"sum by (pod, instance) (rate(specrej_reward_sequences_total{rew}[{RATE}]))",
+                        "{{instance}} {{pod}}")],
+                "suffix: sequences/s", width=12),
+            timeseries(
+                "Tokens scored per second",
+                "Tokens in the sequences scored per second, per pod (each decision point re-reads "
+                "every candidate's whole prefix).",
+                [target(f"sum by (pod, instance) (rate(specrej_reward_tokens_total{rew}[{RATE}]))",
+                        "{{instance}} {{pod}}")],
+                TOKENS_PER_SECOND, width=12),
+        ]),
+        ("Admission", [
+            timeseries(
+                "Requests waiting for admission",
+                "Calls each service has accepted but not yet started, waiting for capacity (KV "
+                "cache, sessions, worker slots), per service and pod. The autoscaling component "
+                "adds replicas when this stays above its threshold.",
+                [target(f"sum by (service, pod, instance) (specrej_admission_queued{sel()})",
+                        "{{service}} {{instance}} {{pod}}")],
                 "short"),
+            timeseries(
+                "Admission wait p50 / p95",
+                "Time calls spent waiting for admission before they started, per service. Part "
+                "of the callers' latency that more replicas remove.",
+                [target(quantile(q, "specrej_admission_wait_seconds", sel(), "service"),
+                        f"p{round(q * 100)} {{{{service}}}}") for q in (0.5, 0.95)],
+                "s"),
+            timeseries(
+                "Admission rejections",
+                "Calls refused with RESOURCE_EXHAUSTED at admission per second, per service: the "
+                "wait queue was full. Fires SpecRejAdmissionRejections when sustained.",
+                [target(f"sum by (service) (rate(specrej_admission_rejected_total{sel()}[{RATE}]))",
+                        "{{service}}")],
+                "reqps"),
         ]),
         ("GPUs", [
             timeseries(
@@ -315,16 +351,16 @@ def rows() -> list[tuple[str, list[dict]]]:
             timeseries(
                 "gRPC calls by method and code",
                 "RPCs finished per second on every service's gRPC server, by method name and "
-                "status code.",
+                "status code; health checks and reflection left out.",
                 [target(f"sum by (service, grpc_method, grpc_code) "
-                        f"(rate(specrej_grpc_server_handled_total{sel()}[{RATE}]))",
+                        f"(rate(specrej_grpc_server_handled_total{api_calls}[{RATE}]))",
                         "{{service}} {{grpc_method}} {{grpc_code}}")],
                 "reqps", width=12),
             timeseries(
                 "gRPC handling time p95",
                 "95th percentile of the time each service's gRPC server spent on a call, by method "
-                "(streaming calls count until the stream ends).",
-                [target(quantile(0.95, "specrej_grpc_server_handling_seconds", sel(), "service, grpc_method"),
+                "(streaming calls count until the stream ends); health checks and reflection left out.",
+                [target(quantile(0.95, "specrej_grpc_server_handling_seconds", api_calls, "service, grpc_method"),
                         "{{service}} {{grpc_method}}")],
                 "s", width=12),
         ]),

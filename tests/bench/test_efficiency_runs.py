@@ -1,11 +1,9 @@
 """The efficiency experiment's bookkeeping, against a fake backend (no model)."""
-import grpc
-
 from bench.config import EVERY, MEMORY, POOL_SEED_BASE, QUICK, Schedule
 from bench.efficiency import build_pool, jobs, run_efficiency
 from bench.prompts import Prompt
 from bench.records import BEST_OF_N, SPECULATIVE_REJECTION
-from coordinator.clients import ServiceError
+from common.errors import FieldError
 from specrej.v1 import coordinator_pb2 as pb
 
 
@@ -17,7 +15,7 @@ class FakeBackend:
 
     def run(self, request, *, memory_round_tokens, kv_budget_tokens=None):
         if request.n > self.fits:
-            raise ServiceError(grpc.StatusCode.INVALID_ARGUMENT, f"n: {request.n} candidates do not fit")
+            raise FieldError("n", f"{request.n} candidates do not fit")
         self.requests.append(request)
         self.budgets.append((kv_budget_tokens, memory_round_tokens))
         candidates = [pb.Candidate(index=i, score=float(i), num_tokens=i + 1, finish_reason="stop")

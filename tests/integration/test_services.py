@@ -1,6 +1,7 @@
 """All three services as real gRPC servers on loopback, on the tiny model."""
 import threading
 import time
+import uuid
 
 import grpc
 import pytest
@@ -9,7 +10,9 @@ from grpc_reflection.v1alpha.proto_reflection_descriptor_database import ProtoRe
 
 from specrej.v1 import coordinator_pb2 as pb
 from specrej.v1 import common_pb2, coordinator_pb2_grpc, generator_pb2, generator_pb2_grpc
+from common.errors import RETRY_PUSHBACK_KEY
 from common.local_stack import Service, free_port
+from .observe import metric, request_lines, scrape
 
 PROMPT = "Describe a lighthouse in two sentences."
 
@@ -29,6 +32,12 @@ def wait_for_no_sessions(stack, timeout=10.0) -> int:
     while (active := generator_info(stack).active_sessions) and time.monotonic() < deadline:
         time.sleep(0.1)
     return active
+
+
+def tagged() -> tuple[str, tuple]:
+    """A request id and the metadata that sends it."""
+    request_id = f"test-{uuid.uuid4().hex[:12]}"
+    return request_id, (("x-request-id", request_id),)
 
 
 def request(**fields) -> pb.GenerateRequest:
@@ -104,6 +113,9 @@ def test_stream_sends_each_decision_point_then_the_result(coordinator):
     (dict(max_new_tokens=5000), "max_new_tokens"),
     (dict(method=7), "method"),
     (dict(messages=[common_pb2.Message(role="robot", content="hi")], prompt=""), "messages[0].role"),
+    (dict(prompt="x" * 1_000_001), "prompt"),
+    (dict(messages=[common_pb2.Message(role="user", content="hi")] * 257, prompt=""), "messages"),
+    (dict(decision_points=range(1, 1026)), "decision_points"),
 ])
 def test_bad_input_gets_invalid_argument_naming_the_field(coordinator, tiny_stack, fields, field_name):
     with pytest.raises(grpc.RpcError) as error:
@@ -113,21 +125,63 @@ def test_bad_input_gets_invalid_argument_naming_the_field(coordinator, tiny_stac
     assert wait_for_no_sessions(tiny_stack) == 0
 
 
+def test_bytes_that_do_not_parse_get_invalid_argument(tiny_stack):
+    generate = tiny_stack.channel.unary_unary("/specrej.v1.Coordinator/Generate")  # bytes in, bytes out
+    prompt_with_invalid_utf8 = b"\x0a\x02\xff\xfe"  # field 1 (prompt), 2 bytes that are not UTF-8
+    with pytest.raises(grpc.RpcError) as error:
+        generate(prompt_with_invalid_utf8, timeout=10)
+    assert error.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert error.value.details().startswith("request:")
+
+
+def test_the_request_id_reaches_every_service_and_comes_back(coordinator, tiny_stack):
+    request_id, metadata = tagged()
+    response, call = coordinator.Generate.with_call(request(decision_every_tokens=8), timeout=60, metadata=metadata)
+    assert dict(call.trailing_metadata())["x-request-id"] == request_id
+    [line] = request_lines(tiny_stack.coordinator.log(), request_id)
+    assert line["method"] == "Generate" and line["code"] == "OK" and line["n"] == 16 and line["alpha"] == 0.5
+    assert line["decision_points"] == len(response.stats.rounds)
+    assert line["tokens_decoded"] == response.stats.generated_tokens
+    assert line["tokens_scored"] == response.stats.scored_tokens
+    assert line["generate_seconds"] > 0 and line["score_seconds"] > 0
+    assert [g["method"] for g in request_lines(tiny_stack.generator.log(), request_id)] == ["Session"]
+    # One Score call per decision point, and one to rank the finalists.
+    scoring = request_lines(tiny_stack.reward.log(), request_id)
+    assert [r["method"] for r in scoring] == ["Score"] * (len(response.stats.rounds) + 1)
+
+
+def test_a_failed_request_returns_its_request_id_too(coordinator, tiny_stack):
+    with pytest.raises(grpc.RpcError) as error:
+        coordinator.Generate(request(prompt=""), timeout=10)
+    request_id = dict(error.value.trailing_metadata())["x-request-id"]
+    [line] = request_lines(tiny_stack.coordinator.log(), request_id)
+    assert line["code"] == "INVALID_ARGUMENT"
+
+
 def test_a_cancelled_request_frees_its_generator_session(coordinator, tiny_stack):
-    stream = coordinator.GenerateStream(request(n=16, max_new_tokens=900, decision_every_tokens=0), timeout=120)
+    request_id, metadata = tagged()
+    before = scrape(tiny_stack.coordinator)
+    stream = coordinator.GenerateStream(request(n=16, max_new_tokens=900, decision_every_tokens=0), timeout=120,
+                                        metadata=metadata)
     first = next(stream)
     assert first.HasField("round")
     assert generator_info(tiny_stack).active_sessions == 1
     stream.cancel()
     assert wait_for_no_sessions(tiny_stack) == 0
-    assert "session cancelled by its client" in tiny_stack.generator.log()
+    assert [line["code"] for line in request_lines(tiny_stack.generator.log(), request_id)] == ["CANCELLED"]
+    after = scrape(tiny_stack.coordinator)
+    cancelled = dict(name="specrej_requests_total", service="coordinator", code="CANCELLED")
+    assert metric(after, **cancelled) == metric(before, **cancelled) + 1
 
 
 def test_a_passed_deadline_frees_the_session_too(coordinator, tiny_stack):
+    before = scrape(tiny_stack.coordinator)
     with pytest.raises(grpc.RpcError) as error:
         coordinator.Generate(request(n=16, max_new_tokens=900), timeout=0.5)
     assert error.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
     assert wait_for_no_sessions(tiny_stack) == 0
+    deadline = dict(name="specrej_requests_total", service="coordinator", code="DEADLINE_EXCEEDED")
+    assert metric(scrape(tiny_stack.coordinator), **deadline) == metric(before, **deadline) + 1
 
 
 def test_concurrent_requests_get_the_results_they_would_get_alone(coordinator):
@@ -146,36 +200,53 @@ def test_concurrent_requests_get_the_results_they_would_get_alone(coordinator):
     assert [list(r.ranked) for r in together] == [list(r.ranked) for r in alone]
 
 
-def test_a_reward_service_that_is_down_gives_unavailable_within_the_deadline(tiny_stack, service_logs):
-    orphan = Service("coordinator", "--generator", tiny_stack.generator.address, "--reward",
-                     f"127.0.0.1:{free_port()}", log_dir=service_logs)
+def test_the_coordinator_and_the_generator_count_the_same_decoded_tokens(coordinator, tiny_stack):
+    coordinator_before, generator_before = scrape(tiny_stack.coordinator), scrape(tiny_stack.generator)
+    response = coordinator.Generate(request(decision_every_tokens=8), timeout=60)
+    decoded = metric(scrape(tiny_stack.coordinator), "specrej_decoded_tokens_total") - metric(
+        coordinator_before, "specrej_decoded_tokens_total")
+    generated = metric(scrape(tiny_stack.generator), "specrej_generator_tokens_total") - metric(
+        generator_before, "specrej_generator_tokens_total")
+    assert decoded == generated == response.stats.generated_tokens > 0
+
+
+def test_a_reward_service_that_is_down_gives_unavailable_before_any_decoding(tiny_stack, service_logs):
+    dead_reward = f"127.0.0.1:{free_port()}"
+    orphan = Service("coordinator", "--generator", tiny_stack.generator.address, "--reward", dead_reward,
+                     log_dir=service_logs)
+    request_id, metadata = tagged()
     try:
         with grpc.insecure_channel(orphan.address) as channel:
+            stub = coordinator_pb2_grpc.CoordinatorStub(channel)
             began = time.monotonic()
             with pytest.raises(grpc.RpcError) as error:
-                coordinator_pb2_grpc.CoordinatorStub(channel).Generate(request(decision_every_tokens=8), timeout=20)
-            assert time.monotonic() - began < 20
+                stub.Generate(request(decision_every_tokens=8), timeout=20, metadata=metadata)
+            assert time.monotonic() - began < 1.0
         assert error.value.code() == grpc.StatusCode.UNAVAILABLE
-        assert "reward service" in error.value.details()
-        assert wait_for_no_sessions(tiny_stack) == 0
+        assert error.value.details() == "the reward service is unavailable"
+        # The generator never saw the request; the address is in the coordinator's log only.
+        assert request_lines(tiny_stack.generator.log(), request_id) == []
+        assert dead_reward in orphan.log()
     finally:
         orphan.stop()
 
 
 def test_a_generator_that_is_down_gives_unavailable(service_logs, tiny_stack):
-    orphan = Service("coordinator", "--generator", f"127.0.0.1:{free_port()}", "--reward", tiny_stack.reward.address,
+    dead_generator = f"127.0.0.1:{free_port()}"
+    orphan = Service("coordinator", "--generator", dead_generator, "--reward", tiny_stack.reward.address,
                      log_dir=service_logs)
     try:
         with grpc.insecure_channel(orphan.address) as channel:
             with pytest.raises(grpc.RpcError) as error:
                 coordinator_pb2_grpc.CoordinatorStub(channel).Generate(request(), timeout=20)
         assert error.value.code() == grpc.StatusCode.UNAVAILABLE
-        assert "generator service" in error.value.details()
+        assert error.value.details() == "the generator service is unavailable"
+        assert dead_generator in orphan.log()
     finally:
         orphan.stop()
 
 
-def test_overload_gets_resource_exhausted(tiny_model_dir, tiny_stack, service_logs):
+def test_a_busy_generator_gives_resource_exhausted_with_its_retry_hint(tiny_model_dir, tiny_stack, service_logs):
     generator = Service("generator_service", "--model", str(tiny_model_dir), "--max-sessions", "1", "--max-queued", "0",
                         log_dir=service_logs)
     coordinator_service = Service("coordinator", "--generator", generator.address, "--reward",
@@ -189,6 +260,28 @@ def test_overload_gets_resource_exhausted(tiny_model_dir, tiny_stack, service_lo
                 stub.Generate(request(), timeout=20)
             busy.cancel()
         assert error.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert int(dict(error.value.trailing_metadata())[RETRY_PUSHBACK_KEY]) > 0
     finally:
         coordinator_service.stop()
         generator.stop()
+
+
+def test_a_full_coordinator_turns_requests_away_at_once(tiny_stack, service_logs):
+    coordinator_service = Service("coordinator", "--generator", tiny_stack.generator.address, "--reward",
+                                  tiny_stack.reward.address, "--max-concurrent", "1", "--max-queued", "0",
+                                  log_dir=service_logs)
+    try:
+        with grpc.insecure_channel(coordinator_service.address) as channel:
+            stub = coordinator_pb2_grpc.CoordinatorStub(channel)
+            busy = stub.GenerateStream(request(n=8, max_new_tokens=900, decision_every_tokens=50), timeout=120)
+            next(busy)  # the only running slot is now taken, and no one may wait
+            began = time.monotonic()
+            with pytest.raises(grpc.RpcError) as error:
+                stub.Generate(request(), timeout=20)
+            waited = time.monotonic() - began
+            busy.cancel()
+        assert error.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED and waited < 1.0
+        assert int(dict(error.value.trailing_metadata())[RETRY_PUSHBACK_KEY]) > 0
+        assert metric(scrape(coordinator_service), "specrej_admission_rejected_total", service="coordinator") == 1
+    finally:
+        coordinator_service.stop()

@@ -1,0 +1,41 @@
+"""Admission at the coordinator: at most `max_concurrent` requests run, at most `max_queued` wait
+for one of them to finish, and any more are turned away at once with Overloaded
+(RESOURCE_EXHAUSTED and a retry hint), so an overloaded coordinator answers fast instead of
+piling up requests that would all miss their deadlines."""
+import asyncio
+import contextlib
+import time
+
+from common import metrics
+from common.errors import Overloaded
+
+
+class Admission:
+    def __init__(self, max_concurrent: int, max_queued: int, service: str, retry_after_seconds: float = 1.0):
+        if max_concurrent < 1 or max_queued < 0:
+            raise ValueError("max_concurrent must be at least 1 and max_queued at least 0")
+        self.max_concurrent, self.max_queued = max_concurrent, max_queued
+        self.service, self.retry_after_seconds = service, retry_after_seconds
+        self._slots = asyncio.Semaphore(max_concurrent)
+        self.waiting = 0
+
+    @contextlib.asynccontextmanager
+    async def slot(self):
+        """Hold one of the running slots for the block; wait in the queue for it if need be."""
+        began = time.perf_counter()
+        if self._slots.locked() and self.waiting >= self.max_queued:
+            metrics.ADMISSION_REJECTED.labels(self.service).inc()
+            raise Overloaded(f"the coordinator is busy: {self.max_concurrent} requests running and "
+                             f"{self.waiting} waiting; retry later", retry_after_seconds=self.retry_after_seconds)
+        self.waiting += 1
+        metrics.ADMISSION_QUEUED.labels(self.service).inc()
+        try:
+            await self._slots.acquire()
+        finally:
+            self.waiting -= 1
+            metrics.ADMISSION_QUEUED.labels(self.service).dec()
+        metrics.ADMISSION_WAIT_SECONDS.labels(self.service).observe(time.perf_counter() - began)
+        try:
+            yield
+        finally:
+            self._slots.release()

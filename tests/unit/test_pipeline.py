@@ -1,0 +1,149 @@
+"""The Pipeline's driving logic against plain async stand-ins for the generator and reward model:
+what it asks the generator for, whom it prunes, what it reports, and its trace spans."""
+import asyncio
+
+import pytest
+from opentelemetry import trace
+
+from common.errors import FieldError
+from coordinator.pipeline import Pipeline
+from coordinator.request import Limits, plan_request
+from specrej.v1 import coordinator_pb2 as pb
+from specrej.v1 import generator_pb2, reward_pb2
+
+
+class ScriptedGenerator:
+    """Candidate i writes the letter 'a' + i once per token and finishes ("stop") after
+    `lengths[i]` tokens; records every command."""
+
+    def __init__(self, lengths: list[int], memory_full_at: int | None = None):
+        self.lengths, self.memory_full_at = lengths, memory_full_at
+        self.running = set(range(len(lengths)))
+        self.reported = [0] * len(lengths)  # tokens already sent as text
+        self.position = 1
+        self.commands = []
+
+    async def start(self, start: generator_pb2.StartSession) -> generator_pb2.SessionStarted:
+        self.commands.append(("start", start.n, start.min_tokens_before_full))
+        return generator_pb2.SessionStarted(n=len(self.lengths), prompt_tokens=7, prefill_seconds=0.01)
+
+    async def advance(self, until_tokens: int) -> generator_pb2.Advanced:
+        self.commands.append(("advance", until_tokens))
+        target = until_tokens or self.memory_full_at or max(self.lengths)
+        began = self.position
+        updates = []
+        while self.running and self.position < target:
+            self.position += 1
+        for index in sorted(self.running):
+            tokens = min(self.position, self.lengths[index])
+            done = tokens == self.lengths[index]
+            updates.append(generator_pb2.SequenceUpdate(
+                index=index, text_delta=chr(ord("a") + index) * (tokens - self.reported[index]),
+                num_tokens=tokens, finish_reason="stop" if done else ""))
+            self.reported[index] = tokens
+            if done:
+                self.running.discard(index)
+        return generator_pb2.Advanced(sequences=updates, position=self.position, steps=self.position - began,
+                                      memory_full=until_tokens == 0)
+
+    async def prune(self, keep: list[int]) -> generator_pb2.Pruned:
+        self.commands.append(("prune", sorted(keep)))
+        self.running &= set(keep)
+        return generator_pb2.Pruned(running=len(self.running))
+
+
+class IndexReward:
+    """Scores a response by its letter: candidate i scores i, so higher indices win."""
+
+    def __init__(self):
+        self.calls = []
+
+    async def score(self, request: reward_pb2.ScoreRequest) -> reward_pb2.ScoreResponse:
+        self.calls.append([item.response for item in request.items])
+        return reward_pb2.ScoreResponse(scores=[float(ord(i.response[0]) - ord("a")) for i in request.items],
+                                        scored_tokens=sum(len(i.response) for i in request.items))
+
+
+def run(plan, generator, reward):
+    async def drive():
+        pipeline = Pipeline(plan, generator, reward)
+        await pipeline.start()
+        return pipeline, [event async for event in pipeline.events()]
+    return asyncio.run(drive())
+
+
+def plan(**fields):
+    defaults = dict(prompt="hello", n=8, max_new_tokens=20, seed=1, decision_every_tokens=5)
+    return plan_request(pb.GenerateRequest(**{**defaults, **fields}), Limits(memory_round_tokens=4))
+
+
+def test_each_decision_point_keeps_the_best_half_and_prunes_the_rest_on_the_generator():
+    generator, reward = ScriptedGenerator([20] * 8), IndexReward()
+    pipeline, events = run(plan(), generator, reward)
+    rounds, result = events[:-1], events[-1]
+    assert [r.token_position for r in rounds] == [5, 10, 15]
+    assert [r.active_before for r in rounds] == [8, 4, 2]
+    assert [c for c in generator.commands if c[0] == "prune"] == [("prune", [4, 5, 6, 7]), ("prune", [6, 7]),
+                                                                   ("prune", [7])]
+    assert [c[1] for c in generator.commands if c[0] == "advance"] == [5, 10, 15, 20]
+    assert result.best.index == 7 and result.best.text == "h" * 20 and result.best.finish_reason == "stop"
+    assert list(result.stats.rounds) == rounds
+    # Decoded: 8 candidates to 5 tokens, 4 to 10, 2 to 15, 1 to 20.
+    assert result.stats.generated_tokens == pipeline.decoded_tokens == 4 * 5 + 2 * 10 + 15 + 20
+    assert result.stats.scored_tokens == sum(len(text) for call in reward.calls for text in call)
+
+
+def test_the_first_decision_point_sizes_the_session_and_best_of_n_needs_room_for_everything():
+    generator = ScriptedGenerator([3] * 4)
+    run(plan(decision_every_tokens=0), generator, IndexReward())
+    assert generator.commands[0] == ("start", 8, 4)  # memory-driven: the first round's tokens
+    generator = ScriptedGenerator([3] * 4)
+    _, events = run(plan(method=pb.BEST_OF_N), generator, IndexReward())
+    assert generator.commands[0] == ("start", 8, 20)
+    assert len(events) == 1 and events[0].stats.rounds == []
+
+
+def test_finished_candidates_compete_and_are_never_pruned_on_the_generator():
+    # Candidate 7 (best) finishes at 3 tokens; it stays the winner without being decoded further.
+    generator = ScriptedGenerator([20] * 7 + [3])
+    _, events = run(plan(), generator, IndexReward())
+    assert events[-1].best.index == 7 and events[-1].best.text == "hhh"
+    assert all(7 not in c[1] for c in generator.commands if c[0] == "prune")
+    assert events[0].finished_kept == 1
+
+
+def test_a_lone_candidate_that_fills_the_cache_ends_at_length():
+    generator = ScriptedGenerator([50], memory_full_at=6)
+    _, events = run(plan(n=1, decision_every_tokens=0, max_new_tokens=50), generator, IndexReward())
+    # The cache is full after the first advance; the second makes no progress and ends the request.
+    assert events[-1].best.finish_reason == "length" and events[-1].best.num_tokens == 6
+
+
+def test_a_generator_error_propagates_unchanged():
+    class Refusing(ScriptedGenerator):
+        async def start(self, start):
+            raise FieldError("n", "8 candidates do not fit")
+
+    with pytest.raises(FieldError, match="^n: "):
+        run(plan(), Refusing([5] * 8), IndexReward())
+
+
+def test_a_request_traces_one_span_per_decision_point_and_per_scoring_call(span_exporter):
+    exporter = span_exporter
+    tracer = trace.get_tracer("test")
+
+    async def traced():
+        with tracer.start_as_current_span("request"):
+            pipeline = Pipeline(plan(), ScriptedGenerator([20] * 8), IndexReward())
+            await pipeline.start()
+            return [event async for event in pipeline.events()]
+    events = asyncio.run(traced())
+    spans = exporter.get_finished_spans()
+    request = next(s for s in spans if s.name == "request")
+    children = [s for s in spans if s.parent and s.parent.span_id == request.context.span_id]
+    decision_points = [s for s in children if s.name == "decision point"]
+    assert len(decision_points) == len(events[-1].stats.rounds) == 3
+    assert [s.attributes["specrej.position"] for s in decision_points] == [5, 10, 15]
+    scores = [s for s in spans if s.name == "score"]
+    assert len(scores) == 4  # one per decision point, one for the final ranking
+    assert all(s.parent.span_id in {d.context.span_id for d in decision_points} for s in scores[:3])
