@@ -186,17 +186,19 @@ class _Group:
         queries = queries.reshape(kv_heads, rows, group * width, dim)
         scores = (queries @ own[0].transpose(-1, -2)).float()
         scores.view(kv_heads, rows, group, width, length).masked_fill_(self.later[None, :, None], float("-inf"))
-        if self.prefix is not None:
-            prefix = self.prefix.keys_values[layer, :, :, : self.prefix.length]
-            prefix_scores = queries.reshape(kv_heads, rows * group * width, dim) @ prefix[0].transpose(-1, -2)
-            prefix_scores = prefix_scores.float().view(kv_heads, rows, group * width, -1)
-            scores = torch.cat((prefix_scores, scores), dim=-1)
-        weights = scores.softmax(dim=-1).to(q.dtype)
         if self.prefix is None:
-            out = weights @ own[1]
+            out = scores.softmax(dim=-1).to(q.dtype) @ own[1]
         else:
-            prefix_weights, own_weights = weights.split([self.prefix.length, length], dim=-1)
-            prefix_out = prefix_weights.reshape(kv_heads, rows * group * width, -1) @ prefix[1]
-            out = prefix_out.view(kv_heads, rows, group * width, dim) + own_weights @ own[1]
+            prefix = self.prefix.keys_values[layer, :, :, : self.prefix.length]
+            queries = queries.view(kv_heads, rows * group * width, dim)
+            # Scores are the largest tensors here ([kv_head, queries, prefix + own]): one of them, made
+            # into weights in place, and the prefix's and own parts used as views of it.
+            scores = torch.cat(((queries @ prefix[0].transpose(-1, -2)).float(),
+                                scores.view(kv_heads, rows * group * width, length)), dim=-1)
+            scores.sub_(scores.amax(dim=-1, keepdim=True)).exp_()
+            weights = scores.div_(scores.sum(dim=-1, keepdim=True)).to(q.dtype)
+            out = weights[..., : self.prefix.length] @ prefix[1]
+            own_weights = weights[..., self.prefix.length :].view(kv_heads, rows, group * width, length)
+            out = out.view(kv_heads, rows, group * width, dim) + own_weights @ own[1]
         out = out.view(kv_heads, rows, group, width, dim).permute(1, 3, 0, 2, 4).reshape(rows, width, -1)
         attended[self.token[self.valid]] = out[self.valid]
