@@ -19,7 +19,9 @@ from coordinator.clients import GeneratorClient, RewardClient
 from coordinator.pipeline import Pipeline
 from coordinator.request import Limits, plan_request
 from generator_service.messages import advanced_message, pruned_message, sampling_params, started_message
-from reward_service.servicer import score
+from reward_service.engine import ScoringEngine
+from reward_service.servicer import score_items, score_response
+from reward_service.sessions import SessionCache
 from specrej.v1 import coordinator_pb2 as pb
 from specrej.v1 import generator_pb2, reward_pb2
 
@@ -79,18 +81,20 @@ class InProcessSession:
             self.session = None
 
 
-class InProcessReward:
-    """coordinator.clients.RewardClient's interface over a scorer in this process."""
+def scoring_engine(scorer) -> ScoringEngine:
+    """The reward service's engine around a scorer in this process; one caller, so no batching window."""
+    return ScoringEngine(scorer, sessions=SessionCache(2 << 30, 600), batch_window_seconds=0)
 
-    def __init__(self, scorer):
-        self.scorer = scorer
+
+class InProcessReward:
+    """coordinator.clients.RewardClient's interface over a scoring engine in this process."""
+
+    def __init__(self, engine: ScoringEngine):
+        self.engine = engine
 
     async def score(self, request: reward_pb2.ScoreRequest) -> reward_pb2.ScoreResponse:
-        try:
-            response, _ = score(self.scorer, request)
-        except PromptError as error:
-            raise FieldError("messages", str(error)) from error
-        return response
+        future = self.engine.submit(message_dicts(request.messages), score_items(request), session=request.session)
+        return score_response(await asyncio.wrap_future(future))
 
 
 async def run_pipeline(request: pb.GenerateRequest, session, reward, *,
@@ -118,7 +122,7 @@ class InProcessBackend:
 
     def __init__(self, engine, scorer, reward_model: str = ""):
         self.engine, self.scorer, self.reward_model = engine, scorer, reward_model
-        self.reward = InProcessReward(scorer)
+        self.reward = InProcessReward(scoring_engine(scorer))
 
     def run(self, request: pb.GenerateRequest, *, memory_round_tokens: int,
             kv_budget_tokens: int | None = None) -> tuple[pb.GenerateResponse, float]:
@@ -214,7 +218,7 @@ class LoopbackServices:
             ("generator", generator_pb2.DESCRIPTOR.services_by_name["Generator"],
              generator_pb2_grpc.add_GeneratorServicer_to_server, GeneratorServicer(engine)),
             ("reward", reward_pb2.DESCRIPTOR.services_by_name["Reward"],
-             reward_pb2_grpc.add_RewardServicer_to_server, RewardServicer(scorer, model_name=model_name)),
+             reward_pb2_grpc.add_RewardServicer_to_server, RewardServicer(scoring_engine(scorer), model_name=model_name)),
         )]
         self.generator_address, self.reward_address = (f"127.0.0.1:{s.port}" for s in self.servers)
 

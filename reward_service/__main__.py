@@ -3,7 +3,7 @@ import argparse
 import asyncio
 import logging
 
-from common.flags import add_flag, add_model_service_flags
+from common.flags import add_flag, add_model_service_flags, parse_bytes
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -13,7 +13,25 @@ def parse_args(argv=None) -> argparse.Namespace:
              help="lm-logprob: mean log-probability of the response under a causal LM; "
                   "classifier: a sequence-classification reward model")
     add_flag(parser, "token-budget", env="SPECREJ_TOKEN_BUDGET", default=8192, type=int,
-             help="most response tokens (rows x longest response) in one forward pass; the prompt is shared")
+             help="most tokens read in one forward pass (prompts and responses packed without padding; "
+                  "classifiers that are recomputed: rows x longest row)")
+    add_flag(parser, "batch-window-ms", env="SPECREJ_BATCH_WINDOW_MS", default=5.0, type=float,
+             help="Score calls arriving within this long after the first are run together")
+    add_flag(parser, "max-queued", env="SPECREJ_MAX_QUEUED", default=64, type=int,
+             help="Score calls waiting for the model before new ones get RESOURCE_EXHAUSTED")
+    add_flag(parser, "cache-budget", env="SPECREJ_CACHE_BUDGET", default="2GiB", type=parse_bytes,
+             help="memory for keys/values kept between a session's Score calls; a session that does not fit "
+                  "is recomputed from scratch")
+    add_flag(parser, "session-ttl-seconds", env="SPECREJ_SESSION_TTL_SECONDS", default=120.0, type=float,
+             help="a session idle this long is freed even if its Release never came")
+    add_flag(parser, "max-items", env="SPECREJ_MAX_ITEMS", default=4096, type=int,
+             help="most responses in one Score call")
+    add_flag(parser, "max-messages", env="SPECREJ_MAX_MESSAGES", default=256, type=int,
+             help="most messages in one conversation")
+    add_flag(parser, "max-prompt-tokens", env="SPECREJ_MAX_PROMPT_TOKENS", default=0, type=int,
+             help="most tokens in a conversation; 0 = the model's context minus one")
+    add_flag(parser, "max-response-tokens", env="SPECREJ_MAX_RESPONSE_TOKENS", default=0, type=int,
+             help="most tokens in one response; 0 = the model's context minus the conversation")
     return parser.parse_args(argv)
 
 
@@ -23,12 +41,26 @@ def main(argv=None) -> None:
     asyncio.run(serve(args))
 
 
+def load_engine(args):
+    from common.models import choose_device, choose_dtype, resolve_model
+    from .engine import ScoringEngine
+    from .limits import InputLimits
+    from .scorers import load_scorer
+    from .sessions import SessionCache
+
+    device = choose_device(args.device)
+    scorer = load_scorer(args.scorer, resolve_model(args.model, args.model_cache), device,
+                         choose_dtype(args.dtype, device), args.token_budget)
+    limits = InputLimits(max_context=scorer.max_context, max_items=args.max_items, max_messages=args.max_messages,
+                         max_prompt_tokens=args.max_prompt_tokens, max_response_tokens=args.max_response_tokens)
+    return ScoringEngine(scorer, sessions=SessionCache(args.cache_budget, args.session_ttl_seconds), limits=limits,
+                         batch_window_seconds=args.batch_window_ms / 1000, max_queued=args.max_queued)
+
+
 async def serve(args) -> None:
     from common import metrics as common_metrics
-    from common.models import choose_device, choose_dtype, resolve_model
     from common.server import Server, ServerOptions
     from specrej.v1 import reward_pb2, reward_pb2_grpc
-    from .scorers import load_scorer
     from .servicer import RewardServicer
 
     server = Server("reward", [reward_pb2.DESCRIPTOR.services_by_name["Reward"].full_name],
@@ -37,15 +69,17 @@ async def serve(args) -> None:
     servicer = RewardServicer(model_name=model_name)
     reward_pb2_grpc.add_RewardServicer_to_server(servicer, server.grpc)
     await server.start()
-    device = choose_device(args.device)
-    dtype = choose_dtype(args.dtype, device)
     # Loading takes seconds to minutes; health keeps answering NOT_SERVING meanwhile.
-    servicer.scorer = await asyncio.to_thread(
-        load_scorer, args.scorer, resolve_model(args.model, args.model_cache), device, dtype, args.token_budget)
-    common_metrics.set_build_info("reward", model_name, str(dtype).removeprefix("torch."), str(device))
-    common_metrics.register_device_metrics("reward", device)
+    engine = await asyncio.to_thread(load_engine, args)
+    servicer.engine = engine
+    scorer = engine.scorer
+    common_metrics.set_build_info("reward", model_name, str(scorer.dtype).removeprefix("torch."), str(scorer.device))
+    common_metrics.register_device_metrics("reward", scorer.device)
     await server.mark_serving()
-    await server.serve_until_signalled()
+    try:
+        await server.serve_until_signalled()
+    finally:
+        engine.close()
 
 
 if __name__ == "__main__":

@@ -1,56 +1,48 @@
-"""gRPC translation for the reward service."""
+"""gRPC translation for the reward service: messages in, the engine's work, messages out."""
 import asyncio
-import threading
 import time
 
-from common.chat import PromptError, message_dicts
-from common.errors import FieldError, Overloaded, Unavailable
+from common.chat import message_dicts
+from common.errors import Unavailable
 from specrej.v1 import reward_pb2 as pb
 from specrej.v1 import reward_pb2_grpc
-from . import metrics
-from .scorers import Scored
+from .engine import ScoringEngine
+from .scorers import Item, Scored
 
 
-def score(scorer, request: pb.ScoreRequest) -> tuple[pb.ScoreResponse, Scored]:
-    """Score a request's responses; raises PromptError for a conversation the template rejects."""
-    messages = message_dicts(request.messages)
-    began = time.perf_counter()
-    scored = scorer.score(messages, [i.response for i in request.items], [i.complete for i in request.items])
-    seconds = time.perf_counter() - began
-    return pb.ScoreResponse(scores=scored.scores, scored_tokens=scored.tokens, score_seconds=seconds), scored
+def score_items(request: pb.ScoreRequest) -> list[Item]:
+    return [Item(i.response, i.complete, i.candidate) for i in request.items]
+
+
+def score_response(scored: Scored) -> pb.ScoreResponse:
+    return pb.ScoreResponse(scores=scored.scores, scored_tokens=scored.tokens, score_seconds=scored.seconds)
 
 
 class RewardServicer(reward_pb2_grpc.RewardServicer):
-    """Serves once `scorer` is set; before that (the model is loading) every call is UNAVAILABLE."""
+    """Serves once `engine` is set; before that (the model is loading) every call is UNAVAILABLE."""
 
-    def __init__(self, scorer=None, *, model_name: str = "", max_items: int = 4096):
-        self.scorer, self.model_name, self.max_items = scorer, model_name, max_items
-        # One forward pass at a time: the model is the bottleneck, and this bounds peak memory.
-        self._model_lock = threading.Lock()
+    def __init__(self, engine: ScoringEngine | None = None, *, model_name: str = ""):
+        self.engine, self.model_name = engine, model_name
 
-    def _ready_scorer(self):
-        if self.scorer is None:
+    def _ready_engine(self) -> ScoringEngine:
+        if self.engine is None:
             raise Unavailable("the reward service is still loading its model")
-        return self.scorer
+        return self.engine
 
     async def Info(self, request, context):
-        scorer = self._ready_scorer()
+        scorer = self._ready_engine().scorer
         return pb.RewardInfoResponse(model=self.model_name, scorer=scorer.name, device=str(scorer.device),
-                                     dtype=str(scorer.model.dtype).removeprefix("torch."))
+                                     dtype=str(scorer.dtype).removeprefix("torch."))
 
     async def Score(self, request, context):
-        scorer = self._ready_scorer()
-        if not request.messages:
-            raise FieldError("messages", "at least one message is required")
-        if len(request.items) > self.max_items:
-            raise Overloaded(f"items: {len(request.items)} responses in one request; the limit is {self.max_items}")
-        try:
-            response, scored = await asyncio.to_thread(self._score_locked, scorer, request)
-        except PromptError as error:
-            raise FieldError("messages", str(error)) from None
-        metrics.observe(scored, response.score_seconds)
-        return response
+        engine = self._ready_engine()
+        remaining = context.time_remaining()
+        deadline = None if remaining is None else time.monotonic() + remaining
+        # Tokenizing runs here, on a thread, so a long conversation never stalls the event loop.
+        future = await asyncio.to_thread(engine.submit, message_dicts(request.messages), score_items(request),
+                                         session=request.session, deadline=deadline)
+        # A caller that goes away cancels this wait and, through it, the future: still queued, it is skipped.
+        return score_response(await asyncio.wrap_future(future))
 
-    def _score_locked(self, scorer, request):
-        with self._model_lock:
-            return score(scorer, request)
+    async def Release(self, request, context):
+        return pb.ReleaseResponse(freed_bytes=self._ready_engine().release(request.session))

@@ -1,55 +1,55 @@
-"""Reward scorers on tiny random models: values checked against a direct computation."""
+"""Reward scorers on tiny random models: values checked against the Hugging Face model's own forward pass."""
 import pytest
 import torch
 
-from reward_service.scorers import load_scorer
+from reward_service.scorers import Item, Request, load_scorer
+from tests.reward.conftest import MESSAGES, reference_scores
 
-MESSAGES = [{"role": "user", "content": "Name a fruit."}]
 RESPONSES = ["An apple.", "Bananas are yellow and sweet, and monkeys like them.", "Pear", ""]
 
 
-@pytest.fixture(scope="module")
-def logprob(tiny_model_dir):
-    return load_scorer("lm-logprob", str(tiny_model_dir), torch.device("cpu"), torch.float32, token_budget=16)
-
-
-def direct_mean_logprob(scorer, response: str, complete: bool) -> float:
-    tokenizer, model = scorer.tokenizer, scorer.model
-    prompt = tokenizer.apply_chat_template(MESSAGES, add_generation_prompt=True, tokenize=True)
-    body = tokenizer(response, add_special_tokens=False).input_ids + ([tokenizer.eos_token_id] if complete else [])
-    logits = model(torch.tensor([prompt + body])).logits[0].log_softmax(-1)
-    return sum(logits[len(prompt) - 1 + i, t].item() for i, t in enumerate(body)) / len(body)
+def request(scorer, responses, complete, messages=MESSAGES) -> Request:
+    items = [Item(r, c, i) for i, (r, c) in enumerate(zip(responses, complete))]
+    prompt, bodies = scorer.tokenize(messages, items)
+    return Request(prompt, bodies, [i.candidate for i in items])
 
 
 def test_logprob_is_the_mean_log_probability_of_the_response(logprob):
     complete = [True, False, True, True]
-    scored = logprob.score(MESSAGES, RESPONSES, complete)
-    for response, done, value in zip(RESPONSES, complete, scored.scores):
-        if response or done:
-            assert value == pytest.approx(direct_mean_logprob(logprob, response, done), abs=1e-4)
+    (scored,), passes = logprob.score([request(logprob, RESPONSES, complete)])
+    assert scored.scores == pytest.approx(reference_scores(logprob, MESSAGES, RESPONSES, complete), abs=1e-4)
     assert scored.scores[1] != scored.scores[0]
-    # The tiny budget (16 response tokens per batch) forces several batches; the result does not
-    # depend on the grouping, and the prompt is read once per batch.
-    assert len(scored.batch_sizes) > 1
+    # The prompt is read once, however many responses share it.
     prompt = logprob.tokenizer.apply_chat_template(MESSAGES, add_generation_prompt=True, tokenize=True)
     bodies = [len(logprob.tokenizer(r, add_special_tokens=False).input_ids) + d for r, d in zip(RESPONSES, complete)]
-    assert scored.tokens == len(prompt) * len(scored.batch_sizes) + sum(bodies)
-    alone = [logprob.score(MESSAGES, [r], [d]).scores[0] for r, d in zip(RESPONSES, complete)]
-    assert scored.scores == pytest.approx(alone, abs=1e-5)
+    assert scored.tokens == len(prompt) + sum(bodies)
+
+
+def test_the_token_budget_splits_passes_without_changing_scores(tiny_model_dir, logprob):
+    small = load_scorer("lm-logprob", str(tiny_model_dir), torch.device("cpu"), torch.float32, token_budget=5)
+    complete = [True, False, True, True]
+    (scored,), passes = small.score([request(small, RESPONSES, complete)])
+    assert max(passes) <= 5 and len(passes) > 3
+    assert scored.scores == pytest.approx(reference_scores(logprob, MESSAGES, RESPONSES, complete), abs=1e-4)
+
+
+def test_requests_with_different_prompts_run_together(logprob):
+    other = [{"role": "user", "content": "Say something about the sea, please."}]
+    first, second = request(logprob, RESPONSES[:2], [True, False]), request(logprob, ["Waves.", "Blue"], [False, True],
+                                                                             messages=other)
+    (a, b), _ = logprob.score([first, second])
+    assert a.scores == pytest.approx(reference_scores(logprob, MESSAGES, RESPONSES[:2], [True, False]), abs=1e-4)
+    assert b.scores == pytest.approx(reference_scores(logprob, other, ["Waves.", "Blue"], [False, True]), abs=1e-4)
 
 
 def test_an_empty_partial_response_scores_zero(logprob):
-    assert logprob.score(MESSAGES, [""], [False]).scores == [0.0]
+    (scored,), _ = logprob.score([request(logprob, [""], [False])])
+    assert scored.scores == [0.0]
 
 
-def test_classifier_scores_the_formatted_conversation(tiny_classifier_dir):
-    scorer = load_scorer("classifier", str(tiny_classifier_dir), torch.device("cpu"), torch.float32, token_budget=128)
-    scored = scorer.score(MESSAGES, RESPONSES[:3], [True] * 3)
-    for response, value in zip(RESPONSES[:3], scored.scores):
-        text = scorer.tokenizer.apply_chat_template([*MESSAGES, {"role": "assistant", "content": response}],
-                                                    tokenize=False)
-        ids = scorer.tokenizer(text, add_special_tokens=False, return_tensors="pt").input_ids
-        assert value == pytest.approx(scorer.model(ids).logits[0, 0].item(), abs=1e-4)
+def test_classifier_scores_the_formatted_conversation(classifier):
+    (scored,), _ = classifier.score([request(classifier, RESPONSES[:3], [True] * 3)])
+    assert scored.scores == pytest.approx(reference_scores(classifier, MESSAGES, RESPONSES[:3], None), abs=1e-4)
     assert len(set(scored.scores)) == 3
 
 

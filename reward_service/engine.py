@@ -1,0 +1,155 @@
+"""The scoring engine: one worker thread owns the model and runs Score requests from a bounded queue,
+those that arrive within a short window together, under the scorer's token budget."""
+import logging
+import queue
+import threading
+import time
+from concurrent.futures import Future
+from dataclasses import dataclass
+
+from common import metrics as common_metrics
+from common.chat import PromptError
+from common.errors import DeadlineExceeded, FieldError, Overloaded
+from . import metrics
+from .limits import InputLimits
+from .scorers import Item, Request, Scored
+from .sessions import SessionCache
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class _Job:
+    request: Request
+    future: Future
+    enqueued: float
+    deadline: float | None  # time.monotonic() value
+
+
+_STOP = object()
+# While no request comes, idle sessions are still freed this often.
+_IDLE_SWEEP_SECONDS = 1.0
+
+
+class ScoringEngine:
+    def __init__(self, scorer, *, sessions: SessionCache, limits: InputLimits | None = None,
+                 batch_window_seconds: float = 0.005, max_queued: int = 64):
+        self.scorer, self.sessions = scorer, sessions
+        self.limits = limits or InputLimits(max_context=scorer.max_context)
+        self.batch_window_seconds, self.max_queued = batch_window_seconds, max_queued
+        self._queue: queue.SimpleQueue = queue.SimpleQueue()
+        self._lock = threading.Lock()
+        self.queued = 0
+        self._seconds_per_request = 0.05  # running estimate, for the retry hint
+        self._worker = threading.Thread(target=self._work, name="reward-scoring", daemon=True)
+        self._worker.start()
+
+    def submit(self, messages: list[dict], items: list[Item], *, session: str = "",
+               deadline: float | None = None) -> Future:
+        """Queue a request; the future resolves to its `Scored`. Raises at once FieldError for bad input
+        and Overloaded (with a retry hint) when the queue is full; the future fails with DeadlineExceeded
+        when `deadline` (a time.monotonic() value) passes before the model reaches the request."""
+        self.limits.check_shape(len(messages), len(items))
+        if session:
+            seen = set()
+            for index, item in enumerate(items):
+                if item.candidate in seen:
+                    raise FieldError(f"items[{index}].candidate", f"candidate {item.candidate} appears twice")
+                seen.add(item.candidate)
+        # A full queue refuses before tokenizing, so overload costs the least work.
+        self._admit()
+        try:
+            try:
+                prompt, bodies = self.scorer.tokenize(messages, items)
+            except PromptError as error:
+                raise FieldError("messages", str(error)) from None
+            self.limits.check_tokens(len(prompt), [len(b) for b in bodies])
+        except Exception:
+            self._count_queued(-1)
+            raise
+        job = _Job(Request(prompt, bodies, [i.candidate for i in items], session), Future(), time.monotonic(),
+                   deadline)
+        self._queue.put(job)
+        return job.future
+
+    def _admit(self) -> None:
+        with self._lock:
+            if self.queued >= self.max_queued:
+                common_metrics.ADMISSION_REJECTED.labels(metrics.SERVICE).inc()
+                retry = max(self.batch_window_seconds, self.queued * self._seconds_per_request)
+                raise Overloaded(f"{self.queued} requests are waiting for the reward model; retry in {retry:.1f} s",
+                                 retry)
+            self.queued += 1
+            common_metrics.ADMISSION_QUEUED.labels(metrics.SERVICE).set(self.queued)
+
+    def _count_queued(self, change: int) -> None:
+        with self._lock:
+            self.queued += change
+            common_metrics.ADMISSION_QUEUED.labels(metrics.SERVICE).set(self.queued)
+
+    def release(self, session: str) -> int:
+        """Free what is kept for a session; returns the bytes freed."""
+        freed = self.sessions.release(session)
+        metrics.observe_cache(self.sessions)
+        return freed
+
+    def close(self) -> None:
+        self._queue.put(_STOP)
+        self._worker.join()
+
+    def _collect(self) -> list[_Job] | None:
+        """The next batch: the first request, and those that arrive within the batching window after it."""
+        try:
+            first = self._queue.get(timeout=_IDLE_SWEEP_SECONDS)
+        except queue.Empty:
+            return []
+        if first is _STOP:
+            return None
+        jobs = [first]
+        closes = time.monotonic() + self.batch_window_seconds
+        while (left := closes - time.monotonic()) > 0:
+            try:
+                job = self._queue.get(timeout=left)
+            except queue.Empty:
+                break
+            if job is _STOP:
+                self._queue.put(_STOP)
+                break
+            jobs.append(job)
+        return jobs
+
+    def _work(self) -> None:
+        while (jobs := self._collect()) is not None:
+            self.sessions.expire()
+            if jobs:
+                self._run(jobs)
+            metrics.observe_cache(self.sessions)
+
+    def _run(self, jobs: list[_Job]) -> None:
+        now = time.monotonic()
+        self._count_queued(-len(jobs))
+        live = []
+        for job in jobs:
+            common_metrics.ADMISSION_WAIT_SECONDS.labels(metrics.SERVICE).observe(now - job.enqueued)
+            if not job.future.set_running_or_notify_cancel():
+                continue  # the caller went away
+            if job.deadline is not None and now >= job.deadline:
+                job.future.set_exception(DeadlineExceeded("the deadline passed while the request waited"))
+                continue
+            live.append(job)
+        if not live:
+            return
+        began = time.perf_counter()
+        try:
+            results, pass_sizes = self.scorer.score([j.request for j in live], self.sessions)
+        except Exception as error:
+            log.exception("scoring %d requests failed", len(live))
+            for job in live:
+                self.sessions.abandon(job.request.session)
+                job.future.set_exception(error)
+            return
+        seconds = time.perf_counter() - began
+        self._seconds_per_request = 0.8 * self._seconds_per_request + 0.2 * seconds / len(live)
+        metrics.observe_batch(results, pass_sizes, seconds)
+        for job, result in zip(live, results):
+            job.future.set_result(Scored(result.scores, result.tokens, seconds))
