@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import time
+import uuid
 
 from common.chat import PromptError, message_dicts, prompt_token_ids
 from common.errors import FieldError
@@ -92,9 +93,25 @@ class InProcessReward:
     def __init__(self, engine: ScoringEngine):
         self.engine = engine
 
+    def for_request(self) -> "InProcessRewardCalls":
+        return InProcessRewardCalls(self.engine)
+
+
+class InProcessRewardCalls:
+    """coordinator.clients.RewardCalls over a scoring engine: one scoring session per request."""
+
+    def __init__(self, engine: ScoringEngine):
+        self.engine, self.session = engine, uuid.uuid4().hex
+
     async def score(self, request: reward_pb2.ScoreRequest) -> reward_pb2.ScoreResponse:
-        future = self.engine.submit(message_dicts(request.messages), score_items(request), session=request.session)
+        future = self.engine.submit(message_dicts(request.messages), score_items(request), session=self.session)
         return score_response(await asyncio.wrap_future(future))
+
+    async def __aenter__(self) -> "InProcessRewardCalls":
+        return self
+
+    async def __aexit__(self, *exc) -> None:
+        self.engine.release(self.session)
 
 
 async def run_pipeline(request: pb.GenerateRequest, session, reward, *,
@@ -130,7 +147,8 @@ class InProcessBackend:
 
         async def run():
             try:
-                return await run_pipeline(request, session, self.reward, memory_round_tokens=memory_round_tokens)
+                async with self.reward.for_request() as reward:
+                    return await run_pipeline(request, session, reward, memory_round_tokens=memory_round_tokens)
             finally:
                 session.close()
         return timed(run)
@@ -170,9 +188,9 @@ class GrpcBackend:
                              "service's --kv-cache-budget applies (use the schedule `memory`)")
 
         async def run():
-            async with self.generator.session(self.timeout) as session:
-                return await run_pipeline(request, session, self.reward.for_request(self.timeout),
-                                          memory_round_tokens=memory_round_tokens)
+            async with self.generator.session(self.timeout) as session, \
+                    self.reward.for_request(self.timeout) as reward:
+                return await run_pipeline(request, session, reward, memory_round_tokens=memory_round_tokens)
         return timed(run)
 
     def describe(self) -> dict:

@@ -4,6 +4,7 @@ import asyncio
 import contextlib
 import logging
 import time
+import uuid
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -13,6 +14,8 @@ from common.tls import ChannelTls, secure_or_insecure_channel
 from specrej.v1 import generator_pb2, generator_pb2_grpc, reward_pb2, reward_pb2_grpc
 
 log = logging.getLogger(__name__)
+
+_RELEASE_SECONDS = 2.0
 
 # Headless Kubernetes services resolve to every replica; round robin spreads requests over them,
 # and a request's whole session stays on the replica its stream was opened to.
@@ -163,18 +166,38 @@ class GeneratorClient(_Upstream):
 
 
 class RewardCalls:
-    """The reward service for one request: its deadline and metadata on every call. Implements
-    coordinator.pipeline.RewardPort."""
+    """The reward service for one request: its deadline and metadata on every call, and one scoring
+    session, so each decision point reads only the tokens decoded since the last one. Implements
+    coordinator.pipeline.RewardPort; leaving the `async with` releases the session's cache."""
 
     def __init__(self, client: "RewardClient", deadline: float | None, metadata: tuple):
         self._client, self._deadline, self._metadata = client, deadline, metadata
+        # Not the request id: a client may send the same id twice, and sessions must never be shared.
+        self.session = uuid.uuid4().hex
 
     async def score(self, request: reward_pb2.ScoreRequest) -> reward_pb2.ScoreResponse:
+        request.session = self.session
         timeout = None if self._deadline is None else max(0.0, self._deadline - time.monotonic())
         try:
             return await self._client.stub.Score(request, timeout=timeout, metadata=self._metadata)
         except grpc.aio.AioRpcError as error:
             raise self._client._error(error) from None
+
+    async def release(self) -> None:
+        """Free the session's cache now; if this fails, the reward service's idle timeout frees it."""
+        try:
+            await self._client.stub.Release(reward_pb2.ReleaseRequest(session=self.session), timeout=_RELEASE_SECONDS,
+                                            metadata=self._metadata)
+        except grpc.aio.AioRpcError as error:
+            log.info("reward session %s not released (%s); its idle timeout will free it", self.session,
+                     error.code().name)
+
+    async def __aenter__(self) -> "RewardCalls":
+        return self
+
+    async def __aexit__(self, *exc) -> None:
+        # Shielded: a cancelled request still frees its cache at once.
+        await asyncio.shield(self.release())
 
 
 class RewardClient(_Upstream):

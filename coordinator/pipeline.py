@@ -74,7 +74,8 @@ class Pipeline:
         began = time.perf_counter()
         request = reward_pb2.ScoreRequest(
             messages=self.plan.messages,
-            items=[reward_pb2.ScoreItem(response=c.text, complete=c.finish_reason == "stop") for c in candidates],
+            items=[reward_pb2.ScoreItem(response=c.text, complete=c.finish_reason == "stop", candidate=c.index)
+                   for c in candidates],
         )
         with tracer.start_as_current_span("score", attributes={"specrej.candidates": len(candidates)}):
             response = await self.reward.score(request)

@@ -63,8 +63,9 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServicer):
                     await self.reward.check_reachable()
                     remaining = context.time_remaining()
                     timeout = remaining if remaining is not None and remaining < _NO_DEADLINE else self.default_timeout
-                    async with self.generator.session(timeout, call_log.metadata) as session:
-                        pipeline = Pipeline(plan, session, self.reward.for_request(timeout, call_log.metadata))
+                    async with self.generator.session(timeout, call_log.metadata) as session, \
+                            self.reward.for_request(timeout, call_log.metadata) as reward:
+                        pipeline = Pipeline(plan, session, reward)
                         metrics.QUEUED.labels(metrics.SERVICE).inc()
                         try:
                             await pipeline.start()

@@ -145,9 +145,9 @@ def test_the_request_id_reaches_every_service_and_comes_back(coordinator, tiny_s
     assert line["tokens_scored"] == response.stats.scored_tokens
     assert line["generate_seconds"] > 0 and line["score_seconds"] > 0
     assert [g["method"] for g in request_lines(tiny_stack.generator.log(), request_id)] == ["Session"]
-    # One Score call per decision point, and one to rank the finalists.
+    # One Score call per decision point, one to rank the finalists, then the scoring session's release.
     scoring = request_lines(tiny_stack.reward.log(), request_id)
-    assert [r["method"] for r in scoring] == ["Score"] * (len(response.stats.rounds) + 1)
+    assert [r["method"] for r in scoring] == ["Score"] * (len(response.stats.rounds) + 1) + ["Release"]
 
 
 def test_a_failed_request_returns_its_request_id_too(coordinator, tiny_stack):
@@ -285,3 +285,17 @@ def test_a_full_coordinator_turns_requests_away_at_once(tiny_stack, service_logs
         assert metric(scrape(coordinator_service), "specrej_admission_rejected_total", service="coordinator") == 1
     finally:
         coordinator_service.stop()
+
+
+def test_each_decision_point_reads_only_new_tokens_and_the_session_is_released(coordinator, tiny_stack):
+    response = coordinator.Generate(request(decision_every_tokens=8, rejection_rate=0.5), timeout=60)
+    stats = response.stats
+    assert len(stats.rounds) >= 2
+    # Recomputing every prefix at every decision point reads each live candidate's whole response
+    # again; a scoring session reads each token once (plus the end-of-turn token of finished ones).
+    prompt_reads = stats.prompt_tokens * (len(stats.rounds) + 1)
+    assert stats.scored_tokens <= stats.generated_tokens + stats.initial_n + prompt_reads
+    deadline = time.monotonic() + 5
+    while metric(scrape(tiny_stack.reward), "specrej_reward_session_cache_sessions") and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert metric(scrape(tiny_stack.reward), "specrej_reward_session_cache_sessions") == 0
