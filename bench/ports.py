@@ -7,17 +7,17 @@ GenerateRequest through the Pipeline either way, so the benchmark measures the r
 """
 from __future__ import annotations
 
-import dataclasses
+import contextlib
 import time
 
 import grpc
 
-from common.chat import PromptError, message_dicts, prompt_token_ids
+from common.chat import PromptError
+from common.errors import ServiceError as EngineError
 from coordinator.clients import GeneratorClient, RewardClient, ServiceError
 from coordinator.pipeline import Pipeline
 from coordinator.request import plan_request
-from generator_service.messages import advanced_message, pruned_message, sampling_params, started_message
-from common.errors import FieldError
+from generator_service.messages import advanced_message, open_from_start, pruned_message, started_message
 from reward_service.servicer import score
 from specrej.v1 import coordinator_pb2 as pb
 from specrej.v1 import generator_pb2, reward_pb2
@@ -27,52 +27,43 @@ MAX_N = 1 << 20
 
 
 class InProcessSession:
-    """coordinator.clients.GeneratorSession's interface over a GeneratorEngine in this process.
+    """coordinator.clients.GeneratorSession's interface over a GeneratorEngine in this process,
+    through the servicer's own adapter (generator_service.messages); it waits for each answer.
 
-    `kv_budget_tokens`, when set, gives this session a KV-cache budget of that many response tokens
-    beyond its prompt (the prompt's keys/values are stored once, shared by every candidate), so that
-    memory-driven decision points fall where the benchmark wants them."""
+    `kv_budget_tokens`, when set, reserves this session that many response tokens of KV cache
+    beyond its prompt (the prompt's keys/values are stored once, shared by every candidate), so
+    that memory-driven decision points fall where the benchmark wants them."""
 
     def __init__(self, engine, kv_budget_tokens: int | None = None):
         self.engine, self.kv_budget_tokens = engine, kv_budget_tokens
         self.session = None
 
     def start(self, start: generator_pb2.StartSession) -> generator_pb2.SessionStarted:
-        messages = message_dicts(start.messages)
-        try:
-            self.session = self.engine.open_session(
-                messages, n=start.n, max_new_tokens=start.max_new_tokens,
-                sampling=sampling_params(start.sampling), min_tokens_before_full=start.min_tokens_before_full,
-                planner=self._planner(messages),
-            )
-        except PromptError as error:
-            raise ServiceError(grpc.StatusCode.INVALID_ARGUMENT, f"messages: {error}") from error
-        except FieldError as error:
-            raise ServiceError(grpc.StatusCode.INVALID_ARGUMENT, str(error)) from error
-        return started_message(self.session, self.session.start())
-
-    def _planner(self, messages: list[dict]):
-        """The engine's memory plan, with this session's budget when one is set."""
-        if self.kv_budget_tokens is None:
-            return None
-        own = self.engine.planner
-        prompt_tokens = len(prompt_token_ids(self.engine.tokenizer, messages))
-        return dataclasses.replace(own, budget_bytes=(prompt_tokens + self.kv_budget_tokens) * own.bytes_per_token)
+        with _as_client_error():
+            self.session = open_from_start(self.engine, start, self.kv_budget_tokens)
+            return started_message(self.session.start().result())
 
     def advance(self, until_tokens: int) -> generator_pb2.Advanced:
-        return advanced_message(self.session, self.session.advance(until_tokens))
+        with _as_client_error():
+            return advanced_message(self.session.advance(until_tokens).result())
 
     def prune(self, keep: list[int]) -> generator_pb2.Pruned:
-        try:
-            seconds = self.session.prune(list(keep))
-        except FieldError as error:
-            raise ServiceError(grpc.StatusCode.INVALID_ARGUMENT, str(error)) from error
-        return pruned_message(self.session, seconds)
+        with _as_client_error():
+            return pruned_message(self.session.prune(list(keep)).result())
 
     def close(self) -> None:
         if self.session is not None:
-            self.engine.close_session(self.session)
+            self.session.close()
             self.session = None
+
+
+@contextlib.contextmanager
+def _as_client_error():
+    """The engine's errors as the gRPC client would raise them."""
+    try:
+        yield
+    except EngineError as error:
+        raise ServiceError(error.code, error.message) from error
 
 
 class InProcessReward:
