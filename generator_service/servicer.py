@@ -4,6 +4,7 @@ No thread is held while a session waits or decodes: the engine's decode loop ans
 the stream's coroutine awaits. When the client cancels or its deadline passes, the coroutine is
 cancelled and the session closed, which frees its memory at the loop's next turn."""
 import asyncio
+import logging
 
 from common.errors import FieldError, Unavailable
 from specrej.v1 import generator_pb2 as pb
@@ -11,6 +12,8 @@ from specrej.v1 import generator_pb2_grpc
 from . import metrics
 from .engine import GeneratorEngine
 from .messages import advanced_message, prepare_start, pruned_message, started_message
+
+log = logging.getLogger(__name__)
 
 
 class GeneratorServicer(generator_pb2_grpc.GeneratorServicer):
@@ -56,5 +59,8 @@ class GeneratorServicer(generator_pb2_grpc.GeneratorServicer):
                     yield pb.SessionEvent(pruned=pruned_message(pruned))
                 else:
                     raise FieldError("command", f"`{kind}` is only allowed first")
+        except asyncio.CancelledError:
+            log.info("session cancelled by its client")
+            raise
         finally:
             session.close()

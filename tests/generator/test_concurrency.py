@@ -1,7 +1,6 @@
 """Many sessions at once on one engine (tiny random model): the same tokens as alone, a shared
 KV-cache pool with a bounded queue, chunked prefill beside decoding, cancellation that frees."""
 import asyncio
-import threading
 import time
 
 import grpc
@@ -16,12 +15,7 @@ from generator_service.servicer import GeneratorServicer
 from generator_service.session import SessionCancelled
 from specrej.v1 import common_pb2
 from specrej.v1 import generator_pb2 as pb
-from tests.generator.waiting import WAIT, close_and_wait, wait_until
-
-POEM = [{"role": "user", "content": "Write a short poem about rivers."}]
-RECIPE = [{"role": "system", "content": "You are terse."},
-          {"role": "user", "content": "Give me a recipe for bread, with quantities, and explain each step."}]
-LONG = [{"role": "user", "content": " ".join(f"word{i}" for i in range(120)) + " Summarise."}]
+from tests.generator.scripted import LONG, POEM, SCRIPTS, WAIT, close_and_wait, play, play_together, wait_until
 
 
 @pytest.fixture(scope="module")
@@ -35,51 +29,6 @@ def engine(tiny_model_dir):
 def small_engine(tiny_model_dir, budget_tokens: int, **options) -> GeneratorEngine:
     per_token = 512  # 2 layers x (k, v) x 2 kv heads x 16 dims x 4 bytes
     return GeneratorEngine(str(tiny_model_dir), device="cpu", kv_cache_budget=per_token * budget_tokens, **options)
-
-
-# Each script: messages, n, max_new_tokens, sampling, then (until_tokens, keep-or-None) commands.
-SCRIPTS = {
-    "poem": (POEM, 12, 40, SamplingParams(seed=3), [(9, None), (0, [0, 5, 6, 11]), (20, None), (0, [5]), (0, None)]),
-    "recipe": (RECIPE, 5, 25, SamplingParams(temperature=0.7, top_p=0.9, seed=8), [(4, None), (0, [1, 2]), (0, None)]),
-    "long": (LONG, 40, 30, SamplingParams(top_k=50, seed=5), [(0, None)]),
-}
-
-
-def play(engine, name: str, began: threading.Barrier | None = None) -> list[list[int]]:
-    messages, n, max_new_tokens, sampling, commands = SCRIPTS[name]
-    session = engine.open_session(messages, n=n, max_new_tokens=max_new_tokens, sampling=sampling,
-                                  min_tokens_before_full=0)
-    try:
-        if began:
-            began.wait(WAIT)
-        session.start().result(WAIT)
-        for until, keep in commands:
-            if keep is None:
-                session.advance(until).result(WAIT)
-            else:
-                session.prune([i for i in keep if not session.sequences[i].finish_reason]).result(WAIT)
-        return [s.tokens for s in session.sequences]
-    finally:
-        close_and_wait(engine, session)
-
-
-def play_together(engine, names: list[str]) -> dict[str, list[list[int]]]:
-    results, errors = {}, []
-    barrier = threading.Barrier(len(names))
-
-    def one(name):
-        try:
-            results[name] = play(engine, name, barrier)
-        except Exception as error:  # reported below, in the test's thread
-            errors.append(error)
-
-    threads = [threading.Thread(target=one, args=(name,)) for name in names]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(3 * WAIT)
-    assert not errors, errors
-    return results
 
 
 def recording_steps(engine):
@@ -181,7 +130,7 @@ def test_a_long_prompt_is_prefilled_in_chunks_between_another_sessions_steps(eng
         events.append("step")
         return step(tokens, positions, segments)
 
-    running = engine.open_session(POEM, n=4, max_new_tokens=300, sampling=SamplingParams(seed=1),
+    running = engine.open_session(POEM, n=4, max_new_tokens=150, sampling=SamplingParams(seed=1),
                                   min_tokens_before_full=0)
     alone = play(engine, "long")
     try:

@@ -6,10 +6,7 @@ from common.errors import FieldError
 from generator_service.decoder import DEFAULT_ROW_BLOCK
 from generator_service.engine import GeneratorEngine
 from generator_service.sampling import SamplingParams
-from tests.generator.waiting import WAIT, close_and_wait
-
-MESSAGES = [{"role": "user", "content": "Write a short poem about rivers."}]
-
+from tests.generator.scripted import POEM as MESSAGES, WAIT, close_and_wait
 
 @pytest.fixture(scope="module")
 def engine(tiny_model_dir):
