@@ -62,7 +62,7 @@ def main(argv=None) -> None:
         compiled[rows] = step_seconds(decoder, rows, args.repeats)
         print(f"{rows:4d} rows on {device}/{dtype}: eager {eager[rows] * 1000:.1f} ms, compiled "
               f"{compiled[rows] * 1000:.1f} ms per step (eager/compiled x{eager[rows] / compiled[rows]:.2f}; "
-              f"first compiled steps {compiling:.0f} s)", flush=True)
+              f"{STEPS_BEFORE + 2} warm-up steps, compiling included, {compiling:.0f} s)", flush=True)
 
 
 if __name__ == "__main__":

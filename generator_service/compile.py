@@ -4,8 +4,9 @@ Attention stays eager: it loops over the sessions of a step, whose shapes change
 dense parts (norms, projections, rotary, MLP, LM head) see [padded rows, hidden] inputs, so each
 padded row count compiles once. On CUDA they run as CUDA graphs (mode "reduce-overhead"), which
 is where a decode step of a small model spends most of its time: launching kernels. `auto` turns
-compilation on only where it was measured faster: CUDA. On CPU (2 cores, SmolLM2-135M, float32)
-inductor was not faster than eager at 8, 32 or 128 rows (see README, "Compiled decode step")."""
+compilation on only there: on CPU (SmolLM2-135M, float32, a shared 2-core machine, one thread)
+inductor was no faster than eager (eager/compiled 1.07, 0.91 and 1.02 at 8, 32 and 128 rows:
+noise; `python -m bench.compiled_step`), since the step's time goes to the matrix products."""
 import logging
 
 import torch

@@ -84,7 +84,8 @@ class GeneratorEngine:
         then fall where the caller wants them)."""
         prompt = len(prompt_ids)
         if prompt > self.max_prompt_tokens:
-            raise FieldError("messages", f"the prompt has {prompt} tokens; at most {self.max_prompt_tokens} are allowed")
+            raise FieldError("messages",
+                             f"the prompt has {prompt} tokens; at most {self.max_prompt_tokens} are allowed")
         if max_new_tokens < 1:
             raise FieldError("max_new_tokens", "must be at least 1")
         if prompt + max_new_tokens > self.decoder.max_context:

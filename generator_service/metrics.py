@@ -4,7 +4,8 @@ import prometheus_client as prom
 SERVICE = "generator"
 _STEP_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5)
 
-SESSIONS_ACTIVE = prom.Gauge("specrej_generator_sessions_active", "Sessions holding KV-cache memory.", ["service"])
+SESSIONS_ACTIVE = prom.Gauge("specrej_generator_sessions_active",
+                             "Sessions admitted (holding KV-cache memory); queued ones are not counted.", ["service"])
 SEQUENCES_ACTIVE = prom.Gauge("specrej_generator_sequences_active", "Sequences still decoding, over all sessions.", ["service"])
 BATCH_SIZE = prom.Histogram("specrej_generator_batch_size", "Rows in each decode step, over all sessions.", ["service"],
                             buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512))
@@ -22,7 +23,7 @@ TOKENS = prom.Counter("specrej_generator_tokens_total", "Tokens decoded, summed 
 
 def bind(engine) -> None:
     """Gauges that read the engine's state at scrape time."""
-    SESSIONS_ACTIVE.labels(SERVICE).set_function(lambda: len(engine.sessions))
+    SESSIONS_ACTIVE.labels(SERVICE).set_function(lambda: engine.admission.active)
     SEQUENCES_ACTIVE.labels(SERVICE).set_function(engine.running_sequences)
     KV_CACHE_BYTES.labels(SERVICE).set_function(engine.kv_cache_bytes)
     KV_CACHE_BUDGET_BYTES.labels(SERVICE).set(engine.budget_bytes)

@@ -33,7 +33,7 @@ class GeneratorServicer(generator_pb2_grpc.GeneratorServicer):
             model=engine.model_name, device=str(engine.device), dtype=str(engine.dtype).removeprefix("torch."),
             kv_cache_budget_bytes=engine.budget_bytes, kv_cache_bytes_per_token=engine.bytes_per_token,
             max_context_tokens=engine.decoder.max_context, max_batch_size=engine.max_batch_size,
-            active_sessions=len(engine.sessions),
+            active_sessions=engine.admission.active,
         )
 
     async def Session(self, request_iterator, context):

@@ -234,7 +234,8 @@ class Session:
                               and bool(self.running_indices))
         result.decode_seconds = time.perf_counter() - advance.began
         result.updates = self._updates(advance.reporting)
-        result.position, result.kv_cache_bytes, result.capacity_tokens = self.position, self.kv_cache_bytes, self.capacity
+        result.position, result.kv_cache_bytes, result.capacity_tokens = (
+            self.position, self.kv_cache_bytes, self.capacity)
         advance.future.set_result(result)
 
     def fail_pending(self, error: BaseException) -> None:
