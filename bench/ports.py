@@ -7,7 +7,9 @@ GenerateRequest through the Pipeline either way, so the benchmark measures the r
 """
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import threading
 import time
 
 import grpc
@@ -163,14 +165,18 @@ class GrpcBackend:
 
 class LoopbackServices:
     """The real gRPC servicers around this process's engine and scorer, on loopback ports: the gRPC
-    path with the very same engines, for measuring what the transport costs."""
+    path with the very same engines, for measuring what the transport costs. The grpc.aio servers
+    run on an event loop of their own thread, as they would in their own processes."""
 
     def __init__(self, engine, scorer, model_name: str = ""):
-        from common.server import Server
+        from common.server import Server, ServerOptions
         from generator_service.servicer import GeneratorServicer
         from reward_service.servicer import RewardServicer
         from specrej.v1 import generator_pb2_grpc, reward_pb2_grpc
 
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, name="loopback-services", daemon=True)
+        self._thread.start()
         self.servers = []
         for service, descriptor, add, servicer in (
             ("generator", generator_pb2.DESCRIPTOR.services_by_name["Generator"],
@@ -178,13 +184,25 @@ class LoopbackServices:
             ("reward", reward_pb2.DESCRIPTOR.services_by_name["Reward"],
              reward_pb2_grpc.add_RewardServicer_to_server, RewardServicer(scorer, model_name=model_name)),
         ):
-            server = Server(service, [descriptor.full_name], host="127.0.0.1", port=0, max_workers=4, metrics_port=0)
-            add(servicer, server.grpc)
-            server.start()
-            server.mark_serving()
-            self.servers.append(server)
+            options = ServerOptions(host="127.0.0.1", port=0, metrics_port=0)
+            self.servers.append(self._run(self._serve(Server, service, descriptor, options, add, servicer)))
         self.generator_address, self.reward_address = (f"127.0.0.1:{s.port}" for s in self.servers)
+
+    @staticmethod
+    async def _serve(server_type, service, descriptor, options, add, servicer):
+        # grpc.aio servers belong to the event loop they are made on: made here, on the services' loop.
+        server = server_type(service, [descriptor.full_name], options)
+        add(servicer, server.grpc)
+        await server.start()
+        await server.mark_serving()
+        return server
+
+    def _run(self, coroutine):
+        return asyncio.run_coroutine_threadsafe(coroutine, self._loop).result()
 
     def stop(self) -> None:
         for server in self.servers:
-            server.stop(grace=1.0)
+            self._run(server.grpc.stop(1.0))
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join()
+        self._loop.close()
