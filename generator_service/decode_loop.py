@@ -57,9 +57,12 @@ class DecodeLoop:
             return list(self._live)
 
     def stop(self) -> None:
+        """End the loop; what sessions still wait for fails with SessionCancelled."""
         self._stopped = True
         self._wake.set()
         self.thread.join()
+        for session in self.sessions():
+            session.fail_pending(SessionCancelled("the generator stopped"))
 
     # The loop's own thread.
 

@@ -150,7 +150,7 @@ class GeneratorEngine:
         return sum(len(s.running_indices) for s in self.loop.sessions() if s.prefix is not None)
 
     def shutdown(self) -> None:
-        """Stop the decode loop (sessions still open are abandoned)."""
+        """Stop the decode loop; sessions still open get SessionCancelled for what they wait for."""
         self.loop.stop()
 
 
