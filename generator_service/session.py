@@ -44,7 +44,6 @@ class Started:
     kv_cache_bytes: int
     prefill_seconds: float  # from admission to the first tokens, chunks of other sessions' decoding included
     capacity_tokens: int
-    queued_seconds: float  # waiting for memory or a free session before that
 
 
 @dataclass(frozen=True)
@@ -188,7 +187,7 @@ class Session:
         self._started.set_result(Started(
             n=self.n, prompt_tokens=self.prompt_length, kv_cache_budget_bytes=self.reservation_bytes,
             kv_cache_bytes=self.kv_cache_bytes, prefill_seconds=time.perf_counter() - self.admitted_at,
-            capacity_tokens=self.capacity, queued_seconds=self.admitted_at - self.arrived,
+            capacity_tokens=self.capacity,
         ))
         return True
 
