@@ -10,16 +10,14 @@ one event loop of this module, the loop the loopback servers serve on too.
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import time
 import uuid
 
-from common.chat import PromptError, message_dicts, prompt_token_ids
-from common.errors import FieldError
+from common.chat import message_dicts
 from coordinator.clients import GeneratorClient, RewardClient
 from coordinator.pipeline import Pipeline
 from coordinator.request import Limits, plan_request
-from generator_service.messages import advanced_message, pruned_message, sampling_params, started_message
+from generator_service.messages import advanced_message, open_from_start, pruned_message, started_message
 from reward_service.engine import ScoringEngine
 from reward_service.servicer import score_items, score_response
 from reward_service.sessions import SessionCache
@@ -51,34 +49,18 @@ class InProcessSession:
         self.session = None
 
     async def start(self, start: generator_pb2.StartSession) -> generator_pb2.SessionStarted:
-        messages = message_dicts(start.messages)
-        try:
-            self.session = self.engine.open_session(
-                messages, n=start.n, max_new_tokens=start.max_new_tokens,
-                sampling=sampling_params(start.sampling), min_tokens_before_full=start.min_tokens_before_full,
-                planner=self._planner(messages),
-            )
-        except PromptError as error:
-            raise FieldError("messages", str(error)) from error
-        return started_message(self.session, self.session.start())
-
-    def _planner(self, messages: list[dict]):
-        """The engine's memory plan, with this session's budget when one is set."""
-        if self.kv_budget_tokens is None:
-            return None
-        own = self.engine.planner
-        prompt_tokens = len(prompt_token_ids(self.engine.tokenizer, messages))
-        return dataclasses.replace(own, budget_bytes=(prompt_tokens + self.kv_budget_tokens) * own.bytes_per_token)
+        self.session = open_from_start(self.engine, start, self.kv_budget_tokens)
+        return started_message(await asyncio.wrap_future(self.session.start()))
 
     async def advance(self, until_tokens: int) -> generator_pb2.Advanced:
-        return advanced_message(self.session, self.session.advance(until_tokens))
+        return advanced_message(await asyncio.wrap_future(self.session.advance(until_tokens)))
 
     async def prune(self, keep: list[int]) -> generator_pb2.Pruned:
-        return pruned_message(self.session, self.session.prune(list(keep)))
+        return pruned_message(await asyncio.wrap_future(self.session.prune(list(keep))))
 
     def close(self) -> None:
         if self.session is not None:
-            self.engine.close_session(self.session)
+            self.session.close()
             self.session = None
 
 

@@ -14,9 +14,7 @@ from dataclasses import dataclass
 import torch
 
 from bench.records import OverheadRow, ThroughputRow
-from generator_service.planner import MemoryPlanner
 from generator_service.sampling import SamplingParams
-from generator_service.session import Session
 
 _WARM_UP = (2, 4)  # batch size, new tokens: first calls pay for lazy initialisation
 
@@ -36,29 +34,27 @@ class EngineRun:
 
 
 def engine_run(engine, prompt_ids: list[int], batch_size: int, new_tokens: int, sampling: SamplingParams) -> EngineRun:
-    """Prefill once, then decode `new_tokens` for each of `batch_size` rows with our Session; then
+    """Prefill once, then decode `new_tokens` for each of `batch_size` rows with our engine; then
     prune half the rows (timed apart from the decoding).
 
     End of sequence is ignored (no EOS ids), as `min_new_tokens` does for generate(), so both decode
     exactly batch_size * new_tokens tokens; the KV budget fits them all, so no row is ever dropped."""
     # One token of room beyond the run, so the rows are still running (prunable) when it ends.
     limit = new_tokens + 1
-    per_token = engine.decoder.kv_bytes_per_token()
-    planner = MemoryPlanner(budget_bytes=(len(prompt_ids) + batch_size * limit) * per_token,
-                            bytes_per_token=per_token, max_batch_size=batch_size)
-    session = Session(engine.decoder, engine.tokenizer, planner, prompt_ids, batch_size, limit, sampling,
-                      limit, eos_ids=set(), model_lock=engine.model_lock)
+    request = engine.plan(prompt_ids, n=batch_size, max_new_tokens=limit, sampling=sampling,
+                          min_tokens_before_full=limit, kv_budget_tokens=batch_size * limit, stop_at_eos=False)
+    session = engine.admit(request)
     try:
         began = time.perf_counter()
-        session.start()
-        advanced = session.advance(new_tokens)
+        session.start().result()
+        advanced = session.advance(new_tokens).result()
         _synchronize(engine.device)
         seconds = time.perf_counter() - began
         decoded = sum(len(sequence.tokens) for sequence in session.sequences)
-        before = session.kv_cache_bytes
-        prune_seconds = session.prune(list(range(0, batch_size, 2)))
+        before = advanced.kv_cache_bytes
+        pruned = session.prune(list(range(0, batch_size, 2))).result()
         _synchronize(engine.device)
-        after = session.kv_cache_bytes
+        prune_seconds, after = pruned.prune_seconds, pruned.kv_cache_bytes
     finally:
         session.close()
     if decoded != batch_size * new_tokens:

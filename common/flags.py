@@ -54,6 +54,7 @@ def add_server_flags(parser: argparse.ArgumentParser, *, default_port: int, defa
              help="PEM CA bundle; when set, clients must present a certificate it signed (mutual TLS)")
     add_flag(parser, "reflection", env="SPECREJ_REFLECTION", default=reflection, choices=["on", "off"],
              help="serve gRPC server reflection (lets tools such as grpcurl list the API)")
+    add_tracing_flag(parser)
     add_flag(parser, "drain-grace-seconds", env="SPECREJ_DRAIN_GRACE_SECONDS", default=300.0, type=float,
              help="on SIGTERM: health goes NOT_SERVING, new calls get UNAVAILABLE, and calls in flight get this long "
                   "to finish; keep it at least the longest request and below the pod's terminationGracePeriodSeconds")

@@ -15,6 +15,7 @@ from grpc_reflection.v1alpha import reflection
 from . import metrics
 from .interceptor import ServingInterceptor, ServingState
 from .tls import ServerTls
+from .tracing import configure_tracing
 
 log = logging.getLogger(__name__)
 
@@ -32,12 +33,13 @@ class ServerOptions:
     tls: ServerTls | None = None
     reflection: bool = False
     drain_grace_seconds: float = 300.0
+    otlp_endpoint: str | None = None  # None = no tracing
 
     @classmethod
     def from_args(cls, args) -> "ServerOptions":
         return cls(host=args.host, port=args.port, metrics_port=args.metrics_port, metrics_host=args.metrics_host,
                    tls=ServerTls.from_args(args), reflection=args.reflection == "on",
-                   drain_grace_seconds=args.drain_grace_seconds)
+                   drain_grace_seconds=args.drain_grace_seconds, otlp_endpoint=args.otlp_endpoint)
 
 
 class Server:
@@ -48,6 +50,8 @@ class Server:
     def __init__(self, service: str, service_names: list[str], options: ServerOptions, interceptors=()):
         self.service, self.service_names, self.options = service, service_names, options
         self.state = ServingState()
+        # Before the server and any client channel exist, so that both are instrumented.
+        configure_tracing(service, options.otlp_endpoint)
         methods = [m.name for name in service_names
                    for m in descriptor_pool.Default().FindServiceByName(name).methods]
         metrics.precreate_rpc_series(service, methods)

@@ -3,7 +3,7 @@ import argparse
 import asyncio
 import logging
 
-from common.flags import add_flag, add_server_flags, add_tracing_flag, add_upstream_tls_flags, parse_bytes
+from common.flags import add_flag, add_server_flags, add_upstream_tls_flags, parse_bytes
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -33,7 +33,6 @@ def parse_args(argv=None) -> argparse.Namespace:
                   "sizes n = 0 and bounds an explicit n")
     add_flag(parser, "default-timeout", env="SPECREJ_DEFAULT_TIMEOUT", default=600.0, type=float,
              help="seconds a request may take when its client sets no deadline")
-    add_tracing_flag(parser)
     return parser.parse_args(argv)
 
 
@@ -48,14 +47,12 @@ async def serve(args) -> None:
     from common.auth import BearerTokenInterceptor, TokenFile
     from common.server import Server, ServerOptions
     from common.tls import ChannelTls
-    from common.tracing import configure_tracing
     from specrej.v1 import coordinator_pb2, coordinator_pb2_grpc
     from .admission import Admission
     from .clients import GeneratorClient, RewardClient
     from .request import Limits
     from .servicer import CoordinatorServicer
 
-    configure_tracing("coordinator", args.otlp_endpoint)
     interceptors = [BearerTokenInterceptor(TokenFile(args.auth_token_file))] if args.auth_token_file else []
     server = Server("coordinator", [coordinator_pb2.DESCRIPTOR.services_by_name["Coordinator"].full_name],
                     ServerOptions.from_args(args), interceptors=interceptors)

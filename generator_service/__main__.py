@@ -4,6 +4,7 @@ import asyncio
 import logging
 
 from common.flags import add_flag, add_model_service_flags, parse_bytes
+from .compile import MODES as COMPILE_MODES
 from .decoder import DEFAULT_ROW_BLOCK
 
 
@@ -14,13 +15,27 @@ def parse_args(argv=None) -> argparse.Namespace:
              help="bytes of KV cache for all sessions (e.g. 2GiB); unset = free CUDA memory less 10%% on GPU, 2GiB on CPU")
     add_flag(parser, "max-batch-size", env="SPECREJ_MAX_BATCH_SIZE", default=256, type=int,
              help="most candidates one request may decode at once")
-    add_flag(parser, "max-sessions", env="SPECREJ_MAX_SESSIONS", default=1, type=int,
-             help="requests decoding at once; each gets an equal share of the KV-cache budget")
-    add_flag(parser, "max-queued", env="SPECREJ_MAX_QUEUED", default=16, type=int,
-             help="requests waiting for a session before new ones get RESOURCE_EXHAUSTED")
+    add_flag(parser, "max-sessions", env="SPECREJ_MAX_SESSIONS", default=16, type=int,
+             help="requests decoding at once; they share one decode step and the KV-cache budget as one pool")
+    add_flag(parser, "max-queued", env="SPECREJ_MAX_QUEUED", default=32, type=int,
+             help="requests waiting for KV-cache memory or a decoding place; beyond that RESOURCE_EXHAUSTED at once "
+                  "(with a retry hint)")
     add_flag(parser, "row-block", env="SPECREJ_ROW_BLOCK", default=DEFAULT_ROW_BLOCK, type=int,
              help="rows per matrix product in batch-invariant mode, so a candidate's text never depends on "
-                  "which others are still decoding; 0 = one product over the whole batch (faster, not invariant)")
+                  "which others, of any request, are decoding beside it; 0 = one product over the whole batch "
+                  "(faster, not invariant)")
+    add_flag(parser, "prefill-chunk-tokens", env="SPECREJ_PREFILL_CHUNK_TOKENS", default=256, type=int,
+             help="prompt tokens prefilled per decode-loop turn, between other requests' decode steps; "
+                  "0 = a whole prompt at once")
+    add_flag(parser, "max-prompt-tokens", env="SPECREJ_MAX_PROMPT_TOKENS", default=0, type=int,
+             help="longest prompt in tokens; 0 = the model's context less one")
+    add_flag(parser, "max-prompt-bytes", env="SPECREJ_MAX_PROMPT_BYTES", default="1MiB", type=parse_bytes,
+             help="most UTF-8 bytes of message content per request, checked before tokenizing")
+    add_flag(parser, "max-messages", env="SPECREJ_MAX_MESSAGES", default=256, type=int,
+             help="most messages per request")
+    add_flag(parser, "compile", env="SPECREJ_COMPILE", default="auto", choices=COMPILE_MODES,
+             help="torch.compile the decode step's dense parts (CUDA graphs on GPU); auto = on CUDA only, "
+                  "where it is faster")
     return parser.parse_args(argv)
 
 
@@ -35,7 +50,7 @@ async def serve(args) -> None:
     from common.server import Server, ServerOptions
     from specrej.v1 import generator_pb2, generator_pb2_grpc
     from . import metrics
-    from .engine import GeneratorEngine
+    from .engine import GeneratorEngine, InputLimits
     from .servicer import GeneratorServicer
 
     server = Server("generator", [generator_pb2.DESCRIPTOR.services_by_name["Generator"].full_name],
@@ -47,7 +62,10 @@ async def serve(args) -> None:
     engine = await asyncio.to_thread(
         GeneratorEngine, args.model, device=args.device, dtype=args.dtype, kv_cache_budget=args.kv_cache_budget,
         max_batch_size=args.max_batch_size, max_sessions=args.max_sessions, max_queued=args.max_queued,
-        row_block=args.row_block, model_cache=args.model_cache)
+        row_block=args.row_block, prefill_chunk_tokens=args.prefill_chunk_tokens, compile=args.compile,
+        limits=InputLimits(max_messages=args.max_messages, max_prompt_bytes=args.max_prompt_bytes,
+                           max_prompt_tokens=args.max_prompt_tokens),
+        model_cache=args.model_cache)
     servicer.engine = engine
     metrics.bind(engine)
     common_metrics.set_build_info("generator", engine.model_name, str(engine.dtype).removeprefix("torch."),

@@ -2,13 +2,20 @@
 
 Norms, MLPs, rotary tables, embeddings and the LM head are the Hugging Face modules themselves;
 only attention is written here, because it is what makes the path fast:
-- the prompt is prefilled once and its keys/values are shared by every row (one copy in memory);
+- the prompt is prefilled once (in chunks) and its keys/values are shared by every row;
 - rows keep their own keys/values in a pre-allocated buffer written in place, never grown;
+- one decode step serves the rows of several sessions: the matrix products run over all of them,
+  attention runs per session against that session's prompt and rows;
 - in batch-invariant mode, every matrix product sees a fixed number of rows (`row_block`), so a
-  row's logits do not depend on which other rows are in the batch.
+  row's logits do not depend on which other rows, of any session, are in the batch.
 """
+import functools
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
+
+from .kv_cache import RowKVCache
 
 SUPPORTED_MODEL_TYPES = ("llama", "mistral", "qwen2", "qwen3")
 # Rows per matrix product in batch-invariant mode. Measured on a 2-core CPU with SmolLM2-135M:
@@ -18,6 +25,17 @@ DEFAULT_ROW_BLOCK = 32
 
 class UnsupportedModel(ValueError):
     pass
+
+
+@dataclass(frozen=True)
+class Segment:
+    """One session's rows in a decode step: rows offset .. offset + rows of the batch."""
+
+    offset: int
+    rows: int
+    prefix: torch.Tensor  # the session's prompt keys/values
+    cache: RowKVCache  # its rows' own keys/values
+    slot: int  # response position the step writes
 
 
 def _rotate_half(x: torch.Tensor) -> torch.Tensor:
@@ -62,6 +80,12 @@ class CausalDecoder:
         self.row_block = row_block
         weight = self.lm_head.weight
         self.device, self.dtype = weight.device, weight.dtype
+        # The dense parts of a decode step (everything but attention), one callable per layer so
+        # that compile.py can replace each with a compiled version.
+        self.layer_inputs = [functools.partial(self._layer_input, layer) for layer in self.layers]
+        self.layer_outputs = [functools.partial(self._layer_output, layer) for layer in self.layers]
+        self.logits = self._logits
+        self.step_begin = lambda: None
 
     def kv_bytes_per_token(self) -> int:
         element = torch.empty((), dtype=self.dtype).element_size()
@@ -72,12 +96,6 @@ class CausalDecoder:
         if not self.row_block:
             return rows
         return -(-rows // self.row_block) * self.row_block
-
-    def new_row_cache(self, rows: int, capacity: int) -> torch.Tensor:
-        """Keys and values of generated tokens: [layer, k/v, row, kv_head, position, head_dim]."""
-        return torch.empty(
-            (self.num_layers, 2, rows, self.num_kv_heads, capacity, self.head_dim), dtype=self.dtype, device=self.device
-        )
 
     def _project_qkv(self, attention, hidden: torch.Tensor, cos, sin, linear):
         """q [tokens, heads, head_dim] and k, v [tokens, kv_heads, head_dim], rotated."""
@@ -109,48 +127,76 @@ class CausalDecoder:
         # [1, tokens, head_dim] -> [tokens, 1, head_dim], broadcast over heads.
         return cos[0].unsqueeze(1), sin[0].unsqueeze(1)
 
-    @torch.inference_mode()
-    def prefill(self, prompt_ids: torch.Tensor):
-        """Run the prompt once. Returns its keys/values [layer, k/v, kv_head, token, head_dim] and the
-        logits of the next token [vocab]."""
-        tokens = prompt_ids.shape[0]
-        hidden = self.embed(prompt_ids.to(self.device))
-        cos, sin = self._rotary_tables(hidden, torch.arange(tokens, device=self.device))
-        prefix = torch.empty(
+    def new_prefix(self, tokens: int) -> torch.Tensor:
+        """Keys and values of a prompt: [layer, k/v, kv_head, token, head_dim], shared by its rows."""
+        return torch.empty(
             (self.num_layers, 2, self.num_kv_heads, tokens, self.head_dim), dtype=self.dtype, device=self.device
         )
+
+    @torch.inference_mode()
+    def prefill_chunk(self, chunk_ids: torch.Tensor, prefix: torch.Tensor, start: int) -> torch.Tensor:
+        """Run prompt tokens start .. start + len(chunk_ids) against the ones before them, writing
+        their keys/values into `prefix`. Returns the logits of the token after the chunk [vocab].
+
+        A prompt is prefilled in chunks so that a long one does not stall other sessions'
+        decoding; its chunks depend only on its length, so its numbers never depend on the load."""
+        tokens = chunk_ids.shape[0]
+        end = start + tokens
+        hidden = self.embed(chunk_ids.to(self.device))
+        cos, sin = self._rotary_tables(hidden, torch.arange(start, end, device=self.device))
+        # Chunk query i sees the prompt up to start + i; SDPA's is_causal would align it top-left.
+        mask = None if start == 0 else torch.ones(tokens, end, dtype=torch.bool, device=self.device).tril(start)
         for index, layer in enumerate(self.layers):
             attention = layer.self_attn
             q, k, v = self._project_qkv(attention, layer.input_layernorm(hidden), cos, sin, _call)
-            prefix[index, 0] = k.transpose(0, 1)
-            prefix[index, 1] = v.transpose(0, 1)
+            prefix[index, 0, :, start:end] = k.transpose(0, 1)
+            prefix[index, 1, :, start:end] = v.transpose(0, 1)
             out = F.scaled_dot_product_attention(
-                q.transpose(0, 1), prefix[index, 0], prefix[index, 1], is_causal=True, scale=self.scale, enable_gqa=True
+                q.transpose(0, 1), prefix[index, 0, :, :end], prefix[index, 1, :, :end], attn_mask=mask,
+                is_causal=mask is None, scale=self.scale, enable_gqa=True,
             )
             hidden = hidden + attention.o_proj(out.transpose(0, 1).reshape(tokens, -1))
             hidden = hidden + layer.mlp(layer.post_attention_layernorm(hidden))
-        return prefix, self.lm_head(self.norm(hidden[-1:]))[0]
+        return self.lm_head(self.norm(hidden[-1:]))[0]
 
     @torch.inference_mode()
-    def decode_step(
-        self, tokens: torch.Tensor, prefix: torch.Tensor, rows: torch.Tensor, slot: int, prompt_length: int
-    ) -> torch.Tensor:
-        """Feed one token per row at response slot `slot`; write its keys/values into `rows` in place.
+    def decode_step(self, tokens: torch.Tensor, positions: torch.Tensor, segments: "list[Segment]") -> torch.Tensor:
+        """Feed one token per row, for the rows of several sessions at once.
 
-        `tokens` has padded_rows(real rows) entries; rows past `rows.shape[2]` are padding that only
-        keeps the matrix shapes fixed. Returns logits [len(tokens), vocab]."""
-        real = rows.shape[2]
+        `tokens` and `positions` (absolute, prompt included) have padded_rows(real rows) entries;
+        rows past the segments are padding that only keeps the matrix shapes fixed. Each segment
+        is one session's consecutive rows: they attend to that session's prompt and own tokens,
+        and their new keys/values are written into its cache. Returns logits [len(tokens), vocab]."""
+        self.step_begin()
         hidden = self.embed(tokens)
-        cos, sin = self._rotary_tables(hidden, torch.tensor([prompt_length + slot], device=self.device))
-        for index, layer in enumerate(self.layers):
-            attention = layer.self_attn
-            q, k, v = self._project_qkv(attention, layer.input_layernorm(hidden), cos, sin, self._linear)
-            rows[index, 0, :, :, slot] = k[:real]
-            rows[index, 1, :, :, slot] = v[:real]
-            attended = self._attend(q, prefix[index], rows[index, :, :, :, : slot + 1])
-            hidden = hidden + self._linear(attended, attention.o_proj)
-            hidden = hidden + self._mlp(layer.mlp, layer.post_attention_layernorm(hidden))
+        cos, sin = self._rotary_tables(hidden, positions)
+        for index in range(self.num_layers):
+            q, k, v = self.layer_inputs[index](hidden, cos, sin)
+            attended = q.new_zeros(q.shape[0], self.num_heads * self.head_dim)
+            for segment in segments:
+                rows = slice(segment.offset, segment.offset + segment.rows)
+                segment.cache.write(index, segment.slot, k[rows], v[rows])
+                own = segment.cache.keys_values(index, segment.slot + 1)
+                attended[rows] = self._attend(self._pad_rows(q[rows]), segment.prefix[index], own)[: segment.rows]
+            hidden = self.layer_outputs[index](hidden, attended)
+        return self.logits(hidden)
+
+    def _layer_input(self, layer, hidden: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor):
+        return self._project_qkv(layer.self_attn, layer.input_layernorm(hidden), cos, sin, self._linear)
+
+    def _layer_output(self, layer, hidden: torch.Tensor, attended: torch.Tensor) -> torch.Tensor:
+        hidden = hidden + self._linear(attended, layer.self_attn.o_proj)
+        return hidden + self._mlp(layer.mlp, layer.post_attention_layernorm(hidden))
+
+    def _logits(self, hidden: torch.Tensor) -> torch.Tensor:
         return self._linear(self.norm(hidden), self.lm_head)
+
+    def _pad_rows(self, x: torch.Tensor) -> torch.Tensor:
+        """`x` with zero rows appended up to padded_rows: one session's queries shaped as if alone."""
+        padded = self.padded_rows(x.shape[0])
+        if padded == x.shape[0]:
+            return x
+        return torch.cat((x, x.new_zeros(padded - x.shape[0], *x.shape[1:])))
 
     def _attend(self, q: torch.Tensor, prefix: torch.Tensor, own: torch.Tensor) -> torch.Tensor:
         """One query token per row against the shared prompt and the row's own tokens.

@@ -1,7 +1,11 @@
-"""Session results as specrej.v1 messages; shared by the gRPC servicer and in-process callers."""
+"""specrej.v1 messages in and out of sessions: the one adapter from a StartSession to a session,
+shared by the gRPC servicer and in-process callers (the benchmark)."""
+from common.chat import message_dicts
+from common.errors import FieldError
 from specrej.v1 import generator_pb2 as pb
+from .engine import GeneratorEngine
 from .sampling import SamplingParams
-from .session import AdvanceResult, Session
+from .session import AdvanceResult, Pruned, Session, SessionRequest, Started
 
 
 def sampling_params(params: pb.SamplingParams) -> SamplingParams:
@@ -9,23 +13,56 @@ def sampling_params(params: pb.SamplingParams) -> SamplingParams:
                           seed=params.seed)
 
 
-def started_message(session: Session, prefill_seconds: float) -> pb.SessionStarted:
-    return pb.SessionStarted(
-        n=session.n, prompt_tokens=session.prompt_length, kv_cache_budget_bytes=session.planner.budget_bytes,
-        kv_cache_bytes=session.kv_cache_bytes, prefill_seconds=prefill_seconds, capacity_tokens=session.capacity,
+def check_start(start: pb.StartSession) -> None:
+    """Raise FieldError for the first invalid field the message alone shows."""
+    sampling = start.sampling
+    if not start.messages:
+        raise FieldError("messages", "at least one message is required")
+    for index, message in enumerate(start.messages):
+        if not message.content.strip():
+            raise FieldError(f"messages[{index}].content", "every message needs content")
+    if start.max_new_tokens < 1:
+        raise FieldError("max_new_tokens", "must be at least 1")
+    if not sampling.temperature >= 0:
+        raise FieldError("sampling.temperature", "must be >= 0")
+    if not 0 <= sampling.top_p <= 1:
+        raise FieldError("sampling.top_p", "must be in (0, 1] (0 means 1)")
+
+
+def prepare_start(engine: GeneratorEngine, start: pb.StartSession,
+                  kv_budget_tokens: int | None = None) -> SessionRequest:
+    """Validate and tokenize `start` (no model work; may take a moment for a long prompt)."""
+    check_start(start)
+    return engine.prepare(
+        message_dicts(start.messages), n=start.n, max_new_tokens=start.max_new_tokens,
+        sampling=sampling_params(start.sampling), min_tokens_before_full=start.min_tokens_before_full,
+        kv_budget_tokens=kv_budget_tokens,
     )
 
 
-def advanced_message(session: Session, result: AdvanceResult) -> pb.Advanced:
+def open_from_start(engine: GeneratorEngine, start: pb.StartSession, kv_budget_tokens: int | None = None) -> Session:
+    """prepare_start, then admission (or Overloaded)."""
+    return engine.admit(prepare_start(engine, start, kv_budget_tokens))
+
+
+def started_message(started: Started) -> pb.SessionStarted:
+    return pb.SessionStarted(
+        n=started.n, prompt_tokens=started.prompt_tokens, kv_cache_budget_bytes=started.kv_cache_budget_bytes,
+        kv_cache_bytes=started.kv_cache_bytes, prefill_seconds=started.prefill_seconds,
+        capacity_tokens=started.capacity_tokens,
+    )
+
+
+def advanced_message(result: AdvanceResult) -> pb.Advanced:
     return pb.Advanced(
         sequences=[pb.SequenceUpdate(index=u.index, text_delta=u.text_delta, num_tokens=u.num_tokens,
                                      finish_reason=u.finish_reason) for u in result.updates],
-        position=session.position, steps=result.steps, decoded_tokens=result.decoded_tokens,
-        decode_seconds=result.decode_seconds, kv_cache_bytes=session.kv_cache_bytes,
-        capacity_tokens=session.capacity, memory_full=result.memory_full,
+        position=result.position, steps=result.steps, decoded_tokens=result.decoded_tokens,
+        decode_seconds=result.decode_seconds, kv_cache_bytes=result.kv_cache_bytes,
+        capacity_tokens=result.capacity_tokens, memory_full=result.memory_full,
     )
 
 
-def pruned_message(session: Session, seconds: float) -> pb.Pruned:
-    return pb.Pruned(running=len(session.running_indices), kv_cache_bytes=session.kv_cache_bytes,
-                     prune_seconds=seconds, capacity_tokens=session.capacity)
+def pruned_message(pruned: Pruned) -> pb.Pruned:
+    return pb.Pruned(running=pruned.running, kv_cache_bytes=pruned.kv_cache_bytes,
+                     prune_seconds=pruned.prune_seconds, capacity_tokens=pruned.capacity_tokens)

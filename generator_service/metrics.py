@@ -4,11 +4,12 @@ import prometheus_client as prom
 SERVICE = "generator"
 _STEP_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5)
 
-SESSIONS_ACTIVE = prom.Gauge("specrej_generator_sessions_active", "Sessions holding KV-cache memory.", ["service"])
+SESSIONS_ACTIVE = prom.Gauge("specrej_generator_sessions_active",
+                             "Sessions admitted (holding KV-cache memory); queued ones are not counted.", ["service"])
 SEQUENCES_ACTIVE = prom.Gauge("specrej_generator_sequences_active", "Sequences still decoding, over all sessions.", ["service"])
-BATCH_SIZE = prom.Histogram("specrej_generator_batch_size", "Rows in each decode step.", ["service"],
+BATCH_SIZE = prom.Histogram("specrej_generator_batch_size", "Rows in each decode step, over all sessions.", ["service"],
                             buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512))
-DECODE_STEP_SECONDS = prom.Histogram("specrej_generator_decode_step_seconds", "Time of one batched decode step.",
+DECODE_STEP_SECONDS = prom.Histogram("specrej_generator_decode_step_seconds", "Time of one decode step over the rows of every decoding session.",
                                      ["service"], buckets=_STEP_BUCKETS)
 PREFILL_SECONDS = prom.Histogram("specrej_generator_prefill_seconds", "Time to prefill a prompt and sample the first tokens.",
                                  ["service"], buckets=_STEP_BUCKETS + (5, 10))
@@ -22,18 +23,11 @@ TOKENS = prom.Counter("specrej_generator_tokens_total", "Tokens decoded, summed 
 
 def bind(engine) -> None:
     """Gauges that read the engine's state at scrape time."""
-    SESSIONS_ACTIVE.labels(SERVICE).set_function(lambda: len(engine.sessions))
+    SESSIONS_ACTIVE.labels(SERVICE).set_function(lambda: engine.admission.active)
     SEQUENCES_ACTIVE.labels(SERVICE).set_function(engine.running_sequences)
     KV_CACHE_BYTES.labels(SERVICE).set_function(engine.kv_cache_bytes)
     KV_CACHE_BUDGET_BYTES.labels(SERVICE).set(engine.budget_bytes)
     KV_CACHE_USAGE.labels(SERVICE).set_function(lambda: engine.kv_cache_bytes() / max(engine.budget_bytes, 1))
-
-
-def observe_advance(result) -> None:
-    for seconds, rows in zip(result.step_seconds, result.step_rows):
-        DECODE_STEP_SECONDS.labels(SERVICE).observe(seconds)
-        BATCH_SIZE.labels(SERVICE).observe(rows)
-    TOKENS.labels(SERVICE).inc(result.decoded_tokens)
 
 
 # Series at zero from start-up, so rate() counts the first request (see coordinator/metrics.py).

@@ -15,9 +15,17 @@ _MUL1 = 0x7FEB352D
 _MUL2 = 0x5BD1E995
 
 
+# Temperatures below this are greedy. A token can only be drawn if its probability is above the
+# uniform numbers' resolution (2**-32), i.e. if its logit is within 32 ln 2 x T ~ 22 T of the best;
+# below 1e-4 that is 2e-3, the size of float32 rounding differences between kernels, so the choice
+# would be noise among near-ties. Far lower (T < ~1e-35) logits / T overflow float32 to inf and the
+# softmax returns NaN, which would pick the last token of the vocabulary every time.
+MIN_TEMPERATURE = 1e-4
+
+
 @dataclass(frozen=True)
 class SamplingParams:
-    temperature: float = 1.0  # 0 = greedy
+    temperature: float = 1.0  # 0 (or below MIN_TEMPERATURE) = greedy
     top_p: float = 1.0  # 1 = off
     top_k: int = 0  # 0 = off
     seed: int = 0
@@ -43,7 +51,7 @@ def uniforms(seed: int, sequence_index: torch.Tensor, position: int) -> torch.Te
 
 def sample(logits: torch.Tensor, uniform: torch.Tensor, params: SamplingParams) -> torch.Tensor:
     """Pick one token per row of `logits` [rows, vocab] with the row's own uniform number."""
-    if params.temperature == 0:
+    if params.temperature < MIN_TEMPERATURE:
         return logits.argmax(dim=-1)
     scaled = logits.float() / params.temperature
     candidates = None  # token ids of the columns of `scaled`, when they are not the vocabulary order

@@ -1,32 +1,19 @@
-"""gRPC translation for the generator: messages in, session calls, messages out."""
+"""gRPC translation for the generator: messages in, engine futures awaited, messages out.
+
+No thread is held while a session waits or decodes: the engine's decode loop answers futures that
+the stream's coroutine awaits. When the client cancels or its deadline passes, the coroutine is
+cancelled and the session closed, which frees its memory at the loop's next turn."""
 import asyncio
 import logging
 
-from common.chat import PromptError, message_dicts
 from common.errors import FieldError, Unavailable
 from specrej.v1 import generator_pb2 as pb
 from specrej.v1 import generator_pb2_grpc
 from . import metrics
 from .engine import GeneratorEngine
-from .messages import advanced_message, pruned_message, sampling_params, started_message
-from .session import SessionCancelled
+from .messages import advanced_message, prepare_start, pruned_message, started_message
 
 log = logging.getLogger(__name__)
-
-
-def _check_start(start: pb.StartSession) -> None:
-    """Raise FieldError for the first invalid field."""
-    sampling = start.sampling
-    if not start.messages:
-        raise FieldError("messages", "at least one message is required")
-    if any(not m.content.strip() for m in start.messages):
-        raise FieldError("messages", "every message needs content")
-    if start.max_new_tokens < 1:
-        raise FieldError("max_new_tokens", "must be at least 1")
-    if not sampling.temperature >= 0:
-        raise FieldError("sampling.temperature", "must be >= 0")
-    if not 0 <= sampling.top_p <= 1:
-        raise FieldError("sampling.top_p", "must be in (0, 1] (0 means 1)")
 
 
 class GeneratorServicer(generator_pb2_grpc.GeneratorServicer):
@@ -44,9 +31,9 @@ class GeneratorServicer(generator_pb2_grpc.GeneratorServicer):
         engine = self._ready_engine()
         return pb.InfoResponse(
             model=engine.model_name, device=str(engine.device), dtype=str(engine.dtype).removeprefix("torch."),
-            kv_cache_budget_bytes=engine.budget_bytes, kv_cache_bytes_per_token=engine.decoder.kv_bytes_per_token(),
-            max_context_tokens=engine.decoder.max_context, max_batch_size=engine.planner.max_batch_size,
-            active_sessions=len(engine.sessions),
+            kv_cache_budget_bytes=engine.budget_bytes, kv_cache_bytes_per_token=engine.bytes_per_token,
+            max_context_tokens=engine.decoder.max_context, max_batch_size=engine.max_batch_size,
+            active_sessions=engine.admission.active,
         )
 
     async def Session(self, request_iterator, context):
@@ -54,44 +41,27 @@ class GeneratorServicer(generator_pb2_grpc.GeneratorServicer):
         first = await anext(aiter(request_iterator), None)
         if first is None or first.WhichOneof("command") != "start":
             raise FieldError("command", "a session begins with `start`")
-        start = first.start
-        _check_start(start)
-        slot = engine.slots.hold(lambda: not context.done())
-        await asyncio.to_thread(slot.__enter__)
+        # Tokenizing a long prompt takes a moment: off the event loop, before any memory is held.
+        request = await asyncio.to_thread(prepare_start, engine, first.start)
+        session = engine.admit(request)
         try:
-            async for event in self._run(engine, start, request_iterator):
-                yield event
-        finally:
-            slot.__exit__(None, None, None)
-
-    async def _run(self, engine, start, request_iterator):
-        messages = message_dicts(start.messages)
-        try:
-            session = engine.open_session(
-                messages, n=start.n, max_new_tokens=start.max_new_tokens, sampling=sampling_params(start.sampling),
-                min_tokens_before_full=start.min_tokens_before_full,
-            )
-        except PromptError as error:
-            raise FieldError("messages", str(error)) from None
-        try:
-            prefill_seconds = await asyncio.to_thread(session.start)
-            metrics.PREFILL_SECONDS.labels(metrics.SERVICE).observe(prefill_seconds)
-            metrics.TOKENS.labels(metrics.SERVICE).inc(session.n)  # every row's first token, sampled at prefill
-            yield pb.SessionEvent(started=started_message(session, prefill_seconds))
+            started = await asyncio.wrap_future(session.start())
+            metrics.PREFILL_SECONDS.labels(metrics.SERVICE).observe(started.prefill_seconds)
+            metrics.TOKENS.labels(metrics.SERVICE).inc(started.n)  # every row's first token, sampled at prefill
+            yield pb.SessionEvent(started=started_message(started))
             async for command in request_iterator:
                 kind = command.WhichOneof("command")
                 if kind == "advance":
-                    result = await asyncio.to_thread(session.advance, command.advance.until_tokens)
-                    metrics.observe_advance(result)
-                    yield pb.SessionEvent(advanced=advanced_message(session, result))
+                    result = await asyncio.wrap_future(session.advance(command.advance.until_tokens))
+                    yield pb.SessionEvent(advanced=advanced_message(result))
                 elif kind == "prune":
-                    seconds = await asyncio.to_thread(session.prune, list(command.prune.keep))
-                    metrics.PRUNE_SECONDS.labels(metrics.SERVICE).observe(seconds)
-                    yield pb.SessionEvent(pruned=pruned_message(session, seconds))
+                    pruned = await asyncio.wrap_future(session.prune(list(command.prune.keep)))
+                    metrics.PRUNE_SECONDS.labels(metrics.SERVICE).observe(pruned.prune_seconds)
+                    yield pb.SessionEvent(pruned=pruned_message(pruned))
                 else:
                     raise FieldError("command", f"`{kind}` is only allowed first")
-        except SessionCancelled:
+        except asyncio.CancelledError:
             log.info("session cancelled by its client")
+            raise
         finally:
-            session.cancelled.set()
-            engine.close_session(session)
+            session.close()

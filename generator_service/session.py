@@ -1,7 +1,10 @@
-"""One request's candidates: decoded as one batch, pruned on command, released at the end."""
-import contextlib
-import threading
+"""One request's candidates: prefilled, decoded beside other sessions, pruned on command, released.
+
+Its public methods may be called from any thread; each returns a concurrent.futures.Future that
+the decode loop (decode_loop.py), the only thread that touches the model and a session's state,
+answers. The loop calls the methods below `# The decode loop's side`."""
 import time
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 
 import torch
@@ -9,15 +12,41 @@ import torch
 from common.errors import FieldError
 from .decoder import CausalDecoder
 from .detokenizer import TextStream
+from .kv_cache import RowKVCache
 from .planner import MemoryPlanner
 from .sampling import SamplingParams, sample, uniforms
 
 
 class SessionCancelled(RuntimeError):
-    pass
+    """The session was closed (its client went away) before the answer was ready."""
 
 
-@dataclass
+@dataclass(frozen=True)
+class SessionRequest:
+    """A validated, tokenized request (GeneratorEngine.prepare); no memory held yet."""
+
+    prompt_ids: list[int]
+    n: int
+    max_new_tokens: int
+    sampling: SamplingParams
+    # KV-cache tokens (prompt included) reserved from the shared pool at admission: enough for
+    # every row to reach the first decision point. The session's memory-driven decision points
+    # come when its rows fill this, whatever else runs, so they never depend on the load.
+    reservation_tokens: int
+    stop_at_eos: bool = True
+
+
+@dataclass(frozen=True)
+class Started:
+    n: int
+    prompt_tokens: int
+    kv_cache_budget_bytes: int
+    kv_cache_bytes: int
+    prefill_seconds: float  # from admission to the first tokens, chunks of other sessions' decoding included
+    capacity_tokens: int
+
+
+@dataclass(frozen=True)
 class SequenceUpdate:
     index: int
     text_delta: str
@@ -27,13 +56,24 @@ class SequenceUpdate:
 
 @dataclass
 class AdvanceResult:
-    updates: list[SequenceUpdate]
-    steps: int
-    decoded_tokens: int
-    decode_seconds: float
-    memory_full: bool
-    step_seconds: list[float] = field(default_factory=list)
-    step_rows: list[int] = field(default_factory=list)
+    updates: list[SequenceUpdate] = field(default_factory=list)
+    steps: int = 0
+    decoded_tokens: int = 0
+    decode_seconds: float = 0.0
+    memory_full: bool = False
+    position: int = 0
+    kv_cache_bytes: int = 0
+    capacity_tokens: int = 0
+    step_seconds: list[float] = field(default_factory=list)  # of the shared steps this session took part in
+    step_rows: list[int] = field(default_factory=list)  # this session's rows in each
+
+
+@dataclass(frozen=True)
+class Pruned:
+    running: int
+    kv_cache_bytes: int
+    prune_seconds: float
+    capacity_tokens: int
 
 
 @dataclass
@@ -43,120 +83,180 @@ class _Sequence:
     stream: TextStream = field(default_factory=TextStream)
 
 
+@dataclass
+class _Advance:
+    future: Future
+    target: int
+    reporting: list[int]
+    began: float
+    result: AdvanceResult = field(default_factory=AdvanceResult)
+    pending: list[torch.Tensor] = field(default_factory=list)  # sampled, not yet copied to the host
+
+
+def _running_future() -> Future:
+    # Running futures cannot be cancelled, so the loop may always set their result; a caller that
+    # stops waiting closes the session instead.
+    future = Future()
+    future.set_running_or_notify_cancel()
+    return future
+
+
 class Session:
-    """Prefill once, decode all rows together, keep keys/values only for rows still useful.
+    """Decode all rows of one request together, keep keys/values only for rows still useful.
 
     Finished rows stay in the batch (their samples are ignored) until a compaction, which a fixed
-    rule on the batch alone triggers; a prune that rejects nothing changes nothing. So runs whose
-    sequences finish alike see the same batch shapes, and, in batch-invariant mode, a row's tokens
-    never depend on the other rows."""
+    rule on this session's rows alone triggers; a prune that rejects nothing changes nothing. So
+    runs whose sequences finish alike see the same shapes and, in batch-invariant mode, a row's
+    tokens depend neither on this session's other rows nor on other sessions."""
 
-    def __init__(
-        self,
-        decoder: CausalDecoder,
-        tokenizer,
-        planner: MemoryPlanner,
-        prompt_ids: list[int],
-        n: int,
-        max_new_tokens: int,
-        sampling: SamplingParams,
-        min_tokens_before_full: int,
-        eos_ids: set[int],
-        model_lock: "threading.Lock | None" = None,
-    ):
-        self.decoder, self.tokenizer, self.planner = decoder, tokenizer, planner
-        self.model_lock = model_lock or contextlib.nullcontext()
-        self.prompt_length = len(prompt_ids)
-        self.max_new_tokens = max_new_tokens
-        self.sampling = sampling
-        self.eos_ids = set(eos_ids)
-        self._eos_tensor = torch.tensor(sorted(eos_ids), device=decoder.device)
-        if max_new_tokens < 1:
-            raise FieldError("max_new_tokens", "must be at least 1")
-        if self.prompt_length + max_new_tokens > decoder.max_context:
-            raise FieldError(
-                "max_new_tokens",
-                f"prompt ({self.prompt_length} tokens) + max_new_tokens ({max_new_tokens}) exceeds the model's "
-                f"context of {decoder.max_context} tokens",
-            )
-        needed = min(min_tokens_before_full or max_new_tokens, max_new_tokens)
-        most = planner.max_rows(self.prompt_length, needed)
-        if most < 1:
-            raise FieldError("n", f"a {self.prompt_length}-token prompt leaves no room in the KV-cache budget")
-        if n > most:
-            raise FieldError(
-                "n",
-                f"{n} candidates do not fit: with a {self.prompt_length}-token prompt and {needed} tokens per "
-                f"candidate before the first decision point, the KV-cache budget ({planner.budget_bytes} bytes) and "
-                f"batch limit ({planner.max_batch_size}) allow at most {most}",
-            )
-        self.n = n or most
+    def __init__(self, request: SessionRequest, decoder: CausalDecoder, tokenizer, eos_ids: set[int], loop):
+        self.decoder, self.tokenizer, self.loop = decoder, tokenizer, loop
+        self.n, self.max_new_tokens, self.sampling = request.n, request.max_new_tokens, request.sampling
+        self.prompt_ids = torch.tensor(request.prompt_ids, dtype=torch.long)
+        self.prompt_length = len(request.prompt_ids)
+        self.eos_ids = set(eos_ids) if request.stop_at_eos else set()
+        self._eos_tensor = torch.tensor(sorted(self.eos_ids), dtype=torch.long, device=decoder.device)
+        self.bytes_per_token = decoder.kv_bytes_per_token()
+        self.reservation_tokens = request.reservation_tokens  # kept by admission.Admission
+        self.admitted = False
+        self.arrived = time.perf_counter()
+        self.admitted_at = 0.0
         self.sequences = [_Sequence() for _ in range(self.n)]
-        self.prompt_ids = torch.tensor(prompt_ids, dtype=torch.long)
-        self.prefix: torch.Tensor | None = None
-        self.rows: torch.Tensor | None = None  # keys/values of the rows' own tokens
+        self.prefix: torch.Tensor | None = None  # the prompt's keys/values, shared by the rows
+        self.prefilled = 0  # prompt tokens prefilled so far
+        self.cache = RowKVCache.for_decoder(decoder)
         self.row_index = torch.arange(self.n, device=decoder.device)  # which sequence each row is
         self.row_running = torch.ones(self.n, dtype=torch.bool, device=decoder.device)
-        self.last_tokens = torch.zeros(decoder.padded_rows(self.n), dtype=torch.long, device=decoder.device)
+        self.last_tokens = torch.zeros(self.n, dtype=torch.long, device=decoder.device)
         self.position = 0  # response tokens sampled so far by every running row
-        self.capacity = 0  # response tokens the rows can reach before the KV cache is full
-        self.cancelled = threading.Event()
+        self.capacity = 0  # response tokens the rows can reach before their reservation is full
+        self.closed = False
+        self._started = _running_future()
+        self._advance: _Advance | None = None
+
+    # Callers' side: any thread.
+
+    def start(self) -> "Future[Started]":
+        """Answered once the session is admitted, its prompt prefilled and every row's first token sampled."""
+        return self._started
+
+    def advance(self, until_tokens: int = 0) -> "Future[AdvanceResult]":
+        """Decode until the running rows hold `until_tokens` tokens (0: until the reservation is
+        full), every row has finished, or max_new_tokens is reached."""
+        future = _running_future()
+        self.loop.submit(self, lambda: self._begin_advance(until_tokens, future), future)
+        return future
+
+    def prune(self, keep: list[int]) -> "Future[Pruned]":
+        """Drop every running sequence not in `keep`; their memory goes back to the pool."""
+        future = _running_future()
+        self.loop.submit(self, lambda: future.set_result(self._prune(list(keep))), future)
+        return future
+
+    def close(self) -> None:
+        """Free the session's memory at the loop's next turn and fail what is still pending."""
+        if not self.closed:
+            self.closed = True
+            self.loop.close(self)
 
     @property
     def kv_cache_bytes(self) -> int:
-        return sum(t.numel() * t.element_size() for t in (self.prefix, self.rows) if t is not None)
+        prefix = self.prefix
+        return self.cache.bytes + (0 if prefix is None else prefix.numel() * prefix.element_size())
 
     @property
     def running_indices(self) -> list[int]:
         return [i for i, s in enumerate(self.sequences) if not s.finish_reason]
 
-    def start(self) -> float:
-        """Prefill the prompt and sample every row's first token; returns the prefill seconds."""
-        began = time.perf_counter()
-        with self.model_lock:
-            self.prefix, first_logits = self.decoder.prefill(self.prompt_ids)
+    # The decode loop's side.
+
+    def prefill_next_chunk(self, chunk_tokens: int) -> bool:
+        """Prefill the next chunk of the prompt; after the last one, sample the first tokens,
+        answer start() and return True."""
+        if self.prefix is None:
+            self.prefix = self.decoder.new_prefix(self.prompt_length)
+        end = min(self.prompt_length, self.prefilled + (chunk_tokens or self.prompt_length))
+        logits = self.decoder.prefill_chunk(self.prompt_ids[self.prefilled:end], self.prefix, self.prefilled)
+        self.prefilled = end
+        if end < self.prompt_length:
+            return False
         self._allocate(self.n)
-        first = self._sample(first_logits.expand(self.n, -1))
+        first = self._sample(logits.expand(self.n, -1))
         self._accept(first)
         self._commit([first])
-        return time.perf_counter() - began
+        self._started.set_result(Started(
+            n=self.n, prompt_tokens=self.prompt_length, kv_cache_budget_bytes=self.reservation_bytes,
+            kv_cache_bytes=self.kv_cache_bytes, prefill_seconds=time.perf_counter() - self.admitted_at,
+            capacity_tokens=self.capacity,
+        ))
+        return True
 
-    def advance(self, until_tokens: int = 0) -> AdvanceResult:
-        """Decode until the running rows hold `until_tokens` tokens (0: until the KV cache is full),
-        every row has finished, or max_new_tokens is reached."""
-        reporting = self.running_indices
+    @property
+    def reservation_bytes(self) -> int:
+        return self.reservation_tokens * self.bytes_per_token
+
+    def wants_step(self) -> bool:
+        advance = self._advance
+        return (advance is not None and self.position < min(advance.target, self.capacity)
+                and bool(self.row_running.any()))
+
+    @property
+    def rows(self) -> int:
+        return self.row_index.shape[0]
+
+    def accept_step(self, logits: torch.Tensor, step_seconds: float) -> int:
+        """Take this session's rows' logits of a decode step; returns the tokens that counted."""
+        advance = self._advance
+        decoded = int(self.row_running.sum())
+        tokens = self._sample(logits)
+        self._accept(tokens)
+        advance.pending.append(tokens)
+        result = advance.result
+        result.decoded_tokens += decoded
+        result.steps += 1
+        result.step_seconds.append(step_seconds)
+        result.step_rows.append(self.rows)
+        if self._should_compact():
+            self._commit(advance.pending)
+            advance.pending = []
+            self._keep_rows(self.row_running)
+        return decoded
+
+    def answer_advance_if_done(self) -> None:
+        advance = self._advance
+        if advance is None or self.wants_step():
+            return
+        self._advance = None
+        self._commit(advance.pending)
+        result = advance.result
+        result.memory_full = (self.position >= self.capacity and self.position < advance.target
+                              and bool(self.running_indices))
+        result.decode_seconds = time.perf_counter() - advance.began
+        result.updates = self._updates(advance.reporting)
+        result.position, result.kv_cache_bytes, result.capacity_tokens = (
+            self.position, self.kv_cache_bytes, self.capacity)
+        advance.future.set_result(result)
+
+    def fail_pending(self, error: BaseException) -> None:
+        if not self._started.done():
+            self._started.set_exception(error)
+        if self._advance is not None:
+            self._advance.future.set_exception(error)
+            self._advance = None
+
+    def release(self) -> None:
+        self.prefix = None
+        self.cache.release()
+
+    def _begin_advance(self, until_tokens: int, future: Future) -> None:
+        if self._advance is not None or not self._started.done():
+            raise FieldError("command", "one command at a time, after the session has started")
         target = min(until_tokens or self.max_new_tokens, self.max_new_tokens)
-        began = time.perf_counter()
-        result = AdvanceResult([], 0, 0, 0.0, False)
-        pending: list[torch.Tensor] = []
-        while self.position < min(target, self.capacity) and bool(self.row_running.any()):
-            if self.cancelled.is_set():
-                raise SessionCancelled("the client went away")
-            step_began = time.perf_counter()
-            real = self.row_index.shape[0]
-            with self.model_lock:
-                logits = self.decoder.decode_step(
-                    self.last_tokens, self.prefix, self.rows, self.position - 1, self.prompt_length
-                )
-            result.decoded_tokens += int(self.row_running.sum())
-            tokens = self._sample(logits[:real])
-            self._accept(tokens)
-            pending.append(tokens)
-            result.steps += 1
-            result.step_seconds.append(time.perf_counter() - step_began)
-            result.step_rows.append(real)
-            if self._should_compact():
-                self._commit(pending)
-                pending = []
-                self._keep_rows(self.row_running)
-        self._commit(pending)
-        result.memory_full = self.position >= self.capacity and self.position < target and bool(self.running_indices)
-        result.decode_seconds = time.perf_counter() - began
-        result.updates = self._updates(reporting)
-        return result
+        self._advance = _Advance(future, target, self.running_indices, time.perf_counter())
 
-    def prune(self, keep: list[int]) -> float:
-        """Drop every running sequence not in `keep`; returns the seconds it took."""
+    def _prune(self, keep: list[int]) -> Pruned:
+        if self._advance is not None or not self._started.done():
+            raise FieldError("command", "one command at a time, after the session has started")
         began = time.perf_counter()
         running = set(self.running_indices)
         unknown = sorted(set(keep) - running)
@@ -168,42 +268,42 @@ class Session:
                 self.sequences[index].finish_reason = "rejected"
             kept = torch.tensor([self.sequences[i].finish_reason == "" for i in self.row_index.tolist()])
             self._keep_rows(kept.to(self.row_index.device))
-        return time.perf_counter() - began
-
-    def close(self) -> None:
-        self.prefix = self.rows = None
+        return Pruned(len(self.running_indices), self.kv_cache_bytes, time.perf_counter() - began, self.capacity)
 
     def _accept(self, tokens: torch.Tensor) -> None:
         """Take one sampled token per row as the rows' next input."""
-        self.last_tokens[: tokens.shape[0]] = tokens
-        self.row_running &= ~torch.isin(tokens, self._eos_tensor)
+        self.last_tokens = tokens
+        if self.eos_ids:
+            self.row_running &= ~torch.isin(tokens, self._eos_tensor)
         self.position += 1
 
     def _sample(self, logits: torch.Tensor) -> torch.Tensor:
         return sample(logits, uniforms(self.sampling.seed, self.row_index, self.position), self.sampling)
 
+    def _capacity(self, rows: int) -> int:
+        planner = MemoryPlanner(self.reservation_bytes, self.bytes_per_token, max_batch_size=self.n)
+        return planner.capacity(self.prompt_length, rows, self.max_new_tokens)
+
     def _allocate(self, rows: int) -> None:
-        self.capacity = self.planner.capacity(self.prompt_length, rows, self.max_new_tokens)
-        self.rows = self.decoder.new_row_cache(rows, self.capacity)
+        self.capacity = self._capacity(rows)
+        self.cache.allocate(rows, self.capacity)
 
     def _should_compact(self) -> bool:
         """Compact when it would shrink the padded batch by at least a quarter."""
         pad = self.decoder.padded_rows
         alive = int(self.row_running.sum())
-        return alive > 0 and pad(alive) * 4 <= pad(self.row_index.shape[0]) * 3
+        return alive > 0 and pad(alive) * 4 <= pad(self.rows) * 3
 
     def _keep_rows(self, keep_mask: torch.Tensor) -> None:
-        """Copy the kept rows' keys/values into a new buffer sized for them (memory really freed)
-        and let the survivors grow into the room that frees."""
+        """Keep the masked rows' keys/values in a buffer sized for them (memory really freed); the
+        survivors grow into the room of the session's reservation, and what they can never use
+        (beyond max_new_tokens each) goes back to the shared pool."""
         keep = keep_mask.nonzero().flatten()
-        old, used = self.rows, max(self.position - 1, 0)
-        self._allocate(keep.shape[0])
-        for layer in range(old.shape[0]):
-            self.rows[layer, :, :, :, :used] = old[layer, :, keep, :, :used]
-        real = keep.shape[0]
-        last = self.last_tokens[keep]
-        self.last_tokens = torch.zeros(self.decoder.padded_rows(real), dtype=torch.long, device=last.device)
-        self.last_tokens[:real] = last
+        rows = keep.shape[0]
+        self.loop.admission.shrink(self, min(self.reservation_tokens, self.prompt_length + rows * self.max_new_tokens))
+        self.capacity = self._capacity(rows)
+        self.cache.keep(keep, max(self.position - 1, 0), self.capacity)
+        self.last_tokens = self.last_tokens[keep]
         self.row_index = self.row_index[keep]
         self.row_running = self.row_running[keep]
 

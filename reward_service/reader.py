@@ -190,7 +190,7 @@ class _Group:
             out = scores.softmax(dim=-1).to(q.dtype) @ own[1]
         else:
             prefix = self.prefix.keys_values[layer, :, :, : self.prefix.length]
-            queries = queries.view(kv_heads, rows * group * width, dim)
+            queries = queries.reshape(kv_heads, rows * group * width, dim)
             # Scores are the largest tensors here ([kv_head, queries, prefix + own]): one of them, made
             # into weights in place, and the prefix's and own parts used as views of it.
             scores = torch.cat(((queries @ prefix[0].transpose(-1, -2)).float(),

@@ -2,34 +2,32 @@
 import pytest
 import torch
 
+from common.errors import FieldError
 from generator_service.decoder import DEFAULT_ROW_BLOCK
 from generator_service.engine import GeneratorEngine
 from generator_service.sampling import SamplingParams
-from common.errors import FieldError
-
-MESSAGES = [{"role": "user", "content": "Write a short poem about rivers."}]
-
+from tests.generator.scripted import POEM as MESSAGES, WAIT, close_and_wait
 
 @pytest.fixture(scope="module")
 def engine(tiny_model_dir):
-    return GeneratorEngine(str(tiny_model_dir), device="cpu", kv_cache_budget=64 * 1024**2, max_batch_size=64)
+    engine = GeneratorEngine(str(tiny_model_dir), device="cpu", kv_cache_budget=64 * 1024**2, max_batch_size=64)
+    yield engine
+    engine.shutdown()
 
 
 def run(engine, *, n=12, max_new_tokens=30, seed=3, prune_at=None, keep=(), temperature=1.0, top_p=1.0):
     session = engine.open_session(MESSAGES, n=n, max_new_tokens=max_new_tokens, min_tokens_before_full=0,
                                   sampling=SamplingParams(temperature=temperature, top_p=top_p, seed=seed))
     try:
-        session.start()
+        session.start().result(WAIT)
         before = after = None
         if prune_at:
-            session.advance(prune_at)
-            before = session.kv_cache_bytes
-            session.prune(list(keep))
-            after = session.kv_cache_bytes
-        session.advance(0)
+            before = session.advance(prune_at).result(WAIT).kv_cache_bytes
+            after = session.prune(list(keep)).result(WAIT).kv_cache_bytes
+        session.advance(0).result(WAIT)
         return [s.tokens for s in session.sequences], before, after, session
     finally:
-        engine.close_session(session)
+        close_and_wait(engine, session)
 
 
 @pytest.mark.parametrize("row_block", [DEFAULT_ROW_BLOCK, 7, 0])
@@ -70,31 +68,36 @@ def test_greedy_decoding_matches_hugging_face_generate(engine, tiny_model_dir):
     assert tokens[0] == tokens[1] == expected.tolist()
 
 
-def test_memory_driven_capacity_grows_when_rows_are_pruned(tiny_model_dir):
-    per_token = 512  # 2 layers x (k, v) x 2 kv heads x 16 dims x 4 bytes
-    engine = GeneratorEngine(str(tiny_model_dir), device="cpu", kv_cache_budget=per_token * 400)
+def test_memory_driven_decision_points_fall_where_the_sessions_own_reservation_is_full(engine):
+    # The reservation is what every row needs up to the first decision point (16 tokens); the
+    # survivors of a prune grow into the room the rejected rows leave, doubling their reach.
     session = engine.open_session(MESSAGES, n=8, max_new_tokens=200, min_tokens_before_full=16,
                                   sampling=SamplingParams(seed=1))
-    session.start()
-    room = 400 - session.prompt_length
-    assert session.capacity == room // 8
-    result = session.advance(0)
-    assert result.memory_full and session.position == room // 8
-    session.prune([0, 1, 2, 3])
-    assert session.capacity == min(200, room // 4)
-    assert session.advance(0).steps > 0
-    engine.close_session(session)
+    try:
+        started = session.start().result(WAIT)
+        assert started.capacity_tokens == 16
+        assert started.kv_cache_budget_bytes == (started.prompt_tokens + 8 * 16) * engine.bytes_per_token
+        result = session.advance(0).result(WAIT)
+        assert result.memory_full and result.position == 16
+        assert session.prune([0, 1, 2, 3]).result(WAIT).capacity_tokens == 32
+        result = session.advance(0).result(WAIT)
+        assert result.memory_full and result.position == 32 and result.steps == 16
+    finally:
+        close_and_wait(engine, session)
 
 
 def test_n_zero_takes_as_many_candidates_as_the_budget_allows(tiny_model_dir):
     engine = GeneratorEngine(str(tiny_model_dir), device="cpu", kv_cache_budget=512 * 1000, max_batch_size=500)
-    session = engine.open_session(MESSAGES, n=0, max_new_tokens=100, min_tokens_before_full=20,
-                                  sampling=SamplingParams())
-    assert session.n == (1000 - session.prompt_length) // 20
-    with pytest.raises(FieldError) as error:
-        engine.open_session(MESSAGES, n=session.n + 1, max_new_tokens=100, min_tokens_before_full=20,
-                            sampling=SamplingParams())
-    assert error.value.field == "n"
+    try:
+        request = engine.prepare(MESSAGES, n=0, max_new_tokens=100, min_tokens_before_full=20,
+                                 sampling=SamplingParams())
+        assert request.n == (1000 - len(request.prompt_ids)) // 20
+        with pytest.raises(FieldError) as error:
+            engine.prepare(MESSAGES, n=request.n + 1, max_new_tokens=100, min_tokens_before_full=20,
+                           sampling=SamplingParams())
+        assert error.value.field == "n"
+    finally:
+        engine.shutdown()
 
 
 def test_limits_name_the_field(engine):
@@ -102,11 +105,13 @@ def test_limits_name_the_field(engine):
         engine.open_session(MESSAGES, n=2, max_new_tokens=5000, min_tokens_before_full=0, sampling=SamplingParams())
     assert error.value.field == "max_new_tokens" and "context" in str(error.value)
     session = engine.open_session(MESSAGES, n=2, max_new_tokens=5, min_tokens_before_full=0, sampling=SamplingParams())
-    session.start()
-    with pytest.raises(FieldError) as error:
-        session.prune([7])
-    assert error.value.field == "keep"
-    engine.close_session(session)
+    try:
+        session.start().result(WAIT)
+        with pytest.raises(FieldError) as error:
+            session.prune([7]).result(WAIT)
+        assert error.value.field == "keep"
+    finally:
+        close_and_wait(engine, session)
 
 
 def test_finished_rows_are_compacted_away_and_sequences_end_at_eos(engine):
@@ -116,18 +121,18 @@ def test_finished_rows_are_compacted_away_and_sequences_end_at_eos(engine):
     bias[eos] = 7.5
     head = engine.decoder.lm_head
     head.bias = torch.nn.Parameter(bias)
+    session = engine.open_session(MESSAGES, n=64, max_new_tokens=60, min_tokens_before_full=0,
+                                  sampling=SamplingParams(seed=2))
     try:
-        session = engine.open_session(MESSAGES, n=64, max_new_tokens=60, min_tokens_before_full=0,
-                                      sampling=SamplingParams(seed=2))
-        session.start()
-        result = session.advance(0)
+        session.start().result(WAIT)
+        result = session.advance(0).result(WAIT)
     finally:
         head.bias = None
-        engine.close_session(session)
+        close_and_wait(engine, session)
     tokens = [s.tokens for s in session.sequences]
     assert any(t[-1] == eos for t in tokens) and all(eos not in t[:-1] for t in tokens)
     assert all(s.finish_reason == ("stop" if s.tokens[-1] == eos else "length") for s in session.sequences)
     # The batch shrank as rows finished, instead of decoding dead rows to the end.
     assert result.step_rows[-1] < result.step_rows[0] == 64
     assert result.decoded_tokens == sum(len(t) for t in tokens) - 64  # first tokens come from the prefill
-    assert session.rows is None  # closed: memory released
+    assert session.kv_cache_bytes == 0  # closed: memory released

@@ -66,6 +66,20 @@ def test_incremental_scores_equal_full_recomputation_and_read_only_new_tokens(sc
         engine.close()
 
 
+def test_one_new_token_per_candidate_scores_like_recomputation(scorer):
+    """Decision points one token apart: every candidate brings a single new token to read."""
+    engine = engine_for(scorer)
+    try:
+        prompt, bodies = scorer.tokenize(MESSAGES, [Item(text, False, c) for c, text in enumerate(TEXTS[:2])])
+        for length in range(3, 7):
+            items = [Item(scorer.tokenizer.decode(body[:length]), False, c) for c, body in enumerate(bodies)]
+            scored = engine.submit(MESSAGES, items, session="s").result()
+            expected = reference_scores(scorer, MESSAGES, [i.response for i in items], [False] * len(items))
+            assert scored.scores == pytest.approx(expected, abs=1e-4)
+    finally:
+        engine.close()
+
+
 def test_a_rejected_candidate_is_forgotten(logprob):
     engine = engine_for(logprob)
     try:

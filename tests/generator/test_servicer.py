@@ -1,0 +1,85 @@
+"""The generator's gRPC servicer on a real grpc.aio server (tiny model): a client that cancels frees
+its session, a full queue is RESOURCE_EXHAUSTED with a retry hint, bad input names the field."""
+import asyncio
+
+import grpc
+import pytest
+
+from common.errors import RETRY_PUSHBACK_KEY
+from common.server import Server, ServerOptions
+from generator_service.engine import GeneratorEngine
+from generator_service.servicer import GeneratorServicer
+from specrej.v1 import common_pb2
+from specrej.v1 import generator_pb2 as pb
+from specrej.v1 import generator_pb2_grpc
+from tests.generator.scripted import WAIT, wait_until
+
+
+def start(content="Tell me about rivers.", n=4, max_new_tokens=300) -> pb.SessionCommand:
+    return pb.SessionCommand(start=pb.StartSession(
+        messages=[common_pb2.Message(role="user", content=content)], n=n, max_new_tokens=max_new_tokens,
+        sampling=pb.SamplingParams(temperature=1, seed=1)))
+
+
+ADVANCE = pb.SessionCommand(advance=pb.Advance(until_tokens=0))
+
+
+def serve(engine, scenario) -> None:
+    """Run `scenario(stub)` against the servicer on a loopback grpc.aio server."""
+    async def main():
+        server = Server("generator", [pb.DESCRIPTOR.services_by_name["Generator"].full_name],
+                        ServerOptions(host="127.0.0.1", port=0, metrics_port=0))
+        generator_pb2_grpc.add_GeneratorServicer_to_server(GeneratorServicer(engine), server.grpc)
+        await server.start()
+        await server.mark_serving()
+        try:
+            async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+                await asyncio.wait_for(scenario(generator_pb2_grpc.GeneratorStub(channel)), WAIT)
+        finally:
+            await server.grpc.stop(0)
+
+    asyncio.run(main())
+
+
+@pytest.fixture(scope="module")
+def engine(tiny_model_dir):
+    engine = GeneratorEngine(str(tiny_model_dir), device="cpu", kv_cache_budget=64 * 1024**2, max_sessions=1,
+                             max_queued=1)
+    yield engine
+    engine.shutdown()
+
+
+def test_clients_that_cancel_free_their_sessions_and_a_full_queue_is_refused_with_a_retry_hint(engine):
+    async def scenario(stub):
+        decoding = stub.Session()
+        await decoding.write(start())
+        assert (await decoding.read()).started.n == 4
+        await decoding.write(ADVANCE)
+        waiting = stub.Session()
+        await waiting.write(start())
+        await asyncio.to_thread(wait_until, lambda: engine.admission.queued == 1)
+        refused = stub.Session()
+        await refused.write(start())
+        with pytest.raises(grpc.aio.AioRpcError) as error:
+            await refused.read()
+        assert error.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert int(dict(error.value.trailing_metadata())[RETRY_PUSHBACK_KEY]) > 0
+        decoding.cancel()  # the waiting one is admitted as soon as the decoding one is freed
+        assert (await waiting.read()).started.n == 4
+        waiting.cancel()
+        await asyncio.to_thread(wait_until, lambda: not engine.sessions)
+
+    serve(engine, scenario)
+    assert engine.kv_cache_bytes() == 0 and engine.admission.free_tokens == engine.admission.budget_tokens
+
+
+def test_a_prompt_over_the_limits_is_invalid_argument_naming_the_field(engine):
+    async def scenario(stub):
+        call = stub.Session()
+        await call.write(start(content="x" * (1024 * 1024 + 1)))
+        with pytest.raises(grpc.aio.AioRpcError) as error:
+            await call.read()
+        assert error.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert error.value.details().startswith("messages[0].content: 1048577 bytes; at most 1048576")
+
+    serve(engine, scenario)
