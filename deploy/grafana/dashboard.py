@@ -281,11 +281,20 @@ def rows() -> list[tuple[str, list[dict]]]:
                 "suffix: sequences/s", width=12),
             timeseries(
                 "Tokens scored per second",
-                "Tokens in the sequences scored per second, per pod (each decision point re-reads "
-                "every candidate's whole prefix).",
+                "Tokens the reward model read per second, per pod (within a request's scoring session a "
+                "decision point reads only the tokens decoded since the previous one).",
                 [target(f"sum by (pod, instance) (rate(specrej_reward_tokens_total{rew}[{RATE}]))",
                         "{{instance}} {{pod}}")],
                 TOKENS_PER_SECOND, width=12),
+            timeseries(
+                "Scoring sessions kept",
+                "Keys/values the reward service keeps between a request's decision points, and the "
+                "sessions holding them, per pod. Beyond --cache-budget new sessions are recomputed whole.",
+                [target(f"sum by (pod, instance) (specrej_reward_session_cache_bytes{rew})",
+                        "bytes {{instance}} {{pod}}"),
+                 target(f"sum by (pod, instance) (specrej_reward_session_cache_sessions{rew})",
+                        "sessions {{instance}} {{pod}}")],
+                "bytes", width=24),
         ]),
         ("Admission", [
             timeseries(

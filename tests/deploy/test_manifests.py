@@ -59,7 +59,8 @@ GAUGES = {
     "specrej_generator_kv_cache_bytes", "specrej_generator_kv_cache_budget_bytes",
     "specrej_generator_kv_cache_usage_ratio",
     "specrej_build_info", "specrej_device_memory_allocated_bytes", "specrej_device_memory_reserved_bytes",
-    "specrej_gpu_utilization_ratio", "specrej_admission_queued",
+    "specrej_gpu_utilization_ratio", "specrej_admission_queued", "specrej_reward_session_cache_bytes",
+    "specrej_reward_session_cache_sessions",
 }
 HISTOGRAMS = {
     "specrej_request_duration_seconds", "specrej_request_rounds", "specrej_round_survivors",
