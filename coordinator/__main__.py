@@ -3,6 +3,7 @@ import argparse
 import logging
 
 from common.flags import add_flag, add_server_flags
+from coordinator.schedule import DEFAULT_FIRST_DECISION_TOKENS
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -16,6 +17,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     add_flag(parser, "memory-round-tokens", env="SPECREJ_MEMORY_ROUND_TOKENS", default=32, type=int,
              help="with memory-driven decision points, tokens every candidate must decode before the first one; "
                   "sizes n = 0 and bounds an explicit n")
+    add_flag(parser, "first-decision-tokens", env="SPECREJ_FIRST_DECISION_TOKENS", default=DEFAULT_FIRST_DECISION_TOKENS,
+             type=int, help="where a request with neither decision_every_tokens nor decision_points decides first, "
+                            "in response tokens, then at each doubling (a full KV cache forces a decision point too); "
+                            "0 = only where the KV cache is full (the paper's rule); a request's "
+                            "first_decision_tokens overrides it")
     add_flag(parser, "default-timeout", env="SPECREJ_DEFAULT_TIMEOUT", default=600.0, type=float,
              help="seconds a request may take when its client sets no deadline")
     return parser.parse_args(argv)
@@ -33,7 +39,8 @@ def main(argv=None) -> None:
     server = Server("coordinator", [coordinator_pb2.DESCRIPTOR.services_by_name["Coordinator"].full_name],
                     host=args.host, port=args.port, max_workers=args.max_workers, metrics_port=args.metrics_port)
     servicer = CoordinatorServicer(GeneratorClient(args.generator), RewardClient(args.reward), max_n=args.max_n,
-                                   memory_round_tokens=args.memory_round_tokens, default_timeout=args.default_timeout)
+                                   memory_round_tokens=args.memory_round_tokens, default_timeout=args.default_timeout,
+                                   first_decision_tokens=args.first_decision_tokens)
     coordinator_pb2_grpc.add_CoordinatorServicer_to_server(servicer, server.grpc)
     common_metrics.set_build_info("coordinator", model="")
     server.start()

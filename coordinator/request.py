@@ -4,7 +4,7 @@ import secrets
 from dataclasses import dataclass
 
 from specrej.v1 import coordinator_pb2 as pb
-from .schedule import DecisionSchedule
+from .schedule import DEFAULT_FIRST_DECISION_TOKENS, AdaptiveRejectionRate, DecisionSchedule
 
 DEFAULT_REJECTION_RATE = 0.5
 _ROLES = {"system", "user", "assistant"}
@@ -29,8 +29,11 @@ class Plan:
     return_top: int
 
 
-def plan_request(request: pb.GenerateRequest, *, max_n: int) -> Plan:
-    """Validate every field of `request`; raise InvalidRequest naming the first bad one."""
+def plan_request(request: pb.GenerateRequest, *, max_n: int,
+                 first_decision_tokens: int = DEFAULT_FIRST_DECISION_TOKENS) -> Plan:
+    """Validate every field of `request`; raise InvalidRequest naming the first bad one.
+    `first_decision_tokens` is where a request that names no schedule decides first (then at each
+    doubling); 0 leaves such requests to memory-driven decision points alone."""
     messages = _messages(request)
     if request.method not in pb.Method.values():
         raise InvalidRequest(f"method: unknown method {request.method}")
@@ -51,6 +54,10 @@ def plan_request(request: pb.GenerateRequest, *, max_n: int) -> Plan:
     points = sorted(set(request.decision_points))
     if points and points[0] == 0:
         raise InvalidRequest("decision_points: positions must be at least 1")
+    if request.HasField("first_decision_tokens"):
+        first_decision_tokens = request.first_decision_tokens
+    if request.adaptive_rejection and not best_of_n:
+        alpha = AdaptiveRejectionRate(alpha)
     return Plan(
         messages=messages,
         n=request.n,
@@ -62,7 +69,7 @@ def plan_request(request: pb.GenerateRequest, *, max_n: int) -> Plan:
         top_k=request.top_k,
         seed=request.seed if request.HasField("seed") else secrets.randbits(63),
         schedule=DecisionSchedule(every_tokens=request.decision_every_tokens, points=tuple(points),
-                                  enabled=not best_of_n),
+                                  enabled=not best_of_n, first_tokens=first_decision_tokens),
         return_top=max(1, request.return_top),
     )
 

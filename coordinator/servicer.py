@@ -10,6 +10,7 @@ from . import metrics
 from .clients import GeneratorClient, RewardClient, ServiceError
 from .pipeline import Pipeline
 from .request import InvalidRequest, plan_request
+from .schedule import DEFAULT_FIRST_DECISION_TOKENS
 
 log = logging.getLogger(__name__)
 
@@ -18,9 +19,10 @@ _NO_DEADLINE = 10**7  # seconds
 
 class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServicer):
     def __init__(self, generator: GeneratorClient, reward: RewardClient, *, max_n: int, memory_round_tokens: int,
-                 default_timeout: float):
+                 default_timeout: float, first_decision_tokens: int = DEFAULT_FIRST_DECISION_TOKENS):
         self.generator, self.reward = generator, reward
         self.max_n, self.memory_round_tokens, self.default_timeout = max_n, memory_round_tokens, default_timeout
+        self.first_decision_tokens = first_decision_tokens
 
     def Generate(self, request, context):
         response = None
@@ -56,7 +58,7 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServicer):
 
     def _run(self, request, context):
         try:
-            plan = plan_request(request, max_n=self.max_n)
+            plan = plan_request(request, max_n=self.max_n, first_decision_tokens=self.first_decision_tokens)
         except InvalidRequest as error:
             raise _Abort(grpc.StatusCode.INVALID_ARGUMENT, str(error)) from None
         remaining = context.time_remaining()
