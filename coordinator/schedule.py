@@ -12,8 +12,10 @@ SCHEDULE = "schedule"
 DOUBLING = "doubling"
 
 # Where a request that names no schedule decides first, in response tokens; then at twice, four
-# times ... that length (bench/results/paired-small/ holds the sweep that chose it).
-DEFAULT_FIRST_DECISION_TOKENS = 32
+# times ... that length. Chosen from paired runs at n0 = 128 and 256 tokens (README, "Choosing the
+# default schedule"): a first decision at 32 tokens lost Best-of-n0's choice on 1 pair of 3, at 64
+# tokens on none.
+DEFAULT_FIRST_DECISION_TOKENS = 64
 
 # The adaptive rule (see `adaptive_rejected_count`): candidates more than this many robust standard
 # deviations below the best are rejected, up to ADAPTIVE_MAX_RATE of them.

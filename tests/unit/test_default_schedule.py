@@ -24,17 +24,17 @@ def speculative(**fields) -> pb.GenerateRequest:
 
 
 @pytest.mark.parametrize("n", [0, 1, 8, 128, 1024])
-def test_a_default_request_decides_at_32_tokens_then_at_each_doubling(n):
+def test_a_default_request_decides_at_64_tokens_then_at_each_doubling(n):
     plan = plan_request(speculative(n=n), max_n=1024)
-    assert DEFAULT_FIRST_DECISION_TOKENS == 32
-    assert decision_positions(plan) == [32, 64, 128, 256]
+    assert DEFAULT_FIRST_DECISION_TOKENS == 64 and plan.rejection_rate == 0.7
+    assert decision_positions(plan) == [64, 128, 256]
     # Sizing and the generator's guarantee depend on the schedule, not on the memory round.
-    assert plan.schedule.first_stop(256, memory_round_tokens=1 << 20) == 32
+    assert plan.schedule.first_stop(256, memory_round_tokens=1 << 20) == 64
 
 
 def test_the_coordinator_flag_moves_the_default_and_zero_leaves_only_memory(monkeypatch):
     assert parse_args([]).first_decision_tokens == DEFAULT_FIRST_DECISION_TOKENS
-    assert decision_positions(plan_request(speculative(n=8), max_n=64, first_decision_tokens=64)) == [64, 128, 256]
+    assert decision_positions(plan_request(speculative(n=8), max_n=64, first_decision_tokens=32)) == [32, 64, 128, 256]
     assert decision_positions(plan_request(speculative(n=8), max_n=64, first_decision_tokens=0)) == []
     monkeypatch.setenv("SPECREJ_FIRST_DECISION_TOKENS", "0")
     assert parse_args([]).first_decision_tokens == 0
