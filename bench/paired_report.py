@@ -44,7 +44,8 @@ def paired_section(results: PairedResults, summaries: Sequence[VariantSummary],
         f"Speculative Rejection starts from. {summaries[0].prompts} prompts x {summaries[0].pairs // summaries[0].prompts} "
         f"seeds = {summaries[0].pairs} pairs per variant; intervals are {level} bootstrap percentiles over "
         f"{RESAMPLES} resamples of the pairs (the same resamples for every variant).\n",
-        "- *same choice*: share of pairs where SR returned Best-of-n0's own best candidate (same index).",
+        "- *same choice*: share of pairs where SR returned Best-of-n0's own best candidate (same index), with its "
+        "interval, and the share with the very same text.",
         "- *reward gap*: mean of SR's reward minus Best-of-n0's on the same pair (0 or below: SR can only lose "
         "what rejection threw away; above 0 only when scores of partial and complete responses disagree).",
         "- *ratios*: Best-of-n0's total over SR's total across the pairs (a ratio of sums): decoded tokens; "
@@ -68,7 +69,8 @@ def paired_section(results: PairedResults, summaries: Sequence[VariantSummary],
         rule = f"adaptive ≥{s.variant.rejection_rate:g}" if s.variant.adaptive else f"α = {s.variant.rejection_rate:g}"
         points = ", ".join(f"{p} ({k})" for p, k in zip(s.decision_points, s.survivors_per_round)) or "none"
         lines.append(
-            f"| {s.n0} | {s.variant.schedule} | {rule} | {_share(s.same_index)} | {_interval(s.reward_gap, 3)} "
+            f"| {s.n0} | {s.variant.schedule} | {rule} | {_share(s.same_index)}; text {s.same_text_share:.0%} "
+            f"| {_interval(s.reward_gap, 3)} "
             f"| {_interval(s.decoded_ratio)} | {_interval(s.token_compute_ratio)} "
             f"| {_interval(s.weighted_compute_ratio)} | {_interval(s.wall_ratio)} "
             f"| {_fmt(s.sr_mean_decoded)} + {_fmt(s.sr_mean_scored)} | {_equivalent(s.equivalent_n, s.n0)} "
