@@ -77,12 +77,12 @@ class AdaptiveComparison:
 
     @property
     def verdict(self) -> str:
-        cheaper_or_equal = self.adaptive_compute_ratio >= self.fixed_compute_ratio
-        if self.reward_difference.low > 0 and cheaper_or_equal:
-            return "adaptive wins"
-        if self.reward_difference.high < 0 and not cheaper_or_equal:
-            return "fixed wins"
-        return "no detectable difference"
+        saves_at_least_as_much = self.adaptive_compute_ratio >= self.fixed_compute_ratio
+        if self.reward_difference.low > 0:
+            return "adaptive wins" if saves_at_least_as_much else "adaptive: more reward, less saved"
+        if self.reward_difference.high < 0:
+            return "adaptive: less reward, more saved" if saves_at_least_as_much else "fixed wins"
+        return "no detectable reward difference"
 
 
 def token_costs(pairs: Sequence[Pair]) -> TokenCosts:

@@ -68,7 +68,7 @@ def test_the_adaptive_rule_is_judged_against_the_fixed_rate_of_equal_cost_on_the
     (comparison,) = comparisons
     assert comparison.fixed == FIXED  # same compute ratio as the adaptive variant
     assert comparison.reward_difference.estimate == pytest.approx(2 / 6)
-    assert comparison.verdict == "no detectable difference"  # 2 losses in 6 pairs: the interval reaches 0
+    assert comparison.verdict == "no detectable reward difference"  # 2 losses in 6 pairs: the interval reaches 0
     assert payload["adaptive_comparisons"][0]["verdict"] == comparison.verdict
     assert len(payload["pairs"]) == 18 and len(payload["summaries"]) == 3
     section = paired_section(results, summaries, comparisons)
@@ -77,3 +77,18 @@ def test_the_adaptive_rule_is_judged_against_the_fixed_rate_of_equal_cost_on_the
 
 def test_the_same_results_give_the_same_intervals(results):
     assert summarize_pairs(results, resamples=200) == summarize_pairs(results, resamples=200)
+
+
+@pytest.mark.parametrize("low, high, adaptive_ratio, verdict", [
+    (0.1, 0.3, 2.0, "adaptive wins"),
+    (0.1, 0.3, 1.5, "adaptive: more reward, less saved"),
+    (-0.3, -0.1, 2.0, "adaptive: less reward, more saved"),
+    (-0.3, -0.1, 1.5, "fixed wins"),
+    (-0.1, 0.1, 2.5, "no detectable reward difference"),
+])
+def test_the_verdict_weighs_reward_against_compute(low, high, adaptive_ratio, verdict):
+    from bench.bootstrap import Interval
+    from bench.paired_summary import AdaptiveComparison
+
+    comparison = AdaptiveComparison(N0, ADAPTIVE, FIXED, Interval((low + high) / 2, low, high), adaptive_ratio, 1.8)
+    assert comparison.verdict == verdict
