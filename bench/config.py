@@ -137,11 +137,11 @@ def _schedules(*names: str) -> tuple[Schedule, ...]:
     return tuple(parse_schedule(name) for name in names)
 
 
-# What bench/results/paired-small/ holds: a check of the mechanics that fits a quarter of an hour on a
-# shared 2-core CPU (two pairs: far too few to choose anything by).
+# What bench/results/paired-small/ holds (run with --row-block 8): a check of the mechanics on the real
+# model that fits minutes on a shared 2-core CPU; two pairs are far too few to choose anything by.
 PAIRED_SMALL = replace(
-    QUICK, prompts=2, seeds=1, n=(16,), max_new_tokens=64, pool_size=64, pool_batch=64,
-    rejection_rates=(0.5, 0.8), adaptive_rates=(0.5,), schedules=_schedules("double-16", "double-32"), best_of_n=(),
+    QUICK, prompts=1, seeds=2, n=(8,), max_new_tokens=64, pool_size=32, pool_batch=32,
+    rejection_rates=(0.5, 0.8), adaptive_rates=(0.5,), schedules=_schedules("double-16"), best_of_n=(),
 )
 # The CPU measurement: 10 prompts x 3 seeds at n0 = 128 and 256 tokens, the chosen default (double-64,
 # alpha 0.7) beside its neighbours (several hours on 2 cores).
