@@ -7,7 +7,7 @@ from coordinator.schedule import DEFAULT_FIRST_DECISION_TOKENS, AdaptiveRejectio
 from specrej.v1 import coordinator_pb2 as pb
 
 
-def decision_positions(plan, memory_round_tokens=1 << 20):
+def decision_positions(plan):
     """Where the plan's schedule stops to decide when memory never fills."""
     positions, position = [], 1
     while position < plan.max_new_tokens:
