@@ -11,8 +11,8 @@ import logging
 import shlex
 import sys
 
-from bench.config import PRESETS, parse_schedule
-from bench.driver import PARTS, Options, run_bench
+from bench.config import PAIRED_PRESETS, PRESETS, parse_schedule
+from bench.driver import DEFAULT_PARTS, PAIRED, PARTS, Options, run_bench
 from bench.prompts import DEFAULT_PROMPTS
 from generator_service.decoder import DEFAULT_ROW_BLOCK
 from common.flags import parse_bytes
@@ -37,8 +37,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help="same as --preset quick: a few minutes on a 2-core CPU")
     parser.add_argument("--out", default="bench/results", help="results folder [default bench/results]")
     parser.add_argument("--parts", type=_list(str), default=None,
-                        help=f"comma-separated subset of {','.join(PARTS)} [default: all in process; "
-                             "efficiency over gRPC]; or `load`: concurrent clients against the three services "
+                        help=f"comma-separated subset of {','.join(PARTS)} [default: {','.join(DEFAULT_PARTS)} in "
+                             "process; efficiency over gRPC; paired with the paired presets]; or `load`: concurrent clients against the three services "
                              "started as processes on loopback (results in OUT/load/)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
@@ -79,8 +79,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     sizes.add_argument("--n", type=_list(int), help="initial batch sizes of Speculative Rejection, e.g. 64,128")
     sizes.add_argument("--max-new-tokens", type=int)
     sizes.add_argument("--rejection-rates", type=_list(float), help="e.g. 0.5,0.7,0.9")
+    sizes.add_argument("--adaptive-rates", type=_list(float),
+                       help="paired part: least rejection rates of the adaptive rule, run on every schedule "
+                            "(empty string: none)")
     sizes.add_argument("--schedules", type=_list(parse_schedule),
-                       help="memory-B (KV budget of B response tokens), memory (the generator's budget), every-K")
+                       help="memory-B (KV budget of B response tokens), memory (the generator's budget), every-K, "
+                            "double-K (decision points at K, 2K, 4K, ...)")
     sizes.add_argument("--seeds", type=int, help="runs per prompt and configuration")
     sizes.add_argument("--best-of-n", type=_list(int), help="live Best-of-N sizes, a check on the pool's curve")
     sizes.add_argument("--throughput-batch-sizes", type=_list(int))
@@ -111,10 +115,12 @@ def main(argv=None):
 
     transformers.logging.set_verbosity_error()
     overrides = {name: getattr(args, name) for name in (
-        "prompts", "pool_size", "pool_batch", "n", "max_new_tokens", "rejection_rates", "schedules", "seeds",
+        "prompts", "pool_size", "pool_batch", "n", "max_new_tokens", "rejection_rates", "adaptive_rates", "schedules",
+        "seeds",
         "best_of_n", "throughput_batch_sizes", "throughput_new_tokens", "repeats", "temperature", "top_p", "top_k")}
     config = PRESETS[args.preset].with_overrides(**overrides)
-    parts = args.parts or (("efficiency",) if args.generator else PARTS)
+    parts = args.parts or ((PAIRED,) if args.preset in PAIRED_PRESETS else ("efficiency",) if args.generator
+                           else DEFAULT_PARTS)
     options = Options(
         model=args.model, reward_model=args.reward_model, reward_scorer=args.reward_scorer, device=args.device,
         dtype=args.dtype, kv_cache_budget=args.kv_cache_budget, row_block=args.row_block,

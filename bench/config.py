@@ -6,6 +6,7 @@ from dataclasses import dataclass, replace
 
 MEMORY = "memory"
 EVERY = "every"
+DOUBLE = "double"
 
 # Run seeds are 1, 2, ... and pool chunks use POOL_SEED_BASE + chunk, so no Speculative Rejection
 # or live Best-of-N run ever samples the pool's own candidates (a sequence's tokens are a pure
@@ -21,11 +22,12 @@ class Schedule:
     so for an initial n the first decision point falls at B/n tokens and, after rejecting a fraction
     alpha, the next at B/(n(1-alpha)) (doubling lengths at alpha = 0.5). Plain `memory`: the
     generator's own budget (the service's --kv-cache-budget, or this benchmark's). `every-K`: a
-    decision point every K tokens.
+    decision point every K tokens. `double-K`: decision points at K, 2K, 4K, ... tokens (the
+    coordinator's default schedule); with every schedule a full KV cache forces one too.
     """
 
-    kind: str  # MEMORY or EVERY
-    tokens: int = 0  # MEMORY: budget in response tokens (0 = the generator's own); EVERY: the interval
+    kind: str  # MEMORY, EVERY or DOUBLE
+    tokens: int = 0  # MEMORY: budget in response tokens (0 = the generator's own); EVERY, DOUBLE: K
 
     @property
     def name(self) -> str:
@@ -36,12 +38,12 @@ class Schedule:
 
 
 def parse_schedule(text: str) -> Schedule:
-    match = re.fullmatch(r"\s*(memory|every)(?:-(\d+))?\s*", text)
+    match = re.fullmatch(r"\s*(memory|every|double)(?:-(\d+))?\s*", text)
     if not match:
-        raise ValueError(f"not a schedule: {text!r} (use memory, memory-TOKENS or every-TOKENS)")
+        raise ValueError(f"not a schedule: {text!r} (use memory, memory-TOKENS, every-TOKENS or double-TOKENS)")
     kind, tokens = match.group(1), int(match.group(2) or 0)
-    if kind == EVERY and tokens < 1:
-        raise ValueError(f"schedule {text!r}: every-K needs K >= 1")
+    if kind in (EVERY, DOUBLE) and tokens < 1:
+        raise ValueError(f"schedule {text!r}: {kind}-K needs K >= 1")
     return Schedule(kind, tokens)
 
 
@@ -62,6 +64,7 @@ class BenchConfig:
     top_p: float = 1.0
     top_k: int = 0
     pool_batch: int = 512  # most pool samples per generator session (halved while the generator refuses)
+    adaptive_rates: tuple[float, ...] = ()  # paired part: least rates of the adaptive rule, on every schedule
 
     def with_overrides(self, **changes) -> "BenchConfig":
         return replace(self, **{k: v for k, v in changes.items() if v is not None})
@@ -71,7 +74,7 @@ class BenchConfig:
             raise ValueError("prompts, pool size, seeds and max_new_tokens must be at least 1")
         if not self.n or min(self.n) < 1:
             raise ValueError("n: give at least one initial batch size >= 1")
-        for alpha in self.rejection_rates:
+        for alpha in (*self.rejection_rates, *self.adaptive_rates):
             if not 0 <= alpha < 1:
                 raise ValueError(f"rejection rate {alpha} is not in [0, 1)")
         for schedule in self.schedules:
@@ -128,4 +131,30 @@ GPU_SMOKE = BenchConfig(
     repeats=2,
 )
 
-PRESETS = {"quick": QUICK, "full": FULL, "gpu-smoke": GPU_SMOKE}
+# The paired experiment (`--parts paired`) and the schedule sweeps that choose the coordinator's
+# defaults: first decision point, doubling against fixed intervals, rejection rate, adaptive rule.
+def _schedules(*names: str) -> tuple[Schedule, ...]:
+    return tuple(parse_schedule(name) for name in names)
+
+
+# What bench/results/paired-small/ holds (run with --row-block 8): a check of the mechanics on the real
+# model that fits minutes on a shared 2-core CPU; two pairs are far too few to choose anything by.
+PAIRED_SMALL = replace(
+    QUICK, prompts=1, seeds=2, n=(8,), max_new_tokens=64, pool_size=32, pool_batch=32,
+    rejection_rates=(0.5, 0.8), adaptive_rates=(0.5,), schedules=_schedules("double-16"), best_of_n=(),
+)
+# The CPU measurement: 10 prompts x 3 seeds at n0 = 128 and 256 tokens, the chosen default (double-64,
+# alpha 0.7) beside its neighbours (several hours on 2 cores).
+PAIRED_CPU = replace(
+    PAIRED_SMALL, prompts=10, seeds=3, n=(128,), max_new_tokens=256, pool_size=512, pool_batch=256,
+    rejection_rates=(0.5, 0.7, 0.9), schedules=_schedules("double-32", "double-64", "every-64"),
+)
+# The same on one GPU, at the sizes the paper's devices-at-equal-latency metric is about.
+GPU_PAIRED = replace(
+    PAIRED_CPU, prompts=10, seeds=3, n=(256, 1024), max_new_tokens=512, pool_size=4096, pool_batch=1024,
+    schedules=_schedules("double-32", "double-64", "double-128", "every-64"),
+)
+
+PAIRED_PRESETS = ("paired-small", "paired-cpu", "gpu-paired")  # presets whose default part is `paired`
+PRESETS = {"quick": QUICK, "full": FULL, "gpu-smoke": GPU_SMOKE, "paired-small": PAIRED_SMALL,
+           "paired-cpu": PAIRED_CPU, "gpu-paired": GPU_PAIRED}

@@ -11,12 +11,15 @@ from pathlib import Path
 
 from bench.config import EVERY, MEMORY, BenchConfig, Schedule
 from bench.efficiency import jobs, request, run_efficiency, schedule_arguments
+from bench.paired import PairedResults, run_paired
+from bench.paired import jobs as paired_jobs
 from bench.prompts import Prompt, load_prompts
 from bench.records import BenchResults
 from generator_service.decoder import DEFAULT_ROW_BLOCK
 
-EFFICIENCY, THROUGHPUT, OVERHEAD = "efficiency", "throughput", "overhead"
-PARTS = (EFFICIENCY, THROUGHPUT, OVERHEAD)
+EFFICIENCY, THROUGHPUT, OVERHEAD, PAIRED = "efficiency", "throughput", "overhead", "paired"
+PARTS = (EFFICIENCY, THROUGHPUT, OVERHEAD, PAIRED)
+DEFAULT_PARTS = (EFFICIENCY, THROUGHPUT, OVERHEAD)  # the paired part runs when asked for, or by its presets
 
 SEEDS_NOTE = (
     "pools use seeds 2^40 + chunk, runs use seeds 1..{seeds}: the generator's sampling is a pure function of "
@@ -27,7 +30,8 @@ SEEDS_NOTE = (
 SCHEDULES_NOTE = (
     "memory-B: memory-driven decision points with a KV budget of B response tokens beyond the shared prompt "
     "(first at B/n tokens, then wherever the survivors fill it again); memory: the generator's own budget; "
-    "every-K: a decision point every K tokens"
+    "every-K: a decision point every K tokens; double-K: at K, 2K, 4K, ... tokens (the coordinator's default "
+    "schedule); with every schedule a full KV cache forces a decision point too"
 )
 
 
@@ -46,7 +50,7 @@ class Options:
     generator: str | None = None  # gRPC addresses; both or neither
     reward: str | None = None
     prompts_file: str | Path = ""
-    parts: tuple[str, ...] = PARTS
+    parts: tuple[str, ...] = DEFAULT_PARTS
     progress: bool = True
     command: str = ""
     preset: str = ""
@@ -64,7 +68,7 @@ def check(config: BenchConfig, options: Options) -> None:
     unknown = set(options.parts) - set(PARTS)
     if unknown:
         raise ValueError(f"unknown parts {sorted(unknown)}; choose from {', '.join(PARTS)}")
-    if options.over_grpc and EFFICIENCY in options.parts:
+    if options.over_grpc and (EFFICIENCY in options.parts or PAIRED in options.parts):
         budgeted = [s.name for s in config.schedules if s.kind == MEMORY and s.tokens]
         if budgeted:
             raise ValueError(f"schedules {budgeted} set a KV budget per run, which only the in-process engine "
@@ -76,11 +80,13 @@ def run_bench(config: BenchConfig, options: Options, out_dir: str | Path) -> Ben
     began = time.perf_counter()
     prompts = load_prompts(options.prompts_file, config.prompts)
     parts = [p for p in PARTS if p in options.parts]
-    local = None if options.over_grpc and parts == [EFFICIENCY] else LocalModels(config, options)
+    remote_only = options.over_grpc and set(parts) <= {EFFICIENCY, PAIRED}
+    local = None if remote_only else LocalModels(config, options)
     backend = _backend(options, local)
     description = _describe(backend, options, local)
 
     total = (jobs(config, len(prompts)) if EFFICIENCY in parts else 0) \
+        + (paired_jobs(config, len(prompts)) if PAIRED in parts else 0) \
         + (2 * (len(config.throughput_batch_sizes) * config.repeats) if THROUGHPUT in parts else 0) \
         + (2 * config.repeats if OVERHEAD in parts else 0)
     from tqdm import tqdm
@@ -96,6 +102,12 @@ def run_bench(config: BenchConfig, options: Options, out_dir: str | Path) -> Ben
             if EFFICIENCY in parts:
                 bar.set_description("efficiency")
                 results.pools, results.runs = run_efficiency(backend, prompts, config, step)
+            if PAIRED in parts:
+                bar.set_description("paired")
+                pools, pairs = run_paired(backend, prompts, config, step)
+                results.paired = PairedResults(
+                    pairs, pools, config.max_new_tokens, kv_budget_bytes=description["generator KV budget (bytes)"],
+                    kv_bytes_per_token=description["KV bytes per token"])
             if THROUGHPUT in parts:
                 bar.set_description("throughput")
                 results.throughput = local.throughput(prompts[0], step)
@@ -240,6 +252,7 @@ def _metadata(config: BenchConfig, options: Options, prompts: list[Prompt], desc
         "schedule names": SCHEDULES_NOTE,
         "seeds": SEEDS_NOTE.format(seeds=config.seeds),
         "live Best-of-N sizes (a check on the pool curve)": list(config.best_of_n),
+        "adaptive rule's least rates (paired part)": list(config.adaptive_rates),
         "sampling": f"temperature {config.temperature:g}, top_p {config.top_p:g}, top_k {config.top_k}",
         "wall cost ratio": "Best-of-N's wall time at N is N x a pool sample's share of its batch's wall time; "
                            "batches of the pool size are more efficient per sample than Best-of-N at a smaller N, "

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 
-from bench.config import EVERY, MEMORY, POOL_SEED_BASE, BenchConfig, Schedule
+from bench.config import DOUBLE, EVERY, MEMORY, POOL_SEED_BASE, BenchConfig, Schedule
 from bench.prompts import Prompt
 from bench.records import BEST_OF_N, SPECULATIVE_REJECTION, Pool, RunRecord
 from common.errors import ServiceError
@@ -30,7 +30,7 @@ def jobs(config: BenchConfig, prompts: int) -> int:
 
 
 def request(prompt: Prompt, config: BenchConfig, *, method: int, n: int, seed: int, rejection_rate: float = 0.0,
-            every_tokens: int = 0, return_top: int = 0) -> pb.GenerateRequest:
+            every_tokens: int = 0, return_top: int = 0, first_decision_tokens: int | None = None) -> pb.GenerateRequest:
     generate = pb.GenerateRequest(
         prompt=prompt.text, n=n, method=method, max_new_tokens=config.max_new_tokens, seed=seed,
         temperature=config.temperature, top_p=config.top_p, top_k=config.top_k,
@@ -38,18 +38,24 @@ def request(prompt: Prompt, config: BenchConfig, *, method: int, n: int, seed: i
     )
     if method == pb.SPECULATIVE_REJECTION:
         generate.rejection_rate = rejection_rate
+    if first_decision_tokens is not None:
+        generate.first_decision_tokens = first_decision_tokens
     return generate
 
 
 def schedule_arguments(schedule: Schedule, n: int) -> dict:
-    """How the backend and pipeline realise a schedule for an initial n: the request's interval, the
-    session's KV budget, and the tokens every candidate must reach before the first decision point."""
-    if schedule.kind == EVERY:
-        return {"every_tokens": schedule.tokens, "kv_budget_tokens": None, "memory_round_tokens": schedule.tokens}
+    """How the backend and pipeline realise a schedule for an initial n: the request's interval or
+    first doubling point (0 = memory-driven only), the session's KV budget, and the tokens every
+    candidate must reach before the first decision point."""
+    if schedule.kind in (EVERY, DOUBLE):
+        return {"every_tokens": schedule.tokens if schedule.kind == EVERY else 0,
+                "first_decision_tokens": schedule.tokens if schedule.kind == DOUBLE else None,
+                "kv_budget_tokens": None, "memory_round_tokens": schedule.tokens}
     if schedule.kind == MEMORY and schedule.tokens:
         # The budget holds B/n tokens per candidate: the first decision point falls there.
-        return {"every_tokens": 0, "kv_budget_tokens": schedule.tokens, "memory_round_tokens": schedule.tokens // n}
-    return {"every_tokens": 0, "kv_budget_tokens": None, "memory_round_tokens": 1}
+        return {"every_tokens": 0, "first_decision_tokens": 0, "kv_budget_tokens": schedule.tokens,
+                "memory_round_tokens": schedule.tokens // n}
+    return {"every_tokens": 0, "first_decision_tokens": 0, "kv_budget_tokens": None, "memory_round_tokens": 1}
 
 
 def build_pool(backend, prompt: Prompt, config: BenchConfig) -> Pool:
@@ -99,7 +105,8 @@ def run_efficiency(backend, prompts: Sequence[Prompt], config: BenchConfig,
                     for schedule in config.schedules:
                         arguments = schedule_arguments(schedule, n)
                         generate = request(prompt, config, method=pb.SPECULATIVE_REJECTION, n=n, seed=seed,
-                                           rejection_rate=alpha, every_tokens=arguments["every_tokens"])
+                                           rejection_rate=alpha, every_tokens=arguments["every_tokens"],
+                                           first_decision_tokens=arguments["first_decision_tokens"])
                         response, wall = backend.run(generate, memory_round_tokens=arguments["memory_round_tokens"],
                                                      kv_budget_tokens=arguments["kv_budget_tokens"])
                         runs.append(run_record(prompt, SPECULATIVE_REJECTION, n, alpha, schedule.name, seed,

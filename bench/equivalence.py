@@ -20,6 +20,9 @@ from bench.records import Pool, RunRecord
 WITHIN = "within"  # interpolated between two sizes of the pool
 AT_MOST_ONE = "at_most_1"  # below Best-of-1: reported as 1, an upper bound
 AT_LEAST_M = "at_least_m"  # above Best-of-M: reported as M, a lower bound (a larger pool would tell more)
+# Above the cap n0: Speculative Rejection from n0 candidates returns one of those n0, so in expectation
+# it can never beat Best-of-n0; a reward above Best-of-n0's expectation is luck, reported as n0.
+ABOVE_CAP = "above_cap"
 
 
 @dataclass(frozen=True)
@@ -28,8 +31,12 @@ class EquivalentN:
     bound: str  # WITHIN, AT_MOST_ONE or AT_LEAST_M
 
 
-def equivalent_n(curve: Sequence[float], reward: float) -> EquivalentN:
+def equivalent_n(curve: Sequence[float], reward: float, cap: int | None = None) -> EquivalentN:
     """The smallest (real) N whose Best-of-N expected reward reaches `reward`; curve[k] is for N = k+1.
+
+    With `cap` (a run's initial n0), a reward beyond Best-of-cap's expectation is reported as `cap`,
+    marked ABOVE_CAP (noise, not a lower bound), as long as the curve reaches that far; only a
+    curve shorter than the cap leaves a lower bound (AT_LEAST_M).
 
     Between integer sizes the curve is interpolated linearly in N. That is not only simple but
     exact for a realisable strategy: drawing N+1 samples with probability t and N otherwise has
@@ -40,6 +47,8 @@ def equivalent_n(curve: Sequence[float], reward: float) -> EquivalentN:
         raise ValueError("the Best-of-N curve is empty")
     # Expected maxima never decrease with N; this only irons out rounding in the last digits.
     values = np.maximum.accumulate(values)
+    if cap is not None and cap <= values.size and reward > values[cap - 1]:
+        return EquivalentN(float(cap), ABOVE_CAP)
     first_reaching = int(np.searchsorted(values, reward, side="left"))
     if first_reaching == values.size:
         return EquivalentN(float(values.size), AT_LEAST_M)
@@ -99,7 +108,7 @@ class PromptComparison:
 
 
 def compare_with_best_of_n(runs: Sequence[RunRecord], pools: Sequence[Pool]) -> list[PromptComparison]:
-    """Place every (prompt, configuration) on its prompt's Best-of-N curve.
+    """Place every (prompt, configuration) on its prompt's Best-of-N curve, capped at its n.
 
     Repeated runs (seeds) of one configuration on one prompt are averaged first, since the curve
     is an expected reward too. Every run's prompt must have a pool.
@@ -120,7 +129,7 @@ def compare_with_best_of_n(runs: Sequence[RunRecord], pools: Sequence[Pool]) -> 
         reward = float(np.mean([run.reward for run in group]))
         decoded = float(np.mean([run.decoded_tokens for run in group]))
         wall = float(np.mean([run.wall_seconds for run in group]))
-        match = equivalent_n(curves[prompt_id], reward)
+        match = equivalent_n(curves[prompt_id], reward, cap=config[1])
         comparisons.append(
             PromptComparison(
                 prompt_id=prompt_id,

@@ -2,6 +2,10 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from bench.paired import PairedResults
 
 SPECULATIVE_REJECTION = "sr"
 BEST_OF_N = "bon"
@@ -111,3 +115,4 @@ class BenchResults:
     throughput: list[ThroughputRow] = field(default_factory=list)
     overhead: list[OverheadRow] = field(default_factory=list)
     metadata: dict = field(default_factory=dict)
+    paired: "PairedResults | None" = None  # the paired part (bench.paired), when it ran

@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from bench.equivalence import (
+    ABOVE_CAP,
     AT_LEAST_M,
     AT_MOST_ONE,
     PromptComparison,
@@ -39,6 +40,7 @@ class ConfigSummary:
     equivalent_n: Spread
     at_most_one: int  # prompts whose equivalent N is only an upper bound (reward below Best-of-1)
     at_least_m: int  # prompts whose equivalent N is only a lower bound (reward above Best-of-M)
+    above_n: int  # prompts whose reward beat Best-of-n's expectation: luck, equivalent N capped at n
     token_cost_ratio: Spread
     wall_cost_ratio: Spread
 
@@ -68,6 +70,7 @@ def summarize(comparisons: Sequence[PromptComparison]) -> list[ConfigSummary]:
                 equivalent_n=spread([c.equivalent_n for c in group]),
                 at_most_one=sum(c.bound == AT_MOST_ONE for c in group),
                 at_least_m=sum(c.bound == AT_LEAST_M for c in group),
+                above_n=sum(c.bound == ABOVE_CAP for c in group),
                 token_cost_ratio=spread([c.token_cost_ratio for c in group]),
                 wall_cost_ratio=spread([c.wall_cost_ratio for c in group]),
             )
@@ -93,6 +96,12 @@ def write_report(results: BenchResults, out_dir: str | Path) -> tuple[Path, Path
         "throughput": [asdict(row) | {"speedup": row.speedup} for row in results.throughput],
         "overhead": [asdict(row) | {"ratio": row.ratio} for row in results.overhead],
     }
+    paired_text = ""
+    if results.paired is not None:
+        from bench.paired_report import paired_payload, paired_section
+
+        payload["paired"], paired_summaries, adaptive = paired_payload(results.paired)
+        paired_text = paired_section(results.paired, paired_summaries, adaptive)
     json_path = out_dir / "results.json"
     # allow_nan=False: NaN and Infinity are not JSON, and would mean a broken measurement anyway.
     json_path.write_text(json.dumps(payload, indent=1, allow_nan=False) + "\n")
@@ -100,7 +109,8 @@ def write_report(results: BenchResults, out_dir: str | Path) -> tuple[Path, Path
     sections = [
         "# Speculative Rejection against Best-of-N\n",
         _metadata_list(results.metadata),
-        _configuration_table(summaries, results),
+        paired_text,
+        _configuration_table(summaries, results) if results.runs or results.paired is None else "",
         _decision_points_table(results.runs),
         _throughput_table(results.throughput),
         _overhead_table(results.overhead),
@@ -124,14 +134,16 @@ def _configuration_table(summaries: Sequence[ConfigSummary], results: BenchResul
         f"Best-of-N reference: {len(results.pools)} prompts, pools of {pool_sizes} scored samples each; "
         "Best-of-N's expected reward at every N is exact for draws without replacement from the pool.\n",
         "*Equivalent N*: the smallest Best-of-N (linearly interpolated between integer N) whose "
-        "expected reward reaches the configuration's reward on that prompt; a `≥` marks prompts "
-        "where it exceeded the pool (a lower bound). *Cost ratio*: Best-of-N's cost at the "
+        "expected reward reaches the configuration's reward on that prompt, capped at the configuration's n: "
+        "from n candidates no method beats Best-of-n in expectation, so a reward above Best-of-n's expectation "
+        "is luck and counts as n (*above n*, noise, not a lower bound); a `≥` marks prompts where the pool was "
+        "smaller than n (a lower bound). *Cost ratio*: Best-of-N's cost at the "
         "equivalent N over the configuration's own cost (above 1: cheaper than Best-of-N). "
         "Ratios and N are summarised over prompts by geometric mean, median, [interquartile range] "
         "and min–max.\n",
         "| method | n | rejection rate | schedule | prompts | mean reward | mean decoded tokens "
         "| mean scored tokens | mean wall s | equivalent N geo-mean | equivalent N median | "
-        "equivalent N range | prompts below N=1 / above N=M | token cost ratio | wall cost ratio |",
+        "equivalent N range | prompts below N=1 / above n (noise) / above pool | token cost ratio | wall cost ratio |",
         "|---|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for s in summaries:
@@ -143,7 +155,7 @@ def _configuration_table(summaries: Sequence[ConfigSummary], results: BenchResul
             f"| {_fmt(s.mean_wall_seconds)} | {lower_bound}{_fmt(s.equivalent_n.geo_mean)} "
             f"| {lower_bound}{_fmt(s.equivalent_n.median)} "
             f"| {all_lower_bounds}{_fmt(s.equivalent_n.min)}–{lower_bound}{_fmt(s.equivalent_n.max)} "
-            f"| {s.at_most_one} / {s.at_least_m} "
+            f"| {s.at_most_one} / {s.above_n} / {s.at_least_m} "
             f"| {_ratio(s.token_cost_ratio, lower_bound)} | {_ratio(s.wall_cost_ratio, lower_bound)} |"
         )
     return "\n".join(lines) + "\n"

@@ -4,6 +4,7 @@ import asyncio
 import logging
 
 from common.flags import add_flag, add_server_flags, add_upstream_tls_flags, parse_bytes
+from coordinator.schedule import DEFAULT_FIRST_DECISION_TOKENS
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -31,7 +32,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     add_flag(parser, "memory-round-tokens", env="SPECREJ_MEMORY_ROUND_TOKENS", default=32, type=int,
              help="with memory-driven decision points, tokens every candidate must decode before the first one; "
                   "sizes n = 0 and bounds an explicit n")
-    add_flag(parser, "default-timeout", env="SPECREJ_DEFAULT_TIMEOUT", default=600.0, type=float,
+    add_flag(parser, "first-decision-tokens", env="SPECREJ_FIRST_DECISION_TOKENS", default=DEFAULT_FIRST_DECISION_TOKENS,
+             type=int, help="where a request with neither decision_every_tokens nor decision_points decides first, "
+                            "in response tokens, then at each doubling (a full KV cache forces a decision point too); "
+                            "0 = only where the KV cache is full (the paper's rule); a request's "
+                            "first_decision_tokens overrides it")
+    add_flag(parser, "default-timeout", env="SPECREJ_DEFAULT_TIMEOUT", default=300.0, type=float,
              help="seconds a request may take when its client sets no deadline")
     return parser.parse_args(argv)
 
@@ -58,7 +64,8 @@ async def serve(args) -> None:
                     ServerOptions.from_args(args), interceptors=interceptors)
     upstream_tls = ChannelTls.from_upstream_args(args)
     limits = Limits(max_n=args.max_n, max_prompt_bytes=args.max_prompt_bytes, max_messages=args.max_messages,
-                    max_decision_points=args.max_decision_points, memory_round_tokens=args.memory_round_tokens)
+                    max_decision_points=args.max_decision_points, memory_round_tokens=args.memory_round_tokens,
+                    first_decision_tokens=args.first_decision_tokens)
     servicer = CoordinatorServicer(
         GeneratorClient(args.generator, upstream_tls), RewardClient(args.reward, upstream_tls),
         Admission(args.max_concurrent, args.max_queued, service="coordinator"), limits, args.default_timeout)

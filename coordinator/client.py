@@ -38,7 +38,13 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--top-k", type=int, default=0)
     parser.add_argument("--seed", type=int, default=None)
     parser.add_argument("--decision-every", type=int, default=0,
-                        help="tokens between decision points; 0 = when the generator's KV cache is full")
+                        help="tokens between decision points; 0 = the default doubling schedule (see "
+                             "--first-decision-tokens)")
+    parser.add_argument("--first-decision-tokens", type=int, default=None,
+                        help="first decision point of the doubling schedule; 0 = only when the generator's KV cache "
+                             "is full [default: the coordinator's]")
+    parser.add_argument("--adaptive-rejection", action="store_true",
+                        help="reject at least the rejection rate, more when the partial rewards stand far apart")
     parser.add_argument("--decision-points", type=int, nargs="*", default=[], help="explicit token positions")
     parser.add_argument("--return-top", type=int, default=1, help="ranked candidates to print")
     parser.add_argument("--timeout", type=float, default=600.0, help="deadline in seconds, retries included")
@@ -52,7 +58,8 @@ def request_fields(args) -> dict:
         prompt=args.prompt, n=args.n, method=_METHODS[args.method], max_new_tokens=args.max_new_tokens,
         top_k=args.top_k, decision_every_tokens=args.decision_every, decision_points=args.decision_points,
         return_top=args.return_top, rejection_rate=args.rejection_rate, temperature=args.temperature,
-        top_p=args.top_p, seed=args.seed,
+        top_p=args.top_p, seed=args.seed, first_decision_tokens=args.first_decision_tokens,
+        adaptive_rejection=args.adaptive_rejection,
     )
 
 

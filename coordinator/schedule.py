@@ -9,6 +9,19 @@ from dataclasses import dataclass
 MEMORY = "memory"
 INTERVAL = "interval"
 SCHEDULE = "schedule"
+DOUBLING = "doubling"
+
+# Where a request that names no schedule decides first, in response tokens; then at twice, four
+# times ... that length. Chosen from paired runs at n0 = 128 and 256 tokens (README, "Choosing the
+# default schedule"): a first decision at 32 tokens lost Best-of-n0's choice on 1 pair of 3, at 64
+# tokens on none.
+DEFAULT_FIRST_DECISION_TOKENS = 64
+
+# The adaptive rule (see `adaptive_rejected_count`): candidates more than this many robust standard
+# deviations below the best are rejected, up to ADAPTIVE_MAX_RATE of them.
+ADAPTIVE_MARGIN = 2.0
+ADAPTIVE_MAX_RATE = 0.9
+_MAD_TO_SIGMA = 1.4826  # a normal distribution's standard deviation over its median absolute deviation
 
 
 @dataclass(frozen=True)
@@ -38,11 +51,49 @@ def rejected_count(live: int, alpha: float) -> int:
     return min(math.floor(alpha * live), live - 1) if live else 0
 
 
+class AdaptiveRejectionRate(float):
+    """A rejection rate that is the least fraction rejected: `decide` rejects more of the candidates
+    whose partial rewards fall far below the best (`adaptive_rejected_count`). Its value as a float
+    is that least fraction, so it reads like a fixed rate wherever only the number matters."""
+
+    def __repr__(self) -> str:
+        return f"AdaptiveRejectionRate({float(self)!r})"
+
+
+def adaptive_rejected_count(scores: list[float], alpha: float, margin: float = ADAPTIVE_MARGIN,
+                            max_rate: float = ADAPTIVE_MAX_RATE) -> int:
+    """How many to reject when the partial rewards themselves say how sure the ranking is.
+
+    The scores' noise is estimated robustly from their own spread (1.4826 x the median absolute
+    deviation, the standard deviation of a normal bulk); every candidate more than `margin` such
+    deviations below the best is rejected. When the best stand far apart from the bulk (a prompt
+    whose candidates differ clearly) that is most of them; when the scores are bunched, the ranking
+    is mostly noise and only the least fraction `alpha` goes. The count lies between
+    floor(alpha x live) and floor(max(alpha, max_rate) x live), and one candidate always survives."""
+    live = len(scores)
+    least, most = rejected_count(live, alpha), rejected_count(live, max(alpha, max_rate))
+    if live < 3:
+        return least
+    values = sorted(scores)
+    median = values[live // 2] if live % 2 else (values[live // 2 - 1] + values[live // 2]) / 2
+    deviations = sorted(abs(v - median) for v in values)
+    mad = deviations[live // 2] if live % 2 else (deviations[live // 2 - 1] + deviations[live // 2]) / 2
+    sigma = _MAD_TO_SIGMA * mad
+    if not sigma > 0:
+        return least  # most scores are equal: nothing tells them apart
+    threshold = values[-1] - margin * sigma
+    far_below = sum(v < threshold for v in values)
+    return min(max(far_below, least), most)
+
+
 def decide(candidates: list[Ranked], alpha: float, memory_full: bool = False) -> Decision:
-    """Keep the best `live - floor(alpha * live)`. When the KV cache is full, at least one running
-    candidate must go, or the survivors could not decode another token."""
+    """Keep the best `live - floor(alpha * live)` (with an AdaptiveRejectionRate, the best `live -
+    adaptive_rejected_count`). When the KV cache is full, at least one running candidate must go,
+    or the survivors could not decode another token."""
     ordered = rank(candidates)
-    cut = len(ordered) - rejected_count(len(ordered), alpha)
+    rejected_total = (adaptive_rejected_count([c.score for c in ordered], alpha)
+                      if isinstance(alpha, AdaptiveRejectionRate) else rejected_count(len(ordered), alpha))
+    cut = len(ordered) - rejected_total
     kept, rejected = ordered[:cut], ordered[cut:]
     running_kept = [c for c in kept if not c.finished]
     if memory_full and len(running_kept) >= 2 and not any(not c.finished for c in rejected):
@@ -54,17 +105,21 @@ def decide(candidates: list[Ranked], alpha: float, memory_full: bool = False) ->
 
 @dataclass(frozen=True)
 class DecisionSchedule:
-    """Where decision points fall, in response tokens. With neither an interval nor explicit points,
-    they fall where the generator's KV cache is full (the paper's rule). The cache being full
-    always forces a decision point, whatever the schedule."""
+    """Where decision points fall, in response tokens: at explicit points, every `every_tokens`, or
+    at `first_tokens` and then at each doubling of the response (first, 2 x first, 4 x first, ...).
+    With none of these they fall only where the generator's KV cache is full (the paper's rule).
+    The cache being full always forces a decision point, whatever the schedule."""
 
     every_tokens: int = 0
     points: tuple[int, ...] = ()
     enabled: bool = True  # Best-of-N has none
+    first_tokens: int = 0  # doubling from here; used when there are neither points nor an interval
 
     @property
     def trigger(self) -> str:
-        return SCHEDULE if self.points else INTERVAL if self.every_tokens else MEMORY
+        if self.points:
+            return SCHEDULE
+        return INTERVAL if self.every_tokens else DOUBLING if self.first_tokens else MEMORY
 
     def next_stop(self, position: int, max_new_tokens: int) -> int:
         """Response length to decode up to before the next decision; 0 = until the cache is full."""
@@ -75,6 +130,11 @@ class DecisionSchedule:
             return min(later[0], max_new_tokens) if later else max_new_tokens
         if self.every_tokens:
             return min((position // self.every_tokens + 1) * self.every_tokens, max_new_tokens)
+        if self.first_tokens:
+            stop = self.first_tokens
+            while stop <= position:
+                stop *= 2
+            return min(stop, max_new_tokens)
         return 0
 
     def first_stop(self, max_new_tokens: int, memory_round_tokens: int) -> int:

@@ -2,30 +2,43 @@ import json
 
 import pytest
 
-from bench.config import EVERY, MEMORY, QUICK, Schedule, parse_schedule
+from bench.config import DOUBLE, EVERY, MEMORY, PRESETS, QUICK, Schedule, parse_schedule
 from bench.efficiency import schedule_arguments
 from bench.prompts import DEFAULT_PROMPTS, load_prompts
 
 
 @pytest.mark.parametrize("text, schedule", [
     ("memory", Schedule(MEMORY, 0)), ("memory-128", Schedule(MEMORY, 128)), ("every-16", Schedule(EVERY, 16)),
+    ("double-32", Schedule(DOUBLE, 32)),
 ])
 def test_schedules_parse_and_keep_their_names(text, schedule):
     assert parse_schedule(text) == schedule
     assert schedule.name == text
 
 
-@pytest.mark.parametrize("text", ["every", "every-0", "fixed-8", "memory-x"])
+@pytest.mark.parametrize("text", ["every", "every-0", "fixed-8", "memory-x", "double", "double-0"])
 def test_bad_schedules_are_refused(text):
     with pytest.raises(ValueError):
         parse_schedule(text)
 
 
 def test_memory_budget_puts_the_first_decision_point_at_budget_over_n():
+    # Memory schedules ask for memory-driven decision points only (first_decision_tokens = 0), since a
+    # request that names no schedule gets the coordinator's doubling one.
     assert schedule_arguments(Schedule(MEMORY, 128), 16) == {
-        "every_tokens": 0, "kv_budget_tokens": 128, "memory_round_tokens": 8}
+        "every_tokens": 0, "first_decision_tokens": 0, "kv_budget_tokens": 128, "memory_round_tokens": 8}
     assert schedule_arguments(Schedule(EVERY, 16), 16)["every_tokens"] == 16
     assert schedule_arguments(Schedule(MEMORY), 16)["kv_budget_tokens"] is None
+    assert schedule_arguments(Schedule(MEMORY), 16)["first_decision_tokens"] == 0
+    doubling = schedule_arguments(Schedule(DOUBLE, 32), 16)
+    assert (doubling["every_tokens"], doubling["first_decision_tokens"], doubling["kv_budget_tokens"]) == (0, 32, None)
+
+
+@pytest.mark.parametrize("preset", ["paired-small", "paired-cpu", "gpu-paired"])
+def test_paired_presets_are_valid_and_pool_at_least_four_times_n0(preset):
+    config = PRESETS[preset]
+    config.check()
+    assert config.pool_size >= 4 * max(config.n) and config.adaptive_rates
 
 
 def test_config_refuses_a_budget_smaller_than_n():

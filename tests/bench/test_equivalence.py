@@ -78,3 +78,21 @@ def test_reference_averages_prompts_up_to_the_smallest_pool():
     assert reference.mean_reward == pytest.approx([(1.0 + 2.0) / 2, (2.0 + np.mean([1.0, 4.0, 4.0])) / 2])
     assert reference.mean_decoded_tokens == pytest.approx([30.0, 60.0])
     assert reference.mean_wall_seconds == pytest.approx([2.0, 4.0])
+
+
+def test_above_best_of_n0_is_capped_at_n0_and_called_noise_not_a_lower_bound():
+    curve = np.linspace(1.0, 2.0, 256)  # a pool of 256 samples, n0 = 128
+    from bench.equivalence import ABOVE_CAP
+
+    above_everything = equivalent_n(curve, 5.0, cap=128)
+    assert (above_everything.n, above_everything.bound) == (128.0, ABOVE_CAP)  # not ">= 256"
+    just_above_n0 = equivalent_n(curve, float(curve[127]) + 1e-6, cap=128)
+    assert (just_above_n0.n, just_above_n0.bound) == (128.0, ABOVE_CAP)
+    within = equivalent_n(curve, float(curve[63]), cap=128)
+    assert within == equivalent_n(curve, float(curve[63])) and within.n == pytest.approx(64.0)
+    assert equivalent_n(curve, 0.5, cap=128).bound == AT_MOST_ONE
+
+
+def test_a_pool_smaller_than_the_cap_still_gives_a_lower_bound():
+    assert equivalent_n(CURVE, 9.0, cap=8) == equivalent_n(CURVE, 9.0)
+    assert equivalent_n(CURVE, 9.0, cap=8).bound == AT_LEAST_M

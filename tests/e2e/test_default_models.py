@@ -21,7 +21,8 @@ def test_speculative_rejection_on_an_alpacafarm_prompt(default_stack):
     prompt = json.loads((ROOT / "data" / "alpaca_farm_100.json").read_text())[3]["prompt"]
     stub = coordinator_pb2_grpc.CoordinatorStub(default_stack.channel)
     events = list(stub.GenerateStream(pb.GenerateRequest(prompt=prompt, n=12, max_new_tokens=64, seed=3,
-                                                          return_top=3), timeout=600))
+                                                          return_top=3, first_decision_tokens=0, rejection_rate=0.5),
+                                      timeout=600))
     result = events[-1].result
     rounds = result.stats.rounds
     assert len(rounds) >= 1 and len(events) == len(rounds) + 1

@@ -55,7 +55,7 @@ def test_reflection_lists_the_public_service(tiny_stack):
 
 
 def test_speculative_rejection_returns_a_best_response_after_several_rounds(coordinator):
-    response = coordinator.Generate(request(decision_every_tokens=8, return_top=3), timeout=60)
+    response = coordinator.Generate(request(decision_every_tokens=8, rejection_rate=0.5, return_top=3), timeout=60)
     rounds = response.stats.rounds
     assert len(rounds) >= 2
     assert [r.active_before for r in rounds][:3] == [16, 8, 4]
@@ -68,7 +68,8 @@ def test_speculative_rejection_returns_a_best_response_after_several_rounds(coor
 
 
 def test_memory_driven_decision_points_fall_where_the_cache_fills(coordinator):
-    response = coordinator.Generate(request(max_new_tokens=300), timeout=60)
+    response = coordinator.Generate(request(max_new_tokens=300, first_decision_tokens=0, rejection_rate=0.5),
+                                    timeout=60)
     rounds = response.stats.rounds
     assert len(rounds) >= 2 and all(r.trigger == "memory" for r in rounds)
     # Halving the batch doubles the room: decision points fall at roughly doubling lengths.

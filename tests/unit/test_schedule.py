@@ -78,3 +78,31 @@ def test_best_of_n_has_no_decision_points():
     schedule = DecisionSchedule(every_tokens=8, enabled=False)
     assert schedule.next_stop(1, 100) == 100
     assert schedule.first_stop(100, memory_round_tokens=32) == 100
+
+
+def test_doubling_schedule_decides_at_the_first_point_and_each_doubling():
+    schedule = DecisionSchedule(first_tokens=32)
+    stops, position = [], 1
+    while position < 300:
+        position = schedule.next_stop(position, 300)
+        stops.append(position)
+    assert stops == [32, 64, 128, 256, 300]
+    assert schedule.trigger == "doubling"
+    assert schedule.first_stop(300, memory_round_tokens=7) == 32
+
+
+def test_doubling_resumes_after_a_decision_point_the_full_cache_forced():
+    schedule = DecisionSchedule(first_tokens=32)
+    assert schedule.next_stop(45, 512) == 64  # memory forced one at 45: the next doubling still comes at 64
+    assert schedule.next_stop(64, 512) == 128
+    assert schedule.next_stop(20, 24) == 24  # never beyond the longest response
+
+
+def test_an_interval_or_explicit_points_take_precedence_over_doubling():
+    assert DecisionSchedule(every_tokens=10, first_tokens=32).next_stop(1, 100) == 10
+    assert DecisionSchedule(points=(5, 50), first_tokens=32).next_stop(6, 100) == 50
+
+
+def test_without_any_schedule_only_the_full_cache_decides():
+    schedule = DecisionSchedule()
+    assert schedule.next_stop(1, 256) == 0 and schedule.trigger == "memory"
