@@ -19,10 +19,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--prompt-index", type=int, default=5, help="which AlpacaFarm prompt of data/alpaca_farm_100.json")
     parser.add_argument("--n", type=int, default=32)
     parser.add_argument("--max-new-tokens", type=int, default=128)
-    parser.add_argument("--rejection-rate", type=float, default=0.5)
+    parser.add_argument("--rejection-rate", type=float, default=None, help="alpha; unset = the coordinator's default")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--kv-cache-budget", default="48MiB",
-                        help="the generator's KV budget; small here so memory-driven decision points come early on a CPU")
+    parser.add_argument("--kv-cache-budget", default=None, help="the generator's KV budget; unset = its default")
     return parser.parse_args(argv)
 
 
@@ -31,10 +30,12 @@ def main(argv=None) -> None:
     prompt = json.loads(PROMPTS.read_text())[args.prompt_index]["prompt"]
     logs = pathlib.Path(tempfile.mkdtemp(prefix="specrej-demo-"))
     print(f"starting the generator, reward and coordinator services (logs in {logs}) ...", flush=True)
-    with Stack(logs, generator_args=("--kv-cache-budget", args.kv_cache_budget)) as stack:
+    generator_args = ("--kv-cache-budget", args.kv_cache_budget) if args.kv_cache_budget else ()
+    with Stack(logs, generator_args=generator_args) as stack:
         print(f"\nprompt: {prompt}\n", flush=True)
-        request = pb.GenerateRequest(prompt=prompt, n=args.n, max_new_tokens=args.max_new_tokens,
-                                     rejection_rate=args.rejection_rate, seed=args.seed)
+        request = pb.GenerateRequest(prompt=prompt, n=args.n, max_new_tokens=args.max_new_tokens, seed=args.seed)
+        if args.rejection_rate is not None:
+            request.rejection_rate = args.rejection_rate
         for event in coordinator_pb2_grpc.CoordinatorStub(stack.channel).GenerateStream(request, timeout=1800):
             if event.HasField("round"):
                 print_round(event.round)

@@ -175,7 +175,8 @@ def send_traffic(channel: grpc.Channel) -> tuple[list[str], list[str]]:
     stub = coordinator_pb2_grpc.CoordinatorStub(channel)
     requests = [
         # n = 0: as many candidates as the KV-cache budget allows, memory-driven decision points.
-        pb.GenerateRequest(prompt=PROMPT, n=0, method=pb.SPECULATIVE_REJECTION, max_new_tokens=40, seed=1),
+        pb.GenerateRequest(prompt=PROMPT, n=0, method=pb.SPECULATIVE_REJECTION, max_new_tokens=40, seed=1,
+                           first_decision_tokens=0),
         pb.GenerateRequest(prompt=PROMPT, n=16, method=pb.SPECULATIVE_REJECTION, max_new_tokens=40,
                            decision_every_tokens=8, seed=2),
         pb.GenerateRequest(prompt=PROMPT, n=8, method=pb.BEST_OF_N, max_new_tokens=24, seed=3),

@@ -48,6 +48,6 @@ def test_renamed_enum_value_is_caught(proto_copy):
 
 def test_added_field_is_compatible(proto_copy):
     edit_request(proto_copy, "repeated uint32 decision_points = 13;",
-                 "repeated uint32 decision_points = 13;\n  // A new, optional setting.\n  bool echo_prompt = 14;")
+                 "repeated uint32 decision_points = 13;\n  // A new, optional setting.\n  bool echo_prompt = 99;")
     result = contract.breaking(proto_copy)
     assert result.returncode == 0, result.stdout + result.stderr

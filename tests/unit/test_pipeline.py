@@ -73,7 +73,8 @@ def run(plan, generator, reward):
 
 
 def plan(**fields):
-    defaults = dict(prompt="hello", n=8, max_new_tokens=20, seed=1, decision_every_tokens=5)
+    defaults = dict(prompt="hello", n=8, max_new_tokens=20, seed=1, decision_every_tokens=5, rejection_rate=0.5,
+                    first_decision_tokens=0)
     return plan_request(pb.GenerateRequest(**{**defaults, **fields}), Limits(memory_round_tokens=4))
 
 
