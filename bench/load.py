@@ -243,6 +243,14 @@ def same_seed_alone_and_concurrent(stub, config: LoadConfig, clients: int = 8) -
     return {"identical": same, "clients": clients}
 
 
+def _part(measure, *args) -> dict:
+    """One measurement; a failed call is reported in the results rather than ending the run."""
+    try:
+        return measure(*args)
+    except grpc.RpcError as error:
+        return {"error": f"{error.code().name}: {error.details()}"}
+
+
 def run_load(target: str, config: LoadConfig) -> dict:
     check_loopback(target)
     channel = grpc.insecure_channel(target)
@@ -252,9 +260,9 @@ def run_load(target: str, config: LoadConfig) -> dict:
     results = {
         "config": asdict(config),
         "levels": levels,
-        "identity": same_seed_alone_and_concurrent(stub, config),
-        "tiny_behind_large": tiny_behind_large(stub, config),
-        "flood": flood(target, config),
+        "identity": _part(same_seed_alone_and_concurrent, stub, config),
+        "tiny_behind_large": _part(tiny_behind_large, stub, config),
+        "flood": _part(flood, target, config),
     }
     channel.close()
     return results
@@ -283,6 +291,10 @@ def report(results: dict) -> str:
             f"{ratio:.2f} | {level['tokens_per_second']:.1f} | {level['p50_s']:.2f} | {level['p95_s']:.2f} | "
             f"{level['p99_s']:.2f} | {level['health']['p99_ms']:.1f} | {level['health']['max_ms']:.1f} | "
             f"{', '.join(f'{k} {v}' for k, v in sorted(level['codes'].items()))} |")
+    failed = [f"- {name}: {results[name]['error']}" for name in ("identity", "tiny_behind_large", "flood")
+              if "error" in results[name]]
+    if failed:
+        return "\n".join(lines + ["", "## Failed measurements", "", *failed]) + "\n"
     tiny = results["tiny_behind_large"]
     flood_result = results["flood"]
     lines += ["", "## A tiny request behind a large one", "",

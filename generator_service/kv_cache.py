@@ -45,6 +45,8 @@ class RowKVCache:
         """Keep only `rows` (indices), with their first `used` positions, in a buffer of `capacity`."""
         old = self.buffer
         self.allocate(rows.shape[0], capacity)
+        if not rows.shape[0]:
+            return  # no row left (all survivors had finished): nothing to copy, and no room for it
         for layer in range(old.shape[0]):
             self.buffer[layer, :, :, :, :used] = old[layer, :, rows, :, :used]
 

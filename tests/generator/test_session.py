@@ -51,6 +51,14 @@ def test_kv_cache_bytes_after_a_prune_are_proportional_to_the_survivors(engine):
     assert before - prompt_bytes == 4 * (after - prompt_bytes)
 
 
+def test_a_prune_that_keeps_no_running_candidate_frees_every_row(engine):
+    """At a decision point the survivors may all have finished: every running row goes."""
+    tokens, before, after, session = run(engine, prune_at=9, keep=[])
+    assert before > 0 and after == session.prompt_length * engine.decoder.kv_bytes_per_token()
+    assert all(s.finish_reason in ("rejected", "stop") for s in session.sequences)
+    assert all(len(t) <= 9 for t in tokens)
+
+
 def test_a_fixed_seed_reproduces_and_another_seed_differs(engine):
     first, *_ = run(engine, seed=11)
     assert first == run(engine, seed=11)[0]
