@@ -9,6 +9,7 @@ import time
 
 import torch
 
+from bench.figures import write_figures
 from common.models import choose_device, choose_dtype, resolve_model
 from generator_service.compile import compile_dense_parts
 from generator_service.decoder import CausalDecoder, Segment
@@ -45,6 +46,7 @@ def main(argv=None) -> None:
     parser.add_argument("--dtype", default="auto")
     parser.add_argument("--rows", type=int, nargs="+", default=[8, 32, 128])
     parser.add_argument("--repeats", type=int, default=8)
+    parser.add_argument("--out", default="bench/results", help="folder for compiled_step.json")
     args = parser.parse_args(argv)
     from transformers import AutoModelForCausalLM
 
@@ -54,7 +56,7 @@ def main(argv=None) -> None:
     decoder = CausalDecoder(model, row_block=32)
     eager = {rows: step_seconds(decoder, rows, args.repeats) for rows in args.rows}
     compile_dense_parts(decoder, "on")
-    compiled = {}
+    compiled, timings = {}, {}
     for rows in args.rows:
         began = time.perf_counter()
         step_seconds(decoder, rows, 0)  # compiles this row count
@@ -63,6 +65,9 @@ def main(argv=None) -> None:
         print(f"{rows:4d} rows on {device}/{dtype}: eager {eager[rows] * 1000:.1f} ms, compiled "
               f"{compiled[rows] * 1000:.1f} ms per step (eager/compiled x{eager[rows] / compiled[rows]:.2f}; "
               f"{STEPS_BEFORE + 2} warm-up steps, compiling included, {compiling:.0f} s)", flush=True)
+        timings[rows] = {"eager_ms": eager[rows] * 1000, "compiled_ms": compiled[rows] * 1000,
+                         "eager_over_compiled": eager[rows] / compiled[rows], "compile_s": compiling}
+    write_figures("compiled_step", {"device": str(device), "dtype": str(dtype), "rows": timings}, args.out)
 
 
 if __name__ == "__main__":

@@ -8,6 +8,7 @@ Takes about three minutes on a 2-core CPU with the default model."""
 import argparse
 import time
 
+from bench.figures import write_figures
 from generator_service.engine import GeneratorEngine
 from generator_service.sampling import SamplingParams
 
@@ -37,7 +38,7 @@ def run_alone(engine, topic: str, n: int, tokens: int, seed: int) -> tuple[list[
     return result, time.perf_counter() - began
 
 
-def eight_sessions(engine, n: int, tokens: int) -> None:
+def eight_sessions(engine, n: int, tokens: int) -> dict:
     began = time.perf_counter()
     alone = [run_alone(engine, topic, n, tokens, seed)[0] for seed, topic in enumerate(TOPICS)]
     sequential = time.perf_counter() - began
@@ -57,9 +58,11 @@ def eight_sessions(engine, n: int, tokens: int) -> None:
     concurrent = time.perf_counter() - began
     print(f"8 sessions of n={n}, {tokens} tokens: one after another {sequential:.1f} s, together {concurrent:.1f} s "
           f"(x{sequential / concurrent:.2f}); same tokens both ways: {alone == together}")
+    return {"sessions": 8, "n": n, "tokens": tokens, "one_after_another_s": sequential, "together_s": concurrent,
+            "speedup": sequential / concurrent, "same_tokens": alone == together}
 
 
-def small_beside_big(engine, big_n: int, big_tokens: int) -> None:
+def small_beside_big(engine, big_n: int, big_tokens: int) -> dict:
     _, small_alone = run_alone(engine, "owls", 4, 16, 1)
     _, big_alone = run_alone(engine, "rivers", big_n, big_tokens, 2)
     began = time.perf_counter()
@@ -76,6 +79,9 @@ def small_beside_big(engine, big_n: int, big_tokens: int) -> None:
           f"(n={big_n}, {big_tokens} tokens) {small_beside:.2f} s; answered while the big one still decoded: "
           f"{big_still_decoding}")
     print(f"big session: alone {big_alone:.1f} s, with the small one beside it {big_beside:.1f} s")
+    return {"small": {"n": 4, "tokens": 16, "alone_s": small_alone, "beside_big_s": small_beside,
+                      "answered_while_big_decoded": big_still_decoding},
+            "big": {"n": big_n, "tokens": big_tokens, "alone_s": big_alone, "with_small_s": big_beside}}
 
 
 def main(argv=None) -> None:
@@ -85,14 +91,16 @@ def main(argv=None) -> None:
     parser.add_argument("--device", default="auto")
     parser.add_argument("--big-n", type=int, default=32)
     parser.add_argument("--big-tokens", type=int, default=32)
+    parser.add_argument("--out", default="bench/results", help="folder for concurrent_sessions.json")
     args = parser.parse_args(argv)
     engine = GeneratorEngine(args.model, device=args.device)
     try:
         run_alone(engine, "warm-up", 2, 4, 0)  # first calls pay for lazy initialisation
-        eight_sessions(engine, 8, 32)
-        small_beside_big(engine, args.big_n, args.big_tokens)
+        figures = {"eight_sessions": eight_sessions(engine, 8, 32),
+                   "small_beside_big": small_beside_big(engine, args.big_n, args.big_tokens)}
     finally:
         engine.shutdown()
+    write_figures("concurrent_sessions", figures, args.out)
 
 
 if __name__ == "__main__":

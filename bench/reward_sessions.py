@@ -6,6 +6,7 @@ within a session (each call reads only new tokens) and once recomputed from scra
 import argparse
 import time
 
+from bench.figures import write_figures
 from common.models import choose_device, choose_dtype, resolve_model
 from reward_service.engine import ScoringEngine
 from reward_service.scorers import Item, load_scorer
@@ -44,6 +45,7 @@ def main(argv=None) -> None:
     parser.add_argument("--dtype", default="auto")
     parser.add_argument("--n", type=int, default=16)
     parser.add_argument("--lengths", default="32,64,128,256", help="response tokens at each decision point")
+    parser.add_argument("--out", default="bench/results", help="folder for reward_sessions.json")
     args = parser.parse_args(argv)
     device = choose_device(args.device)
     scorer = load_scorer("lm-logprob", resolve_model(args.model), device, choose_dtype(args.dtype, device), 8192)
@@ -58,6 +60,11 @@ def main(argv=None) -> None:
     print(f"recomputed every call: {full_tokens} tokens read, {full_seconds:.2f} s")
     print(f"within a session:      {kept_tokens} tokens read, {kept_seconds:.2f} s")
     print(f"ratio: {full_tokens / kept_tokens:.2f}x fewer tokens, {full_seconds / kept_seconds:.2f}x less time")
+    write_figures("reward_sessions", {
+        "scorer": scorer.name, "device": str(device), "n": args.n, "decision_points": lengths,
+        "recomputed": {"tokens": full_tokens, "seconds": full_seconds},
+        "session": {"tokens": kept_tokens, "seconds": kept_seconds},
+        "tokens_ratio": full_tokens / kept_tokens, "time_ratio": full_seconds / kept_seconds}, args.out)
 
 
 if __name__ == "__main__":

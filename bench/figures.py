@@ -1,0 +1,19 @@
+"""Where the small benchmark scripts leave their figures: OUT/NAME.json, with the command that
+produced them and the machine they ran on, so a README can cite committed numbers."""
+import json
+import os
+import platform
+import shlex
+import sys
+from pathlib import Path
+
+
+def write_figures(name: str, figures: dict, out_dir: str) -> Path:
+    path = Path(out_dir) / f"{name}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    record = {"command": shlex.join(["python", "-m", f"bench.{name}", *sys.argv[1:]]),
+              "machine": f"{platform.machine()}, {os.cpu_count()} cores, {platform.processor() or platform.system()}",
+              **figures}
+    path.write_text(json.dumps(record, indent=1))
+    print(f"wrote {path}")
+    return path
