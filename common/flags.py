@@ -37,6 +37,10 @@ def add_model_service_flags(parser: argparse.ArgumentParser, *, default_port: in
              help="float32, bfloat16 or float16; auto = bfloat16 on CUDA, float32 on CPU")
     add_flag(parser, "model-cache", env="SPECREJ_MODEL_CACHE", default=None,
              help="folder for the converted default model; unset = ~/.cache/specrej")
+    add_flag(parser, "max-messages", env="SPECREJ_MAX_MESSAGES", default=256, type=int,
+             help="most messages in one request's conversation")
+    add_flag(parser, "max-prompt-tokens", env="SPECREJ_MAX_PROMPT_TOKENS", default=0, type=int,
+             help="most tokens in a request's conversation; 0 = the model's context less one")
 
 
 def add_server_flags(parser: argparse.ArgumentParser, *, default_port: int, default_metrics_port: int,
@@ -54,16 +58,12 @@ def add_server_flags(parser: argparse.ArgumentParser, *, default_port: int, defa
              help="PEM CA bundle; when set, clients must present a certificate it signed (mutual TLS)")
     add_flag(parser, "reflection", env="SPECREJ_REFLECTION", default=reflection, choices=["on", "off"],
              help="serve gRPC server reflection (lets tools such as grpcurl list the API)")
-    add_tracing_flag(parser)
-    add_flag(parser, "drain-grace-seconds", env="SPECREJ_DRAIN_GRACE_SECONDS", default=300.0, type=float,
-             help="on SIGTERM: health goes NOT_SERVING, new calls get UNAVAILABLE, and calls in flight get this long "
-                  "to finish; keep it at least the longest request and below the pod's terminationGracePeriodSeconds")
-
-
-def add_tracing_flag(parser: argparse.ArgumentParser):
     add_flag(parser, "otlp-endpoint", env="SPECREJ_OTLP_ENDPOINT", default=None,
              help="OpenTelemetry collector to send traces to over OTLP/gRPC (http://HOST:4317, or https:// for "
                   "TLS); unset = no tracing")
+    add_flag(parser, "drain-grace-seconds", env="SPECREJ_DRAIN_GRACE_SECONDS", default=300.0, type=float,
+             help="on SIGTERM: health goes NOT_SERVING, new calls get UNAVAILABLE, and calls in flight get this long "
+                  "to finish; keep it at least the longest request and below the pod's terminationGracePeriodSeconds")
 
 
 def add_upstream_tls_flags(parser: argparse.ArgumentParser):

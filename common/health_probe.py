@@ -10,13 +10,13 @@ Without --tls-ca it connects in plaintext. The reason for a failure goes to stde
 kubelet shows in the pod's events.
 """
 import argparse
-import pathlib
 import sys
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from common.flags import add_flag
+from common.tls import ChannelTls, secure_or_insecure_channel
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -42,15 +42,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def _read(path: str | None) -> bytes | None:
-    return pathlib.Path(path).read_bytes() if path else None
-
-
 def open_channel(args: argparse.Namespace) -> grpc.Channel:
-    if not args.tls_ca:
-        return grpc.insecure_channel(args.address)
-    credentials = grpc.ssl_channel_credentials(_read(args.tls_ca), _read(args.tls_key), _read(args.tls_cert))
-    return grpc.secure_channel(args.address, credentials)
+    tls = ChannelTls(args.tls_ca, args.tls_cert, args.tls_key) if args.tls_ca else None
+    return secure_or_insecure_channel(args.address, tls, aio=False)
 
 
 def check(args: argparse.Namespace) -> tuple[bool, str]:

@@ -27,12 +27,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     add_flag(parser, "prefill-chunk-tokens", env="SPECREJ_PREFILL_CHUNK_TOKENS", default=256, type=int,
              help="prompt tokens prefilled per decode-loop turn, between other requests' decode steps; "
                   "0 = a whole prompt at once")
-    add_flag(parser, "max-prompt-tokens", env="SPECREJ_MAX_PROMPT_TOKENS", default=0, type=int,
-             help="longest prompt in tokens; 0 = the model's context less one")
     add_flag(parser, "max-prompt-bytes", env="SPECREJ_MAX_PROMPT_BYTES", default="1MiB", type=parse_bytes,
              help="most UTF-8 bytes of message content per request, checked before tokenizing")
-    add_flag(parser, "max-messages", env="SPECREJ_MAX_MESSAGES", default=256, type=int,
-             help="most messages per request")
     add_flag(parser, "compile", env="SPECREJ_COMPILE", default="auto", choices=COMPILE_MODES,
              help="torch.compile the decode step's dense parts (CUDA graphs on GPU); auto = on CUDA only, "
                   "where it is faster")

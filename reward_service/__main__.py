@@ -26,10 +26,6 @@ def parse_args(argv=None) -> argparse.Namespace:
              help="a session idle this long is freed even if its Release never came")
     add_flag(parser, "max-items", env="SPECREJ_MAX_ITEMS", default=4096, type=int,
              help="most responses in one Score call")
-    add_flag(parser, "max-messages", env="SPECREJ_MAX_MESSAGES", default=256, type=int,
-             help="most messages in one conversation")
-    add_flag(parser, "max-prompt-tokens", env="SPECREJ_MAX_PROMPT_TOKENS", default=0, type=int,
-             help="most tokens in a conversation; 0 = the model's context minus one")
     add_flag(parser, "max-response-tokens", env="SPECREJ_MAX_RESPONSE_TOKENS", default=0, type=int,
              help="most tokens in one response; 0 = the model's context minus the conversation")
     return parser.parse_args(argv)
