@@ -41,6 +41,9 @@ def add_model_service_flags(parser: argparse.ArgumentParser, *, default_port: in
              help="most messages in one request's conversation")
     add_flag(parser, "max-prompt-tokens", env="SPECREJ_MAX_PROMPT_TOKENS", default=0, type=int,
              help="most tokens in a request's conversation; 0 = the model's context less one")
+    add_flag(parser, "cpu-threads", env="SPECREJ_CPU_THREADS", default=0, type=int,
+             help="threads for the model's work on CPU; 0 = torch's default (one per core). Set it when other "
+                  "busy processes share the cores: threads that outnumber the cores slow everyone down")
 
 
 def add_server_flags(parser: argparse.ArgumentParser, *, default_port: int, default_metrics_port: int,

@@ -54,7 +54,7 @@ class Service:
     to reach it when it serves TLS."""
 
     def __init__(self, module: str, *args: str, log_dir: pathlib.Path, wait: bool = True,
-                 tls: ChannelTls | None = None):
+                 tls: ChannelTls | None = None, env: dict[str, str] | None = None):
         self.module, self.tls = module, tls
         self.port, self.metrics_port = free_port(), free_port()
         self.address = f"127.0.0.1:{self.port}"
@@ -63,7 +63,8 @@ class Service:
         self.process = subprocess.Popen(
             [sys.executable, "-m", module, "--host", "127.0.0.1", "--port", str(self.port),
              "--metrics-port", str(self.metrics_port), *args],
-            cwd=ROOT, stdout=self._log, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"},
+            cwd=ROOT, stdout=self._log, stderr=subprocess.STDOUT,
+            env={**(env or {}), **os.environ, "PYTHONUNBUFFERED": "1"},
         )
         if wait:
             self.wait_serving()
@@ -89,8 +90,12 @@ class Stack:
     *_args) and `tls` is what this process presents to them."""
 
     def __init__(self, log_dir, generator_args=(), reward_args=(), coordinator_args=(), tls: ChannelTls | None = None):
-        self.generator = Service("generator_service", *generator_args, log_dir=log_dir, wait=False, tls=tls)
-        self.reward = Service("reward_service", *reward_args, log_dir=log_dir, wait=False, tls=tls)
+        # Both model services compute on this machine's cores, often at the same time: each gets half of them
+        # (SPECREJ_CPU_THREADS in the environment or --cpu-threads in the *_args decide otherwise).
+        shared_cores = {"SPECREJ_CPU_THREADS": str(max(1, (os.cpu_count() or 2) // 2))}
+        self.generator = Service("generator_service", *generator_args, log_dir=log_dir, wait=False, tls=tls,
+                                 env=shared_cores)
+        self.reward = Service("reward_service", *reward_args, log_dir=log_dir, wait=False, tls=tls, env=shared_cores)
         try:
             self.generator.wait_serving()
             self.reward.wait_serving()

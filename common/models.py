@@ -63,6 +63,14 @@ def convert_default_model(target: pathlib.Path) -> None:
         partial.rename(target)
 
 
+def set_cpu_threads(count: int) -> None:
+    """Bound this process's CPU threads for model work; 0 keeps torch's default."""
+    import torch
+
+    if count > 0:
+        torch.set_num_threads(count)
+
+
 def choose_device(name: str) -> "torch.device":
     import torch
 

@@ -43,6 +43,7 @@ def main(argv=None) -> None:
 
 async def serve(args) -> None:
     from common import metrics as common_metrics
+    from common.models import set_cpu_threads
     from common.server import Server, ServerOptions
     from specrej.v1 import generator_pb2, generator_pb2_grpc
     from . import metrics
@@ -54,6 +55,7 @@ async def serve(args) -> None:
     servicer = GeneratorServicer()
     generator_pb2_grpc.add_GeneratorServicer_to_server(servicer, server.grpc)
     await server.start()
+    set_cpu_threads(args.cpu_threads)
     # Loading takes seconds to minutes; health keeps answering NOT_SERVING meanwhile.
     engine = await asyncio.to_thread(
         GeneratorEngine, args.model, device=args.device, dtype=args.dtype, kv_cache_budget=args.kv_cache_budget,

@@ -38,12 +38,13 @@ def main(argv=None) -> None:
 
 
 def load_engine(args):
-    from common.models import choose_device, choose_dtype, resolve_model
+    from common.models import choose_device, choose_dtype, resolve_model, set_cpu_threads
     from .engine import ScoringEngine
     from .limits import InputLimits
     from .scorers import load_scorer
     from .sessions import SessionCache
 
+    set_cpu_threads(args.cpu_threads)
     device = choose_device(args.device)
     scorer = load_scorer(args.scorer, resolve_model(args.model, args.model_cache), device,
                          choose_dtype(args.dtype, device), args.token_budget)
