@@ -41,6 +41,10 @@ def parse_args(argv=None) -> argparse.Namespace:
                              "process; efficiency over gRPC; paired with the paired presets]; or `load`: concurrent clients against the three services "
                              "started as processes on loopback (results in OUT/load/)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.add_argument("--stop-after-minutes", type=float, default=None,
+                        help="paired part: start no new run after this long and write the results of the pairs done; "
+                             "every finished run is kept in OUT/paired-journal.jsonl, so the same command goes on "
+                             "from there [default: run to the end]")
 
     where = parser.add_argument_group("where the engines are")
     where.add_argument("--in-process", action="store_true", help="engines in this process (the default)")
@@ -127,6 +131,7 @@ def main(argv=None):
         token_budget=args.token_budget, generator=args.generator, reward=args.reward,
         prompts_file=args.prompts_file, parts=tuple(parts), progress=not args.no_progress,
         command=command, preset=args.preset,
+        stop_after_seconds=None if args.stop_after_minutes is None else 60 * args.stop_after_minutes,
     )
     results = run_bench(config, options, args.out)
     print(f"wrote {args.out}/results.md, results.json and plots", file=sys.stderr)

@@ -11,7 +11,8 @@ from pathlib import Path
 
 from bench.config import EVERY, MEMORY, BenchConfig, Schedule
 from bench.efficiency import jobs, request, run_efficiency, schedule_arguments
-from bench.paired import PairedResults, run_paired
+from bench.journal import Journal
+from bench.paired import PairedResults, PairedRun, pairs_asked, pool_target
 from bench.paired import jobs as paired_jobs
 from bench.prompts import Prompt, load_prompts
 from bench.records import BenchResults
@@ -54,6 +55,7 @@ class Options:
     progress: bool = True
     command: str = ""
     preset: str = ""
+    stop_after_seconds: float | None = None  # paired part: start no new run after this long (the journal resumes)
     extra: dict = field(default_factory=dict)
 
     @property
@@ -97,17 +99,24 @@ def run_bench(config: BenchConfig, options: Options, out_dir: str | Path) -> Ben
             bar.set_postfix_str(done, refresh=False)
             bar.update()
 
-        overhead_notes = {}
+        run_notes = {}
         try:
             if EFFICIENCY in parts:
                 bar.set_description("efficiency")
                 results.pools, results.runs = run_efficiency(backend, prompts, config, step)
             if PAIRED in parts:
                 bar.set_description("paired")
-                pools, pairs = run_paired(backend, prompts, config, step)
+                journal = Journal(Path(out_dir) / PAIRED_JOURNAL, _journal_settings(config, options, description))
+                stop_at = None if options.stop_after_seconds is None else began + options.stop_after_seconds
+                paired = PairedRun(backend, prompts, config, journal, step, stop_at).run()
                 results.paired = PairedResults(
-                    pairs, pools, config.max_new_tokens, kv_budget_bytes=description["generator KV budget (bytes)"],
+                    paired.pairs, list(paired.pools.values()), config.max_new_tokens,
+                    kv_budget_bytes=description["generator KV budget (bytes)"],
                     kv_bytes_per_token=description["KV bytes per token"])
+                run_notes["paired runs"] = (
+                    f"{len(paired.pairs)} pairs, all asked for" if paired.complete else
+                    f"{len(paired.pairs)} pairs of the {pairs_asked(config, len(prompts))} asked for: stopped by "
+                    "--stop-after-minutes; the same command goes on from there")
             if THROUGHPUT in parts:
                 bar.set_description("throughput")
                 results.throughput = local.throughput(prompts[0], step)
@@ -117,14 +126,25 @@ def run_bench(config: BenchConfig, options: Options, out_dir: str | Path) -> Ben
                 shortest = min(prompts, key=lambda p: len(p.text))
                 row, identical = local.overhead(shortest, backend if options.over_grpc else None, step)
                 results.overhead = [row]
-                overhead_notes["gRPC overhead: identical results both ways"] = identical
+                run_notes["gRPC overhead: identical results both ways"] = identical
         finally:
             backend.close()
 
     results.metadata = _metadata(config, options, prompts, description, parts, time.perf_counter() - began)
-    results.metadata.update(overhead_notes)
+    results.metadata.update(run_notes)
     write(results, out_dir)
     return results
+
+
+PAIRED_JOURNAL = "paired-journal.jsonl"
+
+
+def _journal_settings(config: BenchConfig, options: Options, description: dict) -> dict:
+    """What must not change between the runs whose units one journal holds (the service addresses may)."""
+    return {**{key: value for key, value in description.items() if key != "backend"},
+            "prompts file": Path(options.prompts_file).name, "max new tokens": config.max_new_tokens,
+            "pool target": pool_target(config), "pool batch": config.pool_batch,
+            "sampling": [config.temperature, config.top_p, config.top_k], "token budget": options.token_budget}
 
 
 def write(results: BenchResults, out_dir: str | Path) -> list[Path]:

@@ -7,16 +7,19 @@ did: whether it kept Best-of-n0's winner, what reward it lost or (by luck) gaine
 saved. Best-of-n0 runs once per pair and is shared by every variant (schedule, rejection rate,
 fixed or adaptive rule), so all variants are compared on the same pairs.
 
-A pool of at least 4 x n0 complete samples per prompt, with seeds no run uses, gives the Best-of-N
-curve on which mean rewards are placed (`bench/paired_summary.py`).
+A pool of at least 4 x n0 complete samples per prompt gives the Best-of-N curve on which mean rewards
+are placed (`bench/paired_summary.py`): the Best-of-n0 runs' own candidates (one seed's are
+independent of another's) and fresh samples with seeds no run uses.
 """
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 
 from bench.config import BenchConfig, Schedule
 from bench.efficiency import build_pool, request, schedule_arguments
+from bench.journal import Journal
 from bench.prompts import Prompt
 from bench.records import Pool
 from specrej.v1 import coordinator_pb2 as pb
@@ -104,6 +107,14 @@ def variants(config: BenchConfig) -> list[Variant]:
             for alpha in rates]
 
 
+def pool_target(config: BenchConfig) -> int:
+    return max(config.pool_size, POOL_FACTOR * max(config.n))
+
+
+def pairs_asked(config: BenchConfig, prompts: int) -> int:
+    return prompts * config.seeds * len(config.n) * len(variants(config))
+
+
 def jobs(config: BenchConfig, prompts: int) -> int:
     """Progress units: a pool per prompt, then per prompt, seed and n0 one Best-of-n0 and every variant."""
     return prompts * (1 + config.seeds * len(config.n) * (1 + len(variants(config))))
@@ -121,23 +132,85 @@ def run_sr(backend, prompt: Prompt, config: BenchConfig, n0: int, seed: int, var
     return outcome(response, wall)
 
 
-def run_paired(backend, prompts: Sequence[Prompt], config: BenchConfig,
-               step: Callable[[str], None] = lambda _: None) -> tuple[list[Pool], list[Pair]]:
-    """Pools of max(pool size, 4 x largest n0) per prompt, then every pair of every variant."""
-    pool_config = config.with_overrides(pool_size=max(config.pool_size, POOL_FACTOR * max(config.n)))
-    schedules = {schedule.name: schedule for schedule in config.schedules}
-    pools, pairs = [], []
-    for prompt in prompts:
-        pools.append(build_pool(backend, prompt, pool_config))
-        step(f"pool of {pool_config.pool_size}, prompt {prompt.id}")
-        for seed in range(1, config.seeds + 1):
-            for n0 in config.n:
-                response, wall = backend.run(request(prompt, config, method=pb.BEST_OF_N, n=n0, seed=seed),
-                                             memory_round_tokens=config.max_new_tokens)
-                bon = outcome(response, wall)
-                step(f"BoN n0={n0}, prompt {prompt.id} seed {seed}")
-                for variant in variants(config):
-                    sr = run_sr(backend, prompt, config, n0, seed, variant, schedules[variant.schedule])
-                    pairs.append(Pair(prompt.id, seed, n0, variant, sr, bon))
-                    step(f"SR n0={n0} {variant.label}, prompt {prompt.id} seed {seed}")
-    return pools, pairs
+def run_bon(backend, prompt: Prompt, config: BenchConfig, n0: int, seed: int) -> dict:
+    """Best-of-n0 with every candidate's score returned: its outcome, and its candidates as pool samples."""
+    response, wall = backend.run(request(prompt, config, method=pb.BEST_OF_N, n=n0, seed=seed, return_top=n0),
+                                 memory_round_tokens=config.max_new_tokens)
+    return {"outcome": asdict(outcome(response, wall)),
+            "samples": {"scores": [c.score for c in response.ranked],
+                        "decoded_tokens": [c.num_tokens for c in response.ranked],
+                        "wall_seconds": [wall / len(response.ranked)] * len(response.ranked)}}
+
+
+class PairedRun:
+    """The paired experiment, unit by unit (a Best-of-n0 run, a pool's fresh samples, an SR run), each
+    kept in `journal` as it ends: a run stopped at any point goes on from there when started again.
+
+    A prompt's pool is the candidates of its Best-of-n0 runs at the largest n0 (seeds differ, so they
+    are independent samples) topped up with fresh samples to max(pool size, 4 x largest n0). Each
+    variant runs on every pair before the next starts, so a run stopped early has whole variants,
+    the first (the default, in the presets) first.
+    """
+
+    def __init__(self, backend, prompts: Sequence[Prompt], config: BenchConfig, journal: Journal,
+                 step: Callable[[str], None] = lambda _: None, stop_at: float | None = None):
+        self.backend, self.prompts, self.config, self.journal = backend, prompts, config, journal
+        self.step, self.stop_at = step, stop_at
+        self.schedules = {schedule.name: schedule for schedule in config.schedules}
+        self.pool_target = pool_target(config)
+        self.pools: dict[str, Pool] = {}
+        self.pairs: list[Pair] = []
+        self.complete = False
+        self._stepped: set[str] = set()
+
+    def run(self) -> "PairedRun":
+        try:
+            for variant in variants(self.config):
+                for prompt in self.prompts:
+                    for seed in range(1, self.config.seeds + 1):
+                        for n0 in self.config.n:
+                            self.pairs.append(self._pair(prompt, seed, n0, variant))
+            self.complete = True
+        except _OutOfTime:
+            pass
+        return self
+
+    def _unit(self, key: str, work: Callable[[], dict]) -> dict:
+        value = self.journal.get(key)
+        if value is None:
+            if self.stop_at is not None and time.perf_counter() >= self.stop_at:
+                raise _OutOfTime
+            value = work()
+            self.journal.put(key, value)
+        if key not in self._stepped:
+            self._stepped.add(key)
+            self.step(key)
+        return value
+
+    def _bon(self, prompt: Prompt, seed: int, n0: int) -> dict:
+        return self._unit(f"bon/{prompt.id}/seed {seed}/n0 {n0}",
+                          lambda: run_bon(self.backend, prompt, self.config, n0, seed))
+
+    def _pool(self, prompt: Prompt) -> Pool:
+        if prompt.id not in self.pools:
+            largest = max(self.config.n)
+            runs = [self._bon(prompt, seed, largest)["samples"] for seed in range(1, self.config.seeds + 1)]
+            fresh_size = self.pool_target - sum(len(run["scores"]) for run in runs)
+            if fresh_size > 0:
+                fresh_config = self.config.with_overrides(pool_size=fresh_size)
+                runs.append(self._unit(f"pool/{prompt.id}/fresh {fresh_size}", lambda: asdict(
+                    build_pool(self.backend, prompt, fresh_config))))
+            self.pools[prompt.id] = Pool(prompt.id, *([x for run in runs for x in run[name]]
+                                                      for name in ("scores", "decoded_tokens", "wall_seconds")))
+        return self.pools[prompt.id]
+
+    def _pair(self, prompt: Prompt, seed: int, n0: int, variant: Variant) -> Pair:
+        self._pool(prompt)
+        bon = Outcome(**self._bon(prompt, seed, n0)["outcome"])
+        sr = self._unit(f"sr/{prompt.id}/seed {seed}/n0 {n0}/{variant.label}", lambda: asdict(run_sr(
+            self.backend, prompt, self.config, n0, seed, variant, self.schedules[variant.schedule])))
+        return Pair(prompt.id, seed, n0, variant, Outcome(**sr), bon)
+
+
+class _OutOfTime(Exception):
+    pass

@@ -4,7 +4,10 @@ import pytest
 
 from bench.config import DOUBLE, EVERY, MEMORY, PRESETS, QUICK, Schedule, parse_schedule
 from bench.efficiency import schedule_arguments
+from bench.paired import variants
 from bench.prompts import DEFAULT_PROMPTS, load_prompts
+from coordinator.request import DEFAULT_REJECTION_RATE
+from coordinator.schedule import DEFAULT_FIRST_DECISION_TOKENS
 
 
 @pytest.mark.parametrize("text, schedule", [
@@ -39,6 +42,14 @@ def test_paired_presets_are_valid_and_pool_at_least_four_times_n0(preset):
     config = PRESETS[preset]
     config.check()
     assert config.pool_size >= 4 * max(config.n) and config.adaptive_rates
+
+
+@pytest.mark.parametrize("preset", ["paired-cpu", "gpu-paired"])
+def test_the_paired_measurements_run_the_coordinators_default_first(preset):
+    # A paired run stopped early has whole variants in order: the headline must be the default's.
+    first = variants(PRESETS[preset])[0]
+    assert (first.schedule, first.rejection_rate, first.adaptive) == (
+        f"double-{DEFAULT_FIRST_DECISION_TOKENS}", DEFAULT_REJECTION_RATE, False)
 
 
 def test_config_refuses_a_budget_smaller_than_n():

@@ -1,6 +1,8 @@
 """`python -m bench --parts paired` on the tiny random model: pairs really share their initial candidates."""
 import json
 
+import pytest
+
 from bench.__main__ import main
 
 PROMPTS = [{"prompt": "Name three primary colors."}, {"prompt": "What is the capital of France?"}]
@@ -43,3 +45,53 @@ def test_paired_part_pairs_sr_with_best_of_n0_from_the_same_candidates(tiny_mode
     assert "## Paired: Speculative Rejection against Best-of-n0 from the same candidates" in markdown
     assert "### Adaptive rejection against fixed rates" in markdown
     assert "## Reward and cost per configuration" not in markdown  # the efficiency part did not run
+
+
+
+def _small_paired_run(model, tmp_path, out, *extra):
+    """Two prompts x two seeds at n0 = 4, one variant; `extra` overrides."""
+    prompts_file = tmp_path / "prompts.json"
+    prompts_file.write_text(json.dumps(PROMPTS))
+    main(["--preset", "paired-small", "--model", str(model), "--prompts-file", str(prompts_file), "--out", str(out),
+          "--prompts", "2", "--seeds", "2", "--n", "4", "--max-new-tokens", "12", "--pool", "8",
+          "--schedules", "double-4", "--rejection-rates", "0.5", "--adaptive-rates", "", "--no-progress", *extra])
+    return json.loads((out / "results.json").read_text())
+
+
+def _choices(results):
+    return sorted((p["prompt_id"], p["seed"], p["sr"]["index"], p["sr"]["text"], p["bon"]["index"])
+                  for p in results["paired"]["pairs"])
+
+
+def test_a_stopped_paired_run_goes_on_where_it_stopped(tiny_model_dir, tmp_path):
+    whole = tmp_path / "whole"
+    whole_results = _small_paired_run(tiny_model_dir, tmp_path, whole)
+    units = (whole / "paired-journal.jsonl").read_text().splitlines()
+    # settings, then per prompt: two Best-of-n0 runs, fresh samples to fill the pool, two SR runs
+    assert len(units) == 1 + 2 * 5
+    assert [len(pool["scores"]) for pool in whole_results["paired"]["pools"]] == [16, 16]
+
+    # A run killed while writing the first prompt's second SR run: what it finished is kept.
+    stopped = tmp_path / "stopped"
+    stopped.mkdir()
+    (stopped / "paired-journal.jsonl").write_text("\n".join(units[:5]) + "\n" + units[5][: len(units[5]) // 2])
+    results = _small_paired_run(tiny_model_dir, tmp_path, stopped, "--stop-after-minutes", "0")
+    assert len(results["paired"]["pairs"]) == 1
+    assert "stopped by --stop-after-minutes" in results["metadata"]["paired runs"]
+
+    results = _small_paired_run(tiny_model_dir, tmp_path, stopped)
+    assert _choices(results) == _choices(whole_results)
+    assert "all asked for" in results["metadata"]["paired runs"]
+    journal = (stopped / "paired-journal.jsonl").read_text().splitlines()
+    assert len([line for line in journal if line.endswith("}")]) == len(units)
+
+    # Nothing left to run: every unit is read back, none run again.
+    _small_paired_run(tiny_model_dir, tmp_path, whole)
+    assert (whole / "paired-journal.jsonl").read_text().splitlines() == units
+
+
+def test_a_journal_of_other_settings_is_refused(tiny_model_dir, tmp_path):
+    out = tmp_path / "results"
+    _small_paired_run(tiny_model_dir, tmp_path, out, "--prompts", "1")
+    with pytest.raises(ValueError, match=r"other settings \(max new tokens\)"):
+        _small_paired_run(tiny_model_dir, tmp_path, out, "--prompts", "1", "--max-new-tokens", "16")
