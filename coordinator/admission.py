@@ -8,14 +8,16 @@ import time
 
 from common import metrics
 from common.errors import Overloaded
+from common.retry_hint import RetryHint
 
 
 class Admission:
-    def __init__(self, max_concurrent: int, max_queued: int, service: str, retry_after_seconds: float = 1.0):
+    def __init__(self, max_concurrent: int, max_queued: int, service: str):
         if max_concurrent < 1 or max_queued < 0:
             raise ValueError("max_concurrent must be at least 1 and max_queued at least 0")
         self.max_concurrent, self.max_queued = max_concurrent, max_queued
-        self.service, self.retry_after_seconds = service, retry_after_seconds
+        self.service = service
+        self.retry_hint = RetryHint()
         self._slots = asyncio.Semaphore(max_concurrent)
         self.waiting = 0
 
@@ -26,7 +28,9 @@ class Admission:
         if self._slots.locked() and self.waiting >= self.max_queued:
             metrics.ADMISSION_REJECTED.labels(self.service).inc()
             raise Overloaded(f"the coordinator is busy: {self.max_concurrent} requests running and "
-                             f"{self.waiting} waiting; retry later", retry_after_seconds=self.retry_after_seconds)
+                             f"{self.waiting} waiting; retry later",
+                             retry_after_seconds=self.retry_hint.seconds(ahead=self.waiting + 1,
+                                                                         parallel=self.max_concurrent))
         self.waiting += 1
         metrics.ADMISSION_QUEUED.labels(self.service).inc()
         try:
@@ -34,8 +38,10 @@ class Admission:
         finally:
             self.waiting -= 1
             metrics.ADMISSION_QUEUED.labels(self.service).dec()
-        metrics.ADMISSION_WAIT_SECONDS.labels(self.service).observe(time.perf_counter() - began)
+        admitted = time.perf_counter()
+        metrics.ADMISSION_WAIT_SECONDS.labels(self.service).observe(admitted - began)
         try:
             yield
         finally:
             self._slots.release()
+            self.retry_hint.observe(time.perf_counter() - admitted)

@@ -10,14 +10,15 @@ import time
 
 from common import metrics
 from common.errors import Overloaded
+from common.retry_hint import RetryHint
 
 SERVICE = "generator"
 
 
 class Admission:
-    def __init__(self, budget_tokens: int, max_sessions: int, max_queued: int, retry_after_seconds: float = 1.0):
+    def __init__(self, budget_tokens: int, max_sessions: int, max_queued: int):
         self.budget_tokens, self.max_sessions, self.max_queued = budget_tokens, max_sessions, max_queued
-        self.retry_after_seconds = retry_after_seconds
+        self.retry_hint = RetryHint()
         self.free_tokens = budget_tokens
         self.active = 0
         self._waiting: collections.deque = collections.deque()
@@ -37,7 +38,8 @@ class Admission:
                 metrics.ADMISSION_REJECTED.labels(SERVICE).inc()
                 raise Overloaded(
                     f"{self.active} sessions decoding and {len(self._waiting)} waiting for KV-cache memory; "
-                    f"try again later", retry_after_seconds=self.retry_after_seconds)
+                    f"try again later",
+                    retry_after_seconds=self.retry_hint.seconds(ahead=len(self._waiting) + 1, parallel=self.active))
             else:
                 self._waiting.append(session)
                 metrics.ADMISSION_QUEUED.labels(SERVICE).set(len(self._waiting))
@@ -65,6 +67,7 @@ class Admission:
                 session.admitted = False
                 self.active -= 1
                 self.free_tokens += session.reservation_tokens
+                self.retry_hint.observe(time.perf_counter() - session.admitted_at)
             elif session in self._waiting:
                 self._waiting.remove(session)
                 metrics.ADMISSION_QUEUED.labels(SERVICE).set(len(self._waiting))

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from common import metrics as common_metrics
 from common.chat import PromptError
 from common.errors import DeadlineExceeded, FieldError, Overloaded
+from common.retry_hint import RetryHint
 from . import metrics
 from .limits import InputLimits
 from .scorers import Item, Request, Scored
@@ -40,7 +41,7 @@ class ScoringEngine:
         self._queue: queue.SimpleQueue = queue.SimpleQueue()
         self._lock = threading.Lock()
         self.queued = 0
-        self._seconds_per_request = 0.05  # running estimate, for the retry hint
+        self.retry_hint = RetryHint(initial_seconds=0.05, floor_seconds=batch_window_seconds)
         self._worker = threading.Thread(target=self._work, name="reward-scoring", daemon=True)
         self._worker.start()
 
@@ -76,7 +77,7 @@ class ScoringEngine:
         with self._lock:
             if self.queued >= self.max_queued:
                 common_metrics.ADMISSION_REJECTED.labels(metrics.SERVICE).inc()
-                retry = max(self.batch_window_seconds, self.queued * self._seconds_per_request)
+                retry = self.retry_hint.seconds(ahead=self.queued, parallel=1)
                 raise Overloaded(f"{self.queued} requests are waiting for the reward model; retry in {retry:.1f} s",
                                  retry)
             self.queued += 1
@@ -149,7 +150,7 @@ class ScoringEngine:
                 job.future.set_exception(error)
             return
         seconds = time.perf_counter() - began
-        self._seconds_per_request = 0.8 * self._seconds_per_request + 0.2 * seconds / len(live)
+        self.retry_hint.observe(seconds / len(live))
         metrics.observe_batch(results, pass_sizes, seconds)
         for job, result in zip(live, results):
             job.future.set_result(Scored(result.scores, result.tokens, seconds))

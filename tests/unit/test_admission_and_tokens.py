@@ -6,6 +6,7 @@ import pytest
 
 from common.auth import TokenFile
 from common.errors import Overloaded
+from common.retry_hint import RetryHint
 from coordinator.admission import Admission
 
 
@@ -34,6 +35,34 @@ def test_requests_beyond_the_running_and_waiting_limits_are_turned_away_at_once(
     order, refused = asyncio.run(scenario())
     assert order == ["first", "second"]
     assert refused.retry_after_seconds > 0 and "busy" in refused.message
+
+
+def test_the_retry_hint_follows_how_long_recent_work_took_and_what_waits_ahead():
+    hint = RetryHint(initial_seconds=1.0, floor_seconds=0.05, ceiling_seconds=60.0)
+    assert hint.seconds(ahead=1, parallel=1) == 1.0  # nothing seen yet
+    for _ in range(30):
+        hint.observe(20.0)
+    assert 19 < hint.seconds(ahead=1, parallel=1) <= 20
+    assert 39 < hint.seconds(ahead=8, parallel=4) <= 40  # twice as much ahead as runs at once
+    assert hint.seconds(ahead=100, parallel=1) == 60.0
+    for _ in range(60):
+        hint.observe(0.001)
+    assert hint.seconds(ahead=1, parallel=1) == 0.05
+
+
+def test_a_busy_coordinator_asks_callers_to_wait_about_as_long_as_its_requests_take():
+    async def scenario():
+        admission = Admission(max_concurrent=1, max_queued=0, service="coordinator-test")
+        for _ in range(3):
+            async with admission.slot():
+                await asyncio.sleep(0.3)
+        async with admission.slot():
+            with pytest.raises(Overloaded) as refused:
+                async with admission.slot():
+                    pass
+        return refused.value.retry_after_seconds
+
+    assert 0.2 < asyncio.run(scenario()) < 1.0  # from 1 s at start towards the 0.3 s requests took
 
 
 def test_a_waiter_that_gives_up_leaves_the_queue():
