@@ -48,7 +48,6 @@ def test_paired_part_pairs_sr_with_best_of_n0_from_the_same_candidates(tiny_mode
     assert "## Reward and cost per configuration" not in markdown  # the efficiency part did not run
 
 
-
 def _small_paired_run(model, tmp_path, out, *extra):
     """Two prompts x two seeds at n0 = 4, one variant; `extra` overrides."""
     prompts_file = tmp_path / "prompts.json"
