@@ -37,9 +37,16 @@ def parse_args(argv=None) -> argparse.Namespace:
                             "in response tokens, then at each doubling (a full KV cache forces a decision point too); "
                             "0 = only where the KV cache is full (the paper's rule); a request's "
                             "first_decision_tokens overrides it")
+    add_flag(parser, "score-ahead-tokens", env="SPECREJ_SCORE_AHEAD_TOKENS", default=16, type=int,
+             help="between decision points, send the candidates' text to the reward service every this many tokens "
+                  "while decoding goes on, so a decision point waits only for the scoring of the last few; "
+                  "0 = score only at decision points. Decisions are the same either way")
     add_flag(parser, "default-timeout", env="SPECREJ_DEFAULT_TIMEOUT", default=300.0, type=float,
              help="seconds a request may take when its client sets no deadline")
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    if args.score_ahead_tokens < 0:
+        parser.error("--score-ahead-tokens must be 0 or more")
+    return args
 
 
 def main(argv=None) -> None:
@@ -68,7 +75,8 @@ async def serve(args) -> None:
                     first_decision_tokens=args.first_decision_tokens)
     servicer = CoordinatorServicer(
         GeneratorClient(args.generator, upstream_tls), RewardClient(args.reward, upstream_tls),
-        Admission(args.max_concurrent, args.max_queued, service="coordinator"), limits, args.default_timeout)
+        Admission(args.max_concurrent, args.max_queued, service="coordinator"), limits, args.default_timeout,
+        args.score_ahead_tokens)
     coordinator_pb2_grpc.add_CoordinatorServicer_to_server(servicer, server.grpc)
     common_metrics.set_build_info("coordinator", model="")
     await server.start()

@@ -1,17 +1,26 @@
 """One request, start to end: open a generator session, decode to each decision point, score,
 rank, prune, and return the best finished candidate. The decisions come from `schedule`; the
 generator and reward model are reached through two small async ports, so the same pipeline runs
-over gRPC (coordinator.clients) or, in the benchmark, in process (bench.ports)."""
+over gRPC (coordinator.clients) or, in the benchmark, in process (bench.ports).
+
+With `score_ahead_tokens`, the candidates' text is also sent to the reward model every that many
+tokens between decision points, while decoding goes on: the reward session then already holds
+their keys/values, and a decision point waits only for the tokens decoded since the last send. The
+decisions are the same either way; only when the reward model's work happens changes."""
+import asyncio
+import logging
 import time
 from dataclasses import dataclass, field
 from typing import AsyncIterator, Protocol
 
 from opentelemetry import trace
 
+from common import errors
 from specrej.v1 import coordinator_pb2 as pb, generator_pb2, reward_pb2
 from . import schedule
 from .request import Plan
 
+log = logging.getLogger(__name__)
 tracer = trace.get_tracer(__name__)
 
 
@@ -49,9 +58,46 @@ class _Clock:
     prefill: float = 0.0
 
 
+class _ScoreAhead:
+    """Sends the candidates' text so far to the reward model in the background. One call at a time
+    (a reward session serves one call at a time); a newer text waiting to go replaces an older one.
+    Its scores are not used and its failures are not the request's: the decision point's own call
+    reads whatever these did not, and reports the reward model's errors."""
+
+    def __init__(self, score):
+        self._score = score
+        self._waiting: reward_pb2.ScoreRequest | None = None
+        self._task: asyncio.Task | None = None
+
+    def offer(self, request: reward_pb2.ScoreRequest) -> None:
+        self._waiting = request
+        if self._task is None or self._task.done():
+            self._task = asyncio.create_task(self._send_waiting())
+
+    async def _send_waiting(self) -> None:
+        while self._waiting is not None:
+            request, self._waiting = self._waiting, None
+            try:
+                await self._score(request)
+            except errors.ServiceError as error:
+                log.info("scoring ahead failed (%s); the decision point reads those tokens itself", error)
+
+    async def settle(self) -> None:
+        """Drop what has not been sent and wait for the call in flight."""
+        self._waiting = None
+        if self._task is not None:
+            await self._task
+
+    def cancel(self) -> None:
+        self._waiting = None
+        if self._task is not None:
+            self._task.cancel()
+
+
 class Pipeline:
-    def __init__(self, plan: Plan, generator: GeneratorPort, reward: RewardPort):
+    def __init__(self, plan: Plan, generator: GeneratorPort, reward: RewardPort, score_ahead_tokens: int = 0):
         self.plan, self.generator, self.reward = plan, generator, reward
+        self.score_ahead_tokens = score_ahead_tokens
         self.clock = _Clock()
         self.rounds: list[pb.Round] = []
         self.scored_tokens = 0
@@ -70,18 +116,37 @@ class Pipeline:
         finally:
             self.clock.generate += time.perf_counter() - began
 
-    async def _scores(self, candidates: list[_Candidate]) -> list[float]:
-        began = time.perf_counter()
-        request = reward_pb2.ScoreRequest(
+    def _score_request(self, candidates: list[_Candidate]) -> reward_pb2.ScoreRequest:
+        return reward_pb2.ScoreRequest(
             messages=self.plan.messages,
             items=[reward_pb2.ScoreItem(response=c.text, complete=c.finish_reason == "stop", candidate=c.index)
                    for c in candidates],
         )
-        with tracer.start_as_current_span("score", attributes={"specrej.candidates": len(candidates)}):
-            response = await self.reward.score(request)
-        self.clock.score += time.perf_counter() - began
+
+    async def _score_counted(self, request: reward_pb2.ScoreRequest) -> reward_pb2.ScoreResponse:
+        response = await self.reward.score(request)
         self.scored_tokens += response.scored_tokens
+        return response
+
+    async def _scores(self, candidates: list[_Candidate]) -> list[float]:
+        began = time.perf_counter()
+        with tracer.start_as_current_span("score", attributes={"specrej.candidates": len(candidates)}):
+            response = await self._score_counted(self._score_request(candidates))
+        self.clock.score += time.perf_counter() - began
         return list(response.scores)
+
+    def _advance_to(self, position: int, stop: int) -> int:
+        """Where the next advance ends: the decision point `stop` (0 = where the cache is full) or,
+        scoring ahead, the next multiple of score_ahead_tokens before it."""
+        ahead = self.score_ahead_tokens
+        if not ahead:
+            return stop
+        return min(stop or self.plan.max_new_tokens, (position // ahead + 1) * ahead)
+
+    async def _waited_for_scoring(self, ahead: _ScoreAhead) -> None:
+        began = time.perf_counter()
+        await ahead.settle()
+        self.clock.score += time.perf_counter() - began
 
     async def start(self) -> None:
         """Open the generator session: prefill and first tokens. May wait for a free session."""
@@ -101,27 +166,37 @@ class Pipeline:
         plan = self.plan
         live = dict(self.candidates)
         position = 1
-        while True:
-            round_began = (self.clock.generate, self.clock.score)
-            with tracer.start_as_current_span("decode"):
-                advanced = await self._timed_generator(
-                    self.generator.advance, plan.schedule.next_stop(position, plan.max_new_tokens))
-            position = advanced.position
-            for update in advanced.sequences:
-                candidate = self.candidates[update.index]
-                candidate.text += update.text_delta
-                candidate.num_tokens = update.num_tokens
-                candidate.finish_reason = update.finish_reason
-            running = [c for c in live.values() if not c.finished]
-            if not running:
-                break
-            if schedule.cannot_grow(len(running), advanced.memory_full, advanced.steps):
-                running[0].finish_reason = "length"
-                break
-            with tracer.start_as_current_span("decision point", attributes={"specrej.position": position}):
-                record = await self._decide(live, advanced, position, round_began)
-            yield record
-        yield await self._result(live)
+        ahead = _ScoreAhead(self._score_counted)
+        round_began = (self.clock.generate, self.clock.score)
+        try:
+            while True:
+                stop = plan.schedule.next_stop(position, plan.max_new_tokens)
+                with tracer.start_as_current_span("decode"):
+                    advanced = await self._timed_generator(self.generator.advance, self._advance_to(position, stop))
+                position = advanced.position
+                for update in advanced.sequences:
+                    candidate = self.candidates[update.index]
+                    candidate.text += update.text_delta
+                    candidate.num_tokens = update.num_tokens
+                    candidate.finish_reason = update.finish_reason
+                running = [c for c in live.values() if not c.finished]
+                if not running:
+                    break
+                if schedule.cannot_grow(len(running), advanced.memory_full, advanced.steps):
+                    running[0].finish_reason = "length"
+                    break
+                if not advanced.memory_full and (not stop or position < stop):
+                    ahead.offer(self._score_request(list(live.values())))
+                    continue
+                await self._waited_for_scoring(ahead)
+                with tracer.start_as_current_span("decision point", attributes={"specrej.position": position}):
+                    record = await self._decide(live, advanced, position, round_began)
+                round_began = (self.clock.generate, self.clock.score)
+                yield record
+            await self._waited_for_scoring(ahead)
+            yield await self._result(live)
+        finally:
+            ahead.cancel()
 
     async def _decide(self, live: dict, advanced, position: int, round_began) -> pb.Round:
         order = list(live.values())

@@ -26,9 +26,9 @@ _NO_DEADLINE = 10**7  # seconds; without a client deadline gRPC reports a time f
 
 class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServicer):
     def __init__(self, generator: GeneratorClient, reward: RewardClient, admission: Admission, limits: Limits,
-                 default_timeout: float):
+                 default_timeout: float, score_ahead_tokens: int = 0):
         self.generator, self.reward, self.admission = generator, reward, admission
-        self.limits, self.default_timeout = limits, default_timeout
+        self.limits, self.default_timeout, self.score_ahead_tokens = limits, default_timeout, score_ahead_tokens
 
     async def Generate(self, request, context):
         response = None
@@ -65,7 +65,7 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServicer):
                     timeout = remaining if remaining is not None and remaining < _NO_DEADLINE else self.default_timeout
                     async with self.generator.session(timeout, call_log.metadata) as session, \
                             self.reward.for_request(timeout, call_log.metadata) as reward:
-                        pipeline = Pipeline(plan, session, reward)
+                        pipeline = Pipeline(plan, session, reward, self.score_ahead_tokens)
                         metrics.QUEUED.labels(metrics.SERVICE).inc()
                         try:
                             await pipeline.start()

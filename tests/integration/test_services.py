@@ -305,3 +305,32 @@ def test_each_decision_point_reads_only_new_tokens_and_the_session_is_released(c
     while metric(scrape(tiny_stack.reward), "specrej_reward_session_cache_sessions") and time.monotonic() < deadline:
         time.sleep(0.1)
     assert metric(scrape(tiny_stack.reward), "specrej_reward_session_cache_sessions") == 0
+
+
+def test_scoring_ahead_changes_when_the_reward_model_reads_not_what_is_decided(tiny_stack, service_logs):
+    at_decision_points_only = Service("coordinator", "--generator", tiny_stack.generator.address, "--reward",
+                                      tiny_stack.reward.address, "--score-ahead-tokens", "0", log_dir=service_logs)
+    scoring_ahead = Service("coordinator", "--generator", tiny_stack.generator.address, "--reward",
+                            tiny_stack.reward.address, "--score-ahead-tokens", "3", log_dir=service_logs)
+    try:
+        responses, score_calls = [], []
+        for service in (at_decision_points_only, scoring_ahead):
+            request_id, metadata = tagged()
+            with grpc.insecure_channel(service.address) as channel:
+                responses.append(coordinator_pb2_grpc.CoordinatorStub(channel).Generate(
+                    request(decision_every_tokens=12, rejection_rate=0.5, return_top=4), timeout=60, metadata=metadata))
+            score_calls.append(sum(line["method"] == "Score"
+                                   for line in request_lines(tiny_stack.reward.log(), request_id)))
+    finally:
+        scoring_ahead.stop()
+        at_decision_points_only.stop()
+    alone, ahead = responses
+    assert [(c.index, c.text) for c in ahead.ranked] == [(c.index, c.text) for c in alone.ranked]
+    assert [c.score for c in ahead.ranked] == pytest.approx([c.score for c in alone.ranked], abs=1e-4)
+    assert [(r.token_position, r.kept) for r in ahead.stats.rounds] == \
+        [(r.token_position, r.kept) for r in alone.stats.rounds]
+    assert [r.cutoff_score for r in ahead.stats.rounds] == pytest.approx([r.cutoff_score for r in alone.stats.rounds],
+                                                                          abs=1e-4)
+    # The reward model was also sent the text between decision points, and still read each token about once.
+    assert score_calls[0] == len(alone.stats.rounds) + 1 < score_calls[1]
+    assert alone.stats.scored_tokens <= ahead.stats.scored_tokens <= 1.1 * alone.stats.scored_tokens

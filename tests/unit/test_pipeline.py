@@ -5,7 +5,7 @@ import asyncio
 import pytest
 from opentelemetry import trace
 
-from common.errors import FieldError
+from common.errors import FieldError, Overloaded
 from coordinator.pipeline import Pipeline
 from coordinator.request import Limits, plan_request
 from specrej.v1 import coordinator_pb2 as pb
@@ -29,6 +29,7 @@ class ScriptedGenerator:
 
     async def advance(self, until_tokens: int) -> generator_pb2.Advanced:
         self.commands.append(("advance", until_tokens))
+        await asyncio.sleep(0)  # as a call over the network does, let other tasks run
         target = until_tokens or self.memory_full_at or max(self.lengths)
         began = self.position
         updates = []
@@ -148,3 +149,86 @@ def test_a_request_traces_one_span_per_decision_point_and_per_scoring_call(span_
     scores = [s for s in spans if s.name == "score"]
     assert len(scores) == 4  # one per decision point, one for the final ranking
     assert all(s.parent.span_id in {d.context.span_id for d in decision_points} for s in scores[:3])
+
+
+def run_scoring_ahead(plan, generator, reward, score_ahead_tokens):
+    async def drive():
+        pipeline = Pipeline(plan, generator, reward, score_ahead_tokens=score_ahead_tokens)
+        await pipeline.start()
+        return pipeline, [event async for event in pipeline.events()]
+    return asyncio.run(drive())
+
+
+def test_scoring_ahead_sends_text_between_decision_points_and_decides_the_same():
+    _, alone = run(plan(), ScriptedGenerator([20] * 8), IndexReward())
+    generator, reward = ScriptedGenerator([20] * 8), IndexReward()
+    pipeline, ahead = run_scoring_ahead(plan(), generator, reward, score_ahead_tokens=2)
+    assert [(r.token_position, r.kept, r.rejected) for r in ahead[:-1]] == \
+        [(r.token_position, r.kept, r.rejected) for r in alone[:-1]]
+    assert ahead[-1].best == alone[-1].best
+    assert [c[1] for c in generator.commands if c[0] == "advance"] == [2, 4, 5, 6, 8, 10, 12, 14, 15, 16, 18, 20]
+    # The reward model saw the text at every advance that was not a decision point, then at each decision point.
+    lengths = [len(call[0]) for call in reward.calls]
+    assert lengths == [2, 4, 5, 6, 8, 10, 12, 14, 15, 16, 18, 20]
+    assert pipeline.scored_tokens == ahead[-1].stats.scored_tokens == sum(len(t) for call in reward.calls for t in call)
+
+
+class SlowReward(IndexReward):
+    """Takes `seconds` per call and records how many calls overlapped; calls for texts of a length
+    in `refused_lengths` fail as an overloaded reward service would."""
+
+    def __init__(self, seconds: float, refused_lengths: tuple[int, ...] = ()):
+        super().__init__()
+        self.seconds, self.refused_lengths = seconds, refused_lengths
+        self.in_flight = self.most_in_flight = self.refused = 0
+
+    async def score(self, request):
+        self.in_flight += 1
+        self.most_in_flight = max(self.most_in_flight, self.in_flight)
+        try:
+            await asyncio.sleep(self.seconds)
+            if len(request.items[0].response) in self.refused_lengths:
+                self.refused += 1
+                raise Overloaded("the reward service is busy", retry_after_seconds=1.0)
+            return await super().score(request)
+        finally:
+            self.in_flight -= 1
+
+
+def test_scoring_ahead_keeps_one_call_in_flight_and_a_failed_one_costs_the_request_nothing():
+    reward = SlowReward(seconds=0.01, refused_lengths=(1, 2, 3, 4, 6, 7, 8, 9))  # every call between decisions
+    _, events = run_scoring_ahead(plan(), ScriptedGenerator([20] * 8), reward, score_ahead_tokens=1)
+    assert reward.most_in_flight == 1 and reward.refused > 0
+    assert events[-1].best.index == 7 and [r.token_position for r in events[:-1]] == [5, 10, 15]
+
+
+def test_a_cancelled_request_leaves_no_scoring_call_running():
+    reward = SlowReward(seconds=30)
+
+    async def cancel_while_scoring_ahead():
+        pipeline = Pipeline(plan(), ScriptedGenerator([20] * 8), reward, score_ahead_tokens=2)
+        await pipeline.start()
+        events = pipeline.events()
+        consumer = asyncio.ensure_future(events.__anext__())
+        while reward.in_flight == 0:
+            await asyncio.sleep(0.001)
+        consumer.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await consumer
+        await events.aclose()
+        await asyncio.sleep(0)
+        return [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+
+    assert asyncio.run(cancel_while_scoring_ahead()) == []
+    assert reward.in_flight == 0
+
+
+def test_the_coordinator_scores_ahead_every_16_tokens_unless_told_otherwise(monkeypatch, capsys):
+    from coordinator.__main__ import parse_args
+
+    assert parse_args([]).score_ahead_tokens == 16
+    monkeypatch.setenv("SPECREJ_SCORE_AHEAD_TOKENS", "0")
+    assert parse_args([]).score_ahead_tokens == 0
+    with pytest.raises(SystemExit):
+        parse_args(["--score-ahead-tokens", "-1"])
+    assert "--score-ahead-tokens must be 0 or more" in capsys.readouterr().err
