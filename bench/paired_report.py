@@ -42,8 +42,9 @@ def paired_section(results: PairedResults, summaries: Sequence[VariantSummary],
         "## Paired: Speculative Rejection against Best-of-n0 from the same candidates\n",
         f"Each pair is one prompt and one seed: Best-of-n0 with that seed completes exactly the n0 candidates "
         f"Speculative Rejection starts from. {summaries[0].prompts} prompts x {summaries[0].pairs // summaries[0].prompts} "
-        f"seeds = {summaries[0].pairs} pairs per variant; intervals are {level} bootstrap percentiles over "
-        f"{RESAMPLES} resamples of the pairs (the same resamples for every variant).\n",
+        f"seeds = {summaries[0].pairs} pairs per variant (a variant stopped part-way has fewer: the *pairs* column); "
+        f"intervals are {level} bootstrap percentiles over {RESAMPLES} resamples of the pairs (the same resamples for "
+        f"every variant with the same pairs).\n",
         "- *same choice*: share of pairs where SR returned Best-of-n0's own best candidate (same index), with its "
         "interval, and the share with the very same text.",
         "- *reward gap*: mean of SR's reward minus Best-of-n0's on the same pair (0 or below: SR can only lose "
@@ -60,16 +61,16 @@ def paired_section(results: PairedResults, summaries: Sequence[VariantSummary],
         "many full-length candidates fit one generator's KV budget; Best-of-N at that N needs that many devices to "
         "finish in one pass, as SR does on one. Below 1, Best-of-N fits one device and the metric says nothing; "
         "on a CPU, cost follows the compute ratio instead.\n",
-        "| n0 | schedule | rule | same choice | reward gap | decoded ratio | compute ratio (tokens) "
+        "| n0 | schedule | rule | pairs | same choice | reward gap | decoded ratio | compute ratio (tokens) "
         "| compute ratio (weighted) | wall ratio | SR decoded + scored | equivalent N | live Best-of-n0's "
         "equivalent N | n_fit | devices at equal latency | decision points (kept) |",
-        "|---:|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|",
+        "|---:|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|",
     ]
     for s in summaries:
         rule = f"adaptive ≥{s.variant.rejection_rate:g}" if s.variant.adaptive else f"α = {s.variant.rejection_rate:g}"
         points = ", ".join(f"{p} ({k})" for p, k in zip(s.decision_points, s.survivors_per_round)) or "none"
         lines.append(
-            f"| {s.n0} | {s.variant.schedule} | {rule} | {_share(s.same_index)}; text {s.same_text_share:.0%} "
+            f"| {s.n0} | {s.variant.schedule} | {rule} | {s.pairs} | {_share(s.same_index)}; text {s.same_text_share:.0%} "
             f"| {_interval(s.reward_gap, 3)} "
             f"| {_interval(s.decoded_ratio)} | {_interval(s.token_compute_ratio)} "
             f"| {_interval(s.weighted_compute_ratio)} | {_interval(s.wall_ratio)} "

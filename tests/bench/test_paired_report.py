@@ -59,7 +59,7 @@ def test_a_reward_above_best_of_n0_counts_as_n0_and_is_called_noise(results):
     assert greedy.equivalent_n.estimate.n == N0 and greedy.equivalent_n.estimate.bound == "above_cap"
     assert greedy.equivalent_n.high == N0 and greedy.equivalent_n.above_cap_share == 1.0
     section = paired_section(results, *paired_payload(results)[1:])
-    assert f"| {N0} | double-4 | α = 0.9 | 100% [100%, 100%]; text 100% |" in section
+    assert f"| {N0} | double-4 | α = 0.9 | {greedy.pairs} | 100% [100%, 100%]; text 100% |" in section
     assert f">{N0} (noise) [{N0}+, {N0}+]" in section
 
 
