@@ -101,14 +101,14 @@ def outcome(response: pb.GenerateResponse, wall: float) -> Outcome:
 
 def variants(config: BenchConfig) -> list[Variant]:
     """A sweep around the first schedule and rate (the coordinator's default, in the presets): the
-    first schedule at the first rate, the other schedules at that rate, the first schedule at the
-    other rates, then the adaptive rules on the first schedule. One setting moves at a time, so each
-    question (where to decide first, doubling or fixed intervals, how many to reject, fixed or
+    first schedule at the first rate, then at the other rates, the other schedules at the first
+    rate, then the adaptive rules on the first schedule. One setting moves at a time, so each
+    question (how many to reject, where to decide first, doubling or fixed intervals, fixed or
     adaptive) is answered on the same pairs, at a fraction of the runs of the whole grid."""
     first, *others = config.schedules
     alpha, *other_rates = config.rejection_rates
-    return ([Variant(schedule.name, alpha) for schedule in (first, *others)]
-            + [Variant(first.name, rate) for rate in other_rates]
+    return ([Variant(first.name, rate) for rate in (alpha, *other_rates)]
+            + [Variant(schedule.name, alpha) for schedule in others]
             + [Variant(first.name, rate, adaptive=True) for rate in config.adaptive_rates])
 
 
