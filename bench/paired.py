@@ -153,8 +153,8 @@ class PairedRun:
 
     A prompt's pool is the candidates of its Best-of-n0 runs at the largest n0 (seeds differ, so they
     are independent samples) topped up with fresh samples to max(pool size, 4 x largest n0). Each
-    variant runs on every pair before the next starts, so a run stopped early has whole variants,
-    the first (the default, in the presets) first.
+    variant runs on every pair before the next starts, the first (the default, in the presets) first.
+    A run stopped early still reports every pair its journal holds, whatever the variant.
     """
 
     def __init__(self, backend, prompts: Sequence[Prompt], config: BenchConfig, journal: Journal,
@@ -169,15 +169,16 @@ class PairedRun:
         self._stepped: set[str] = set()
 
     def run(self) -> "PairedRun":
-        try:
-            for variant in variants(self.config):
-                for prompt in self.prompts:
-                    for seed in range(1, self.config.seeds + 1):
-                        for n0 in self.config.n:
+        out_of_time = False
+        for variant in variants(self.config):
+            for prompt in self.prompts:
+                for seed in range(1, self.config.seeds + 1):
+                    for n0 in self.config.n:
+                        try:
                             self.pairs.append(self._pair(prompt, seed, n0, variant))
-            self.complete = True
-        except _OutOfTime:
-            pass
+                        except _OutOfTime:
+                            out_of_time = True  # this pair waits for the next run; later ones may be in the journal
+        self.complete = not out_of_time
         return self
 
     def _unit(self, key: str, work: Callable[[], dict]) -> dict:

@@ -95,3 +95,19 @@ def test_a_journal_of_other_settings_is_refused(tiny_model_dir, tmp_path):
     _small_paired_run(tiny_model_dir, tmp_path, out, "--prompts", "1")
     with pytest.raises(ValueError, match=r"other settings \(max new tokens\)"):
         _small_paired_run(tiny_model_dir, tmp_path, out, "--prompts", "1", "--max-new-tokens", "16")
+
+
+def test_a_stopped_run_reports_every_pair_its_journal_holds_whatever_the_variant(tiny_model_dir, tmp_path):
+    whole = tmp_path / "whole"
+    whole_results = _small_paired_run(tiny_model_dir, tmp_path, whole, "--rejection-rates", "0.5,0.8")
+    units = (whole / "paired-journal.jsonl").read_text().splitlines()
+    # The first variant lacks one pair (say its runs were reordered after the second had run).
+    missing = next(line for line in units[1:] if json.loads(line)["key"].endswith("α=0.5"))
+    stopped = tmp_path / "stopped"
+    stopped.mkdir()
+    (stopped / "paired-journal.jsonl").write_text("\n".join(u for u in units if u != missing) + "\n")
+    results = _small_paired_run(tiny_model_dir, tmp_path, stopped, "--rejection-rates", "0.5,0.8",
+                                "--stop-after-minutes", "0")
+    assert len(results["paired"]["pairs"]) == len(whole_results["paired"]["pairs"]) - 1 == 7
+    assert sorted(s["pairs"] for s in results["paired"]["summaries"]) == [3, 4]
+    assert "stopped by --stop-after-minutes" in results["metadata"]["paired runs"]
