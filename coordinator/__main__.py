@@ -37,7 +37,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                             "in response tokens, then at each doubling (a full KV cache forces a decision point too); "
                             "0 = only where the KV cache is full (the paper's rule); a request's "
                             "first_decision_tokens overrides it")
-    add_flag(parser, "score-ahead-tokens", env="SPECREJ_SCORE_AHEAD_TOKENS", default=16, type=int,
+    add_flag(parser, "score-ahead-tokens", env="SPECREJ_SCORE_AHEAD_TOKENS", default=8, type=int,
              help="between decision points, send the candidates' text to the reward service every this many tokens "
                   "while decoding goes on, so a decision point waits only for the scoring of the last few; "
                   "0 = score only at decision points. Decisions are the same either way")

@@ -223,10 +223,10 @@ def test_a_cancelled_request_leaves_no_scoring_call_running():
     assert reward.in_flight == 0
 
 
-def test_the_coordinator_scores_ahead_every_16_tokens_unless_told_otherwise(monkeypatch, capsys):
+def test_the_coordinator_scores_ahead_every_8_tokens_unless_told_otherwise(monkeypatch, capsys):
     from coordinator.__main__ import parse_args
 
-    assert parse_args([]).score_ahead_tokens == 16
+    assert parse_args([]).score_ahead_tokens == 8
     monkeypatch.setenv("SPECREJ_SCORE_AHEAD_TOKENS", "0")
     assert parse_args([]).score_ahead_tokens == 0
     with pytest.raises(SystemExit):
