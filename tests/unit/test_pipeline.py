@@ -65,9 +65,9 @@ class IndexReward:
                                         scored_tokens=sum(len(i.response) for i in request.items))
 
 
-def run(plan, generator, reward):
+def run(plan, generator, reward, score_ahead_tokens=0):
     async def drive():
-        pipeline = Pipeline(plan, generator, reward)
+        pipeline = Pipeline(plan, generator, reward, score_ahead_tokens=score_ahead_tokens)
         await pipeline.start()
         return pipeline, [event async for event in pipeline.events()]
     return asyncio.run(drive())
@@ -151,18 +151,10 @@ def test_a_request_traces_one_span_per_decision_point_and_per_scoring_call(span_
     assert all(s.parent.span_id in {d.context.span_id for d in decision_points} for s in scores[:3])
 
 
-def run_scoring_ahead(plan, generator, reward, score_ahead_tokens):
-    async def drive():
-        pipeline = Pipeline(plan, generator, reward, score_ahead_tokens=score_ahead_tokens)
-        await pipeline.start()
-        return pipeline, [event async for event in pipeline.events()]
-    return asyncio.run(drive())
-
-
 def test_scoring_ahead_sends_text_between_decision_points_and_decides_the_same():
     _, alone = run(plan(), ScriptedGenerator([20] * 8), IndexReward())
     generator, reward = ScriptedGenerator([20] * 8), IndexReward()
-    pipeline, ahead = run_scoring_ahead(plan(), generator, reward, score_ahead_tokens=2)
+    pipeline, ahead = run(plan(), generator, reward, score_ahead_tokens=2)
     assert [(r.token_position, r.kept, r.rejected) for r in ahead[:-1]] == \
         [(r.token_position, r.kept, r.rejected) for r in alone[:-1]]
     assert ahead[-1].best == alone[-1].best
@@ -197,7 +189,7 @@ class SlowReward(IndexReward):
 
 def test_scoring_ahead_keeps_one_call_in_flight_and_a_failed_one_costs_the_request_nothing():
     reward = SlowReward(seconds=0.01, refused_lengths=(1, 2, 3, 4, 6, 7, 8, 9))  # every call between decisions
-    _, events = run_scoring_ahead(plan(), ScriptedGenerator([20] * 8), reward, score_ahead_tokens=1)
+    _, events = run(plan(), ScriptedGenerator([20] * 8), reward, score_ahead_tokens=1)
     assert reward.most_in_flight == 1 and reward.refused > 0
     assert events[-1].best.index == 7 and [r.token_position for r in events[:-1]] == [5, 10, 15]
 
