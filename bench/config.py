@@ -148,7 +148,7 @@ PAIRED_SMALL = replace(
 # --stop-after-minutes and the journal split it over several runs).
 PAIRED_CPU = replace(
     PAIRED_SMALL, prompts=10, seeds=3, n=(128,), max_new_tokens=256, pool_size=512, pool_batch=256,
-    rejection_rates=(0.7, 0.9, 0.5), schedules=_schedules("double-64", "double-32", "every-64"),
+    rejection_rates=(0.7, 0.9, 0.5), schedules=_schedules("double-64", "double-48", "double-32", "every-64"),
 )
 # The same on one GPU, at the sizes the paper's devices-at-equal-latency metric is about.
 GPU_PAIRED = replace(
