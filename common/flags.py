@@ -26,6 +26,15 @@ def parse_bytes(text: str) -> int:
     return int(float(match.group(1)) * _UNITS[match.group(2).lower()])
 
 
+def parse_cpu_threads(text: str) -> int | str:
+    """'auto' or a count of threads (0 = torch's default)."""
+    if text == "auto":
+        return text
+    if not text.isdigit():
+        raise argparse.ArgumentTypeError(f"not a thread count: {text!r} (auto, 0, 1, 2, ...)")
+    return int(text)
+
+
 def add_model_service_flags(parser: argparse.ArgumentParser, *, default_port: int, default_metrics_port: int):
     """The flags the generator and reward services share."""
     add_server_flags(parser, default_port=default_port, default_metrics_port=default_metrics_port)
@@ -41,9 +50,10 @@ def add_model_service_flags(parser: argparse.ArgumentParser, *, default_port: in
              help="most messages in one request's conversation")
     add_flag(parser, "max-prompt-tokens", env="SPECREJ_MAX_PROMPT_TOKENS", default=0, type=int,
              help="most tokens in a request's conversation; 0 = the model's context less one")
-    add_flag(parser, "cpu-threads", env="SPECREJ_CPU_THREADS", default=0, type=int,
-             help="threads for the model's work on CPU; 0 = torch's default (one per core). Set it when other "
-                  "busy processes share the cores: threads that outnumber the cores slow everyone down")
+    add_flag(parser, "cpu-threads", env="SPECREJ_CPU_THREADS", default="auto", type=parse_cpu_threads,
+             help="threads for the model's work on CPU; auto = $OMP_NUM_THREADS when set, else half this "
+                  "process's cores, so the two model services on one machine do not fight over them; "
+                  "0 = torch's default (one per core)")
 
 
 def add_server_flags(parser: argparse.ArgumentParser, *, default_port: int, default_metrics_port: int,

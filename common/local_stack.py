@@ -50,21 +50,21 @@ def stop_process(process: subprocess.Popen, grace: float = 10.0) -> None:
 
 
 class Service:
-    """One service as a real process: `python -m module --port P --metrics-port M ...`; `tls` is how
-    to reach it when it serves TLS."""
+    """One service as a real process: `python -m module --port P --metrics-port M ...` (free ports unless
+    given: a restarted replica takes its old ones); `tls` is how to reach it when it serves TLS."""
 
     def __init__(self, module: str, *args: str, log_dir: pathlib.Path, wait: bool = True,
-                 tls: ChannelTls | None = None, env: dict[str, str] | None = None):
+                 tls: ChannelTls | None = None, port: int | None = None, metrics_port: int | None = None):
         self.module, self.tls = module, tls
-        self.port, self.metrics_port = free_port(), free_port()
+        self.port, self.metrics_port = port or free_port(), metrics_port or free_port()
         self.address = f"127.0.0.1:{self.port}"
         self.log_path = pathlib.Path(log_dir) / f"{module}-{self.port}.log"
-        self._log = open(self.log_path, "w")
+        self._log = open(self.log_path, "a")
         self.process = subprocess.Popen(
             [sys.executable, "-m", module, "--host", "127.0.0.1", "--port", str(self.port),
              "--metrics-port", str(self.metrics_port), *args],
             cwd=ROOT, stdout=self._log, stderr=subprocess.STDOUT,
-            env={**(env or {}), **os.environ, "PYTHONUNBUFFERED": "1"},
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},
         )
         if wait:
             self.wait_serving()
@@ -90,12 +90,9 @@ class Stack:
     *_args) and `tls` is what this process presents to them."""
 
     def __init__(self, log_dir, generator_args=(), reward_args=(), coordinator_args=(), tls: ChannelTls | None = None):
-        # Both model services compute on this machine's cores, often at the same time: each gets half of them
-        # (SPECREJ_CPU_THREADS in the environment or --cpu-threads in the *_args decide otherwise).
-        shared_cores = {"SPECREJ_CPU_THREADS": str(max(1, (os.cpu_count() or 2) // 2))}
-        self.generator = Service("generator_service", *generator_args, log_dir=log_dir, wait=False, tls=tls,
-                                 env=shared_cores)
-        self.reward = Service("reward_service", *reward_args, log_dir=log_dir, wait=False, tls=tls, env=shared_cores)
+        # Each model service starts as a user would start it by hand, with its default share of the cores.
+        self.generator = Service("generator_service", *generator_args, log_dir=log_dir, wait=False, tls=tls)
+        self.reward = Service("reward_service", *reward_args, log_dir=log_dir, wait=False, tls=tls)
         try:
             self.generator.wait_serving()
             self.reward.wait_serving()

@@ -63,12 +63,34 @@ def convert_default_model(target: pathlib.Path) -> None:
         partial.rename(target)
 
 
-def set_cpu_threads(count: int) -> None:
-    """Bound this process's CPU threads for model work; 0 keeps torch's default."""
+def resolve_cpu_threads(setting: int | str, environ=os.environ, cores: int | None = None) -> int:
+    """The thread count --cpu-threads asks for; 0 = torch's default. `auto` leaves an explicit
+    OMP_NUM_THREADS (a container's CPU limit) to torch, and otherwise takes half this process's cores:
+    a generator and a reward service on one machine at a thread per core each run twice as many busy
+    threads as cores, and then concurrent requests are served slower than one at a time."""
+    if setting != "auto":
+        return int(setting)
+    if environ.get("OMP_NUM_THREADS"):
+        return 0
+    return max(1, (cores or len(os.sched_getaffinity(0))) // 2)
+
+
+def prefer_passive_openmp_waits(environ=os.environ) -> None:
+    """Idle OpenMP threads sleep instead of spinning, unless OMP_WAIT_POLICY says otherwise: a spinning
+    thread holds a core that the other model service on the machine could use. OpenMP reads the policy
+    once, when torch is imported, so this runs before that."""
+    environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+
+def set_cpu_threads(setting: int | str) -> None:
+    """Bound this process's CPU threads for model work as --cpu-threads asks (see resolve_cpu_threads)."""
     import torch
 
+    count = resolve_cpu_threads(setting)
     if count > 0:
         torch.set_num_threads(count)
+    log.info("model work on CPU uses %d threads (--cpu-threads %s, OMP_WAIT_POLICY %s)", torch.get_num_threads(),
+             setting, os.environ.get("OMP_WAIT_POLICY", "unset"))
 
 
 def choose_device(name: str) -> "torch.device":

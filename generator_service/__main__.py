@@ -4,11 +4,14 @@ import asyncio
 import logging
 
 from common.flags import add_flag, add_model_service_flags, parse_bytes
-from .compile import MODES as COMPILE_MODES
-from .decoder import DEFAULT_ROW_BLOCK
+from common.models import prefer_passive_openmp_waits
 
 
 def parse_args(argv=None) -> argparse.Namespace:
+    # These import torch, which main() imports only after choosing OpenMP's wait policy.
+    from .compile import MODES as COMPILE_MODES
+    from .decoder import DEFAULT_ROW_BLOCK
+
     parser = argparse.ArgumentParser(prog="python -m generator_service", description=__doc__)
     add_model_service_flags(parser, default_port=50051, default_metrics_port=9101)
     add_flag(parser, "kv-cache-budget", env="SPECREJ_KV_CACHE_BUDGET", default=None, type=parse_bytes,
@@ -36,6 +39,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def main(argv=None) -> None:
+    prefer_passive_openmp_waits()
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     asyncio.run(serve(args))

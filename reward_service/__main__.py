@@ -4,6 +4,7 @@ import asyncio
 import logging
 
 from common.flags import add_flag, add_model_service_flags, parse_bytes
+from common.models import prefer_passive_openmp_waits
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -20,10 +21,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     add_flag(parser, "max-queued", env="SPECREJ_MAX_QUEUED", default=64, type=int,
              help="Score calls waiting for the model before new ones get RESOURCE_EXHAUSTED")
     add_flag(parser, "cache-budget", env="SPECREJ_CACHE_BUDGET", default="2GiB", type=parse_bytes,
-             help="memory for keys/values kept between a session's Score calls; a session that does not fit "
-                  "is recomputed from scratch")
-    add_flag(parser, "session-ttl-seconds", env="SPECREJ_SESSION_TTL_SECONDS", default=120.0, type=float,
-             help="a session idle this long is freed even if its Release never came")
+             help="memory for keys/values kept between the rounds of ScoreSession streams; a stream that does "
+                  "not fit is recomputed from scratch at each round")
     add_flag(parser, "max-items", env="SPECREJ_MAX_ITEMS", default=4096, type=int,
              help="most responses in one Score call")
     add_flag(parser, "max-response-tokens", env="SPECREJ_MAX_RESPONSE_TOKENS", default=0, type=int,
@@ -32,6 +31,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def main(argv=None) -> None:
+    prefer_passive_openmp_waits()
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     asyncio.run(serve(args))
@@ -50,7 +50,7 @@ def load_engine(args):
                          choose_dtype(args.dtype, device), args.token_budget)
     limits = InputLimits(max_context=scorer.max_context, max_items=args.max_items, max_messages=args.max_messages,
                          max_prompt_tokens=args.max_prompt_tokens, max_response_tokens=args.max_response_tokens)
-    return ScoringEngine(scorer, sessions=SessionCache(args.cache_budget, args.session_ttl_seconds), limits=limits,
+    return ScoringEngine(scorer, sessions=SessionCache(args.cache_budget), limits=limits,
                          batch_window_seconds=args.batch_window_ms / 1000, max_queued=args.max_queued)
 
 
