@@ -7,6 +7,7 @@ not the JSON (tests/deploy checks that the two agree). Panels are listed row by 
 Every query filters on `namespace=~"$namespace"` and `pod=~"$pod"`. Both variables default to All,
 whose value is `.*`, which also matches a series without that label: the dashboard works on a
 Kubernetes scrape (PodMonitor adds namespace and pod) and on the loopback demo scrape (neither).
+The GPU (DCGM) queries filter through the services' own pods instead: see dcgm().
 """
 import json
 
@@ -25,6 +26,27 @@ def sel(service: str | None = None, extra: str = "") -> str:
     if extra:
         parts.append(extra)
     return "{" + ", ".join(parts) + "}"
+
+
+def dcgm(metric: str) -> str:
+    """A DCGM exporter series for the GPUs of this dashboard's pods only, labelled with the pod
+    that uses the GPU as `namespace` and `pod` whichever way the series were scraped.
+
+    dcgm-exporter labels each GPU's series with the workload's namespace, pod and container.
+    Scraped with honorLabels (or honor_labels) those stay `namespace` and `pod`; scraped through
+    the GPU Operator's ServiceMonitor they clash with the target's own labels (the exporter's
+    pod) and arrive as `exported_namespace` and `exported_pod`. The first branch copies the
+    exported_* labels over the exporter's, the second takes series that have none; the `and`
+    then keeps only GPUs whose pod is one of this service's (specrej_build_info), so neither
+    other namespaces' GPUs nor idle ones show, even with the variables at All (`.*`, which also
+    matches a missing label). A query rather than recording rules: the dashboard then works
+    on any Prometheus that scrapes the exporter, without rules to deploy alongside it.
+    """
+    exported = metric + '{exported_pod!=""}'
+    for label in ("namespace", "pod", "container"):
+        exported = f'label_replace({exported}, "{label}", "$1", "exported_{label}", "(.+)")'
+    return (f'({exported} or {metric}{{exported_pod=""}})'
+            f" and on (namespace, pod) specrej_build_info{sel()}")
 
 
 def quantile(q: float, histogram: str, matcher: str, by: str = "") -> str:
@@ -323,21 +345,21 @@ def rows() -> list[tuple[str, list[dict]]]:
         ("GPUs", [
             timeseries(
                 "GPU utilization (DCGM)",
-                "Share of time the GPU was busy, from NVIDIA's DCGM exporter "
-                "(DCGM_FI_DEV_GPU_UTIL). Filtering by namespace and pod needs the exporter's "
-                "pod mapping and honorLabels; otherwise choose All.",
-                [target(f"DCGM_FI_DEV_GPU_UTIL{sel()}", "{{Hostname}} GPU {{gpu}} {{pod}}")],
+                "Share of time each GPU of this service's pods was busy, from NVIDIA's DCGM exporter "
+                "(DCGM_FI_DEV_GPU_UTIL). Needs the exporter's pod mapping; works with either label "
+                "shape (GPU Operator's ServiceMonitor or honorLabels).",
+                [target(dcgm("DCGM_FI_DEV_GPU_UTIL"), "{{Hostname}} GPU {{gpu}} {{pod}}")],
                 "percent", max_value=100),
             timeseries(
                 "GPU memory used (DCGM)",
-                "Frame-buffer memory in use on each GPU (DCGM_FI_DEV_FB_USED, MiB): model "
-                "weights, KV caches and the allocator's reserve.",
-                [target(f"DCGM_FI_DEV_FB_USED{sel()}", "{{Hostname}} GPU {{gpu}} {{pod}}")],
+                "Frame-buffer memory in use on each GPU of this service's pods (DCGM_FI_DEV_FB_USED, "
+                "MiB): model weights, KV caches and the allocator's reserve.",
+                [target(dcgm("DCGM_FI_DEV_FB_USED"), "{{Hostname}} GPU {{gpu}} {{pod}}")],
                 "mbytes"),
             timeseries(
                 "GPU power (DCGM)",
-                "Power drawn by each GPU in watts (DCGM_FI_DEV_POWER_USAGE).",
-                [target(f"DCGM_FI_DEV_POWER_USAGE{sel()}", "{{Hostname}} GPU {{gpu}} {{pod}}")],
+                "Power drawn by each GPU of this service's pods in watts (DCGM_FI_DEV_POWER_USAGE).",
+                [target(dcgm("DCGM_FI_DEV_POWER_USAGE"), "{{Hostname}} GPU {{gpu}} {{pod}}")],
                 "watt"),
             timeseries(
                 "Torch device memory",

