@@ -656,6 +656,7 @@ def test_network_policies(overlay, components):
     neighbour = Endpoint(namespace, {"app": "debug-shell"})  # a pod someone starts in the namespace
     elsewhere = Endpoint("default", {"app": "client"})
     dns = Endpoint("kube-system", {"k8s-app": "kube-dns"}, {"dns": 53})
+    dns_impostor = Endpoint("default", {"k8s-app": "kube-dns"}, {"dns": 53})  # the label, in another namespace
     internet = Endpoint(None, {})
     coordinator, generator, reward = pods["coordinator"], pods["generator"], pods["reward"]
 
@@ -678,12 +679,20 @@ def test_network_policies(overlay, components):
         for protocol in ("UDP", "TCP"):
             if not allowed(pod, dns, "dns", protocol):
                 problems.append(f"{name} cannot resolve names over {protocol}")
+            for resolver in (internet, dns_impostor, neighbour):
+                if allowed(pod, resolver, 53, protocol):
+                    problems.append(f"{name} reaches port 53/{protocol} of {resolver.labels or 'the internet'}")
         if allowed(pod, internet, 80):
             problems.append(f"{name} reaches the internet on port 80")
     if not allowed(elsewhere, coordinator, "grpc") or not allowed(internet, coordinator, "grpc"):
         problems.append("clients cannot reach the coordinator's public API")
     if allowed(coordinator, internet, 443):
         problems.append("the coordinator needs no internet")
+    downloads = "model-download" in components  # the embedded model needs none: opt-in
+    for model in (generator, reward):
+        if allowed(model, internet, 443) != downloads:
+            problems.append(f"{model.labels['app.kubernetes.io/name']}: HTTPS to the internet should be "
+                            f"{'allowed' if downloads else 'refused'} with components {components}")
     if allowed(neighbour, elsewhere, 8080) or allowed(elsewhere, neighbour, 8080):
         problems.append("the namespace is not denied by default")
     assert not problems, "\n".join(problems)
@@ -819,6 +828,9 @@ def test_pod_monitor_scrapes_every_service(overlay):
                if selects(monitor["spec"]["selector"]["matchLabels"], d["spec"]["template"]["metadata"]["labels"])]
     assert len(scraped) == 3
     port = monitor["spec"]["podMetricsEndpoints"][0]["port"]
+    relabelings = monitor["spec"]["podMetricsEndpoints"][0].get("relabelings", [])
+    assert scraped_phases(relabelings, ("Pending", "Running", "Succeeded", "Failed", "Unknown")) == {"Running"}, \
+        "a Pending pod (pulling its image, waiting for a GPU) would be a target that is down"
     for d in scraped:
         labels = d["spec"]["template"]["metadata"]["labels"]
         assert port in {p["name"] for p in container(d)["ports"]}
@@ -827,6 +839,19 @@ def test_pod_monitor_scrapes_every_service(overlay):
     rules = [o for o in objects if o["kind"] == "PrometheusRule"]
     assert len(rules) == 1
     assert rules[0]["spec"]["groups"] == yaml.safe_load((PROMETHEUS / "alerts.yml").read_text())["groups"]
+
+
+def scraped_phases(relabelings: list[dict], phases) -> set[str]:
+    """The pod phases whose targets survive the keep/drop relabelings on the pod's phase."""
+    kept = set()
+    for phase in phases:
+        survives = True
+        for r in relabelings:
+            if r.get("sourceLabels") == ["__meta_kubernetes_pod_phase"] and r.get("action") in ("keep", "drop"):
+                survives &= bool(re.fullmatch(r.get("regex", "(.*)"), phase)) == (r["action"] == "keep")
+        if survives:
+            kept.add(phase)
+    return kept
 
 
 def test_gpu_overlay_puts_each_model_service_on_its_own_gpu():
@@ -972,8 +997,13 @@ def test_dashboard_panels_and_queries():
             if unknown:
                 problems.append(f"{panel['title']}: unknown metrics {sorted(unknown)} in {expr!r}")
             used |= names
-            # Every selector is scoped by the dashboard's variables.
-            for matcher in re.findall(r"\{[^{}]*\}", re.sub(r'label_values\(.*\)', "", expr)):
+            # Every selector is scoped by the dashboard's variables; DCGM series are scoped through
+            # the services' own pods (their namespace/pod labels may be exported_*).
+            scoped = expr
+            if names & DCGM_METRICS:
+                assert expr.endswith(DCGM_SCOPE), f"{panel['title']}: DCGM series not limited to our pods"
+                scoped = DCGM_SCOPE
+            for matcher in re.findall(r"\{[^{}]*\}", re.sub(r'label_values\(.*\)', "", scoped)):
                 if 'namespace=~"$namespace"' not in matcher or 'pod=~"$pod"' not in matcher:
                     problems.append(f"{panel['title']}: selector {matcher} ignores $namespace/$pod")
             for name in names:
@@ -984,7 +1014,7 @@ def test_dashboard_panels_and_queries():
     # Every exported metric is on the dashboard somewhere.
     shown = {re.sub(r"_(bucket|sum|count)$", "", n) if re.sub(r"_(bucket|sum|count)$", "", n) in HISTOGRAMS
              else n for n in used}
-    missing = (COUNTERS | GAUGES | HISTOGRAMS | EXTERNAL) - shown
+    missing = (COUNTERS | GAUGES | HISTOGRAMS | EXTERNAL) - ALERT_ONLY - shown
     assert not missing, f"metrics with no panel: {sorted(missing)}"
 
 
@@ -1011,10 +1041,11 @@ def test_dashboard_panels_measure_what_they_say():
 GRAFANA_VARIABLES = {"$__rate_interval": "1m", "$namespace": ".*", "$pod": ".*"}
 
 
-def as_promql(expr: str) -> str:
-    """A dashboard query as Prometheus would receive it with every variable at All."""
+def as_promql(expr: str, **chosen: str) -> str:
+    """A dashboard query as Prometheus would receive it with the variables `chosen` (a regex of
+    the values picked, e.g. namespace="specrej") and every other at All."""
     for variable, value in GRAFANA_VARIABLES.items():
-        expr = expr.replace(variable, value)
+        expr = expr.replace(variable, chosen.get(variable[1:], value))
     return expr
 
 
@@ -1063,6 +1094,82 @@ def test_dashboard_query_works_without_namespace_and_pod_labels(tmp_path):
             ],
         }],
     }))
+    result = promtool("test", "rules", str(tmp_path / "test.yml"))
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+DCGM_METRICS = {"DCGM_FI_DEV_GPU_UTIL", "DCGM_FI_DEV_FB_USED", "DCGM_FI_DEV_POWER_USAGE"}
+DCGM_SCOPE = ' and on (namespace, pod) specrej_build_info{namespace=~"$namespace", pod=~"$pod"}'
+
+
+def prometheus_series(name: str, labels: dict) -> str:
+    return name + "{" + ", ".join(f'{k}="{v}"' for k, v in sorted(labels.items())) + "}"
+
+
+def dcgm_exporter_series(gpu: int, node: str, workload: dict | None, honor_labels: bool) -> dict:
+    """The labels of one GPU's series as Prometheus stores them: dcgm-exporter's own, the
+    workload's (namespace, pod, container, from its pod mapping; none for an idle GPU), and the
+    target's. Without honorLabels (the GPU Operator's ServiceMonitor) the workload's clash with
+    the target's and are renamed exported_*; with it they win."""
+    exporter = {"gpu": str(gpu), "UUID": f"GPU-{node}-{gpu:04d}", "device": f"nvidia{gpu}",
+                "modelName": "NVIDIA H100 80GB HBM3", "Hostname": node, "DCGM_FI_DRIVER_VERSION": "550.54.15"}
+    target = {"namespace": "gpu-operator", "pod": f"nvidia-dcgm-exporter-{node}", "container": "nvidia-dcgm-exporter",
+              "service": "nvidia-dcgm-exporter", "endpoint": "gpu-metrics", "job": "nvidia-dcgm-exporter",
+              "instance": f"{node}:9400"}
+    if workload is None:
+        return {**exporter, **target}
+    if honor_labels:
+        return {**exporter, **target, **workload}
+    return {**exporter, **target, **{f"exported_{k}": v for k, v in workload.items()}}
+
+
+def unified(labels: dict) -> dict:
+    """A DCGM series' labels with the workload's namespace/pod/container in the plain labels."""
+    return {**labels, **{k: labels[f"exported_{k}"] for k in ("namespace", "pod", "container")
+                         if f"exported_{k}" in labels}}
+
+
+@pytest.mark.parametrize("honor_labels", [False, True], ids=["gpu-operator-servicemonitor", "honor-labels"])
+def test_gpu_panels_show_only_this_services_gpus(tmp_path, honor_labels):
+    """Evaluated by promtool on series shaped as dcgm-exporter emits them: each GPU panel shows
+    the GPUs of this service's pods, labelled with that pod, and neither another namespace's GPU
+    nor an idle one, with the variables at All and with one namespace chosen."""
+    panels = {p["title"]: p for p in dashboard_panels(json.loads(DASHBOARD.read_text()))}
+    ours = {"generator": {"namespace": "specrej", "pod": "specrej-generator-7d9c5-x2x4q", "container": "generator"},
+            "reward": {"namespace": "specrej", "pod": "specrej-reward-5f6b8-k9z7m", "container": "reward"},
+            # The same service deployed again in another namespace: shown at All only.
+            "staging": {"namespace": "specrej-staging", "pod": "specrej-generator-6c4d7-p8q2r",
+                        "container": "generator"}}
+    others = {"trainer": {"namespace": "research", "pod": "trainer-0", "container": "pytorch"}, "idle": None}
+    gpus = {"generator": (0, "gpu-node-1"), "trainer": (1, "gpu-node-1"), "idle": (2, "gpu-node-1"),
+            "reward": (0, "gpu-node-2"), "staging": (1, "gpu-node-2")}
+    values = {name: 10 * (i + 1) for i, name in enumerate(gpus)}
+    input_series = [{"series": prometheus_series(
+        "specrej_build_info", {**w, "service": w["container"], "job": f"specrej-{w['container']}",
+                               "instance": f"10.0.0.{i}:9101", "model": "SmolLM2-135M-Instruct", "version": "0.1.0"}),
+        "values": "1x10"} for i, w in enumerate(ours.values())]
+    shown = {}
+    for metric in sorted(DCGM_METRICS):
+        for name, (gpu, node) in gpus.items():
+            labels = dcgm_exporter_series(gpu, node, {**ours, **others}[name], honor_labels)
+            input_series.append({"series": prometheus_series(metric, labels), "values": f"{values[name]}x10"})
+            shown[metric, name] = {"labels": prometheus_series(metric, unified(labels)), "value": values[name]}
+    tests = []
+    for panel in panels.values():
+        for t in panel.get("targets", []):
+            (metric,) = metric_names(t["expr"]) & DCGM_METRICS or [None]
+            if metric is None:
+                continue
+            for chosen, expected in (({}, ("generator", "reward", "staging")),
+                                     ({"namespace": "specrej"}, ("generator", "reward")),
+                                     ({"namespace": "specrej", "pod": ours["reward"]["pod"]}, ("reward",))):
+                tests.append({"expr": as_promql(t["expr"], **chosen), "eval_time": "5m",
+                              "exp_samples": [shown[metric, name] for name in expected]})
+    assert len(tests) == 3 * len(DCGM_METRICS), "a GPU panel per DCGM metric"
+    (tmp_path / "empty_rules.yml").write_text("groups: []\n")
+    (tmp_path / "test.yml").write_text(yaml.safe_dump({
+        "rule_files": ["empty_rules.yml"], "evaluation_interval": "1m",
+        "tests": [{"interval": "1m", "input_series": input_series, "promql_expr_test": tests}]}))
     result = promtool("test", "rules", str(tmp_path / "test.yml"))
     assert result.returncode == 0, result.stdout + result.stderr
 
