@@ -4,7 +4,6 @@ import asyncio
 import contextlib
 import logging
 import time
-import uuid
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -15,7 +14,8 @@ from specrej.v1 import generator_pb2, generator_pb2_grpc, reward_pb2, reward_pb2
 
 log = logging.getLogger(__name__)
 
-_RELEASE_SECONDS = 2.0
+# Streams one scoring round may open: the request's own, and new ones after a replica was lost.
+_STREAM_ATTEMPTS = 3
 
 # Headless Kubernetes services resolve to every replica; round robin spreads requests over them,
 # and a request's whole session stays on the replica its stream was opened to.
@@ -166,38 +166,92 @@ class GeneratorClient(_Upstream):
 
 
 class RewardCalls:
-    """The reward service for one request: its deadline and metadata on every call, and one scoring
-    session, so each decision point reads only the tokens decoded since the last one. Implements
-    coordinator.pipeline.RewardPort; leaving the `async with` releases the session's cache."""
+    """The reward service for one request: one ScoreSession stream, opened at the first score, so the
+    request's rounds all reach one replica, which keeps the candidates' text and keys/values; each
+    round sends only the text each candidate gained since the previous one. When the stream's
+    replica is lost (UNAVAILABLE), a new stream, on another replica, is sent the whole texts, at most
+    _STREAM_ATTEMPTS streams per round, within the request's deadline. Implements
+    coordinator.pipeline.RewardPort; leaving the `async with` ends the stream, which frees all it held."""
 
     def __init__(self, client: "RewardClient", deadline: float | None, metadata: tuple):
         self._client, self._deadline, self._metadata = client, deadline, metadata
-        # Not the request id: a client may send the same id twice, and sessions must never be shared.
-        self.session = uuid.uuid4().hex
+        self._call: grpc.aio.StreamStreamCall | None = None
+        self._sent: dict[int, str] = {}  # each candidate's text as the current stream holds it
+        self._rounds = asyncio.Lock()  # a stream answers its rounds in order, one at a time
+
+    def _outgoing(self, request: reward_pb2.ScoreRequest) -> list[reward_pb2.ScoreSessionRequest]:
+        """This round's messages, after a `start` when the stream is new (which opens it)."""
+        opening = []
+        if self._call is None:
+            timeout = None if self._deadline is None else max(0.0, self._deadline - time.monotonic())
+            self._call = self._client.stub.ScoreSession(timeout=timeout, metadata=self._metadata)
+            self._sent = {}
+            opening = [reward_pb2.ScoreSessionRequest(start=reward_pb2.ScoreSessionStart(messages=request.messages))]
+        deltas = []
+        for item in request.items:
+            sent = self._sent.get(item.candidate, "")
+            if not item.response.startswith(sent):
+                raise ValueError(f"candidate {item.candidate}'s text does not extend the text scored before")
+            deltas.append(reward_pb2.ScoreDelta(candidate=item.candidate, text_delta=item.response[len(sent):],
+                                                complete=item.complete))
+        return [*opening, reward_pb2.ScoreSessionRequest(round=reward_pb2.ScoreRound(items=deltas))]
+
+    async def _exchange(self, outgoing: list[reward_pb2.ScoreSessionRequest]) -> reward_pb2.ScoreResponse:
+        try:
+            for message in outgoing:
+                await self._call.write(message)
+        except asyncio.InvalidStateError:
+            pass  # the stream already ended: reading says how
+        response = await self._call.read()
+        if response is grpc.aio.EOF:
+            raise errors.Upstream(grpc.StatusCode.INTERNAL, "the reward service ended the scoring stream early")
+        return response
+
+    def _abandon(self) -> None:
+        """Cancel the stream, if any: its replica frees what it held, and the next round opens a new one."""
+        if self._call is not None:
+            self._call.cancel()
+            self._call = None
 
     async def score(self, request: reward_pb2.ScoreRequest) -> reward_pb2.ScoreResponse:
-        request.session = self.session
-        timeout = None if self._deadline is None else max(0.0, self._deadline - time.monotonic())
-        try:
-            return await self._client.stub.Score(request, timeout=timeout, metadata=self._metadata)
-        except grpc.aio.AioRpcError as error:
-            raise self._client._error(error) from None
-
-    async def release(self) -> None:
-        """Free the session's cache now; if this fails, the reward service's idle timeout frees it."""
-        try:
-            await self._client.stub.Release(reward_pb2.ReleaseRequest(session=self.session), timeout=_RELEASE_SECONDS,
-                                            metadata=self._metadata)
-        except grpc.aio.AioRpcError as error:
-            log.info("reward session %s not released (%s); its idle timeout will free it", self.session,
-                     error.code().name)
+        """Scores of `request`'s items, whose texts extend those of the previous call; a candidate
+        missing from it is dropped for the rest of the request."""
+        async with self._rounds:
+            for attempt in range(1, _STREAM_ATTEMPTS + 1):
+                try:
+                    response = await self._exchange(self._outgoing(request))
+                except grpc.aio.AioRpcError as error:
+                    self._abandon()
+                    if error.code() == grpc.StatusCode.UNAVAILABLE and attempt < _STREAM_ATTEMPTS:
+                        log.info("the reward stream's replica was lost (%s); scoring again on a new stream",
+                                 error.details())
+                        continue
+                    raise self._client._error(error) from None
+                except BaseException:
+                    self._abandon()
+                    raise
+                self._sent = {item.candidate: item.response for item in request.items}
+                return response
 
     async def __aenter__(self) -> "RewardCalls":
         return self
 
-    async def __aexit__(self, *exc) -> None:
-        # Shielded: a cancelled request still frees its cache at once.
-        await asyncio.shield(self.release())
+    async def __aexit__(self, kind, error, traceback) -> None:
+        call, self._call = self._call, None
+        if call is None:
+            return
+        if kind is not None:
+            call.cancel()
+            return
+        try:
+            await call.done_writing()
+            while await call.read() is not grpc.aio.EOF:
+                pass
+        except grpc.aio.AioRpcError:
+            pass  # the stream is over either way
+        except BaseException:
+            call.cancel()
+            raise
 
 
 class RewardClient(_Upstream):

@@ -22,6 +22,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import textwrap
 
 import pytest
 import yaml
@@ -1204,6 +1205,9 @@ def test_alerts_use_known_metrics():
     assert "0.95" in alerts["SpecRejKVCacheNearlyFull"]["expr"] and alerts["SpecRejKVCacheNearlyFull"]["for"] == "5m"
     assert {"SpecRejTargetMissing", "SpecRejAdmissionRejections", "SpecRejAdmissionWaitHigh"} <= set(alerts)
     assert "absent(" in alerts["SpecRejTargetMissing"]["expr"]
+    assert {"SpecRejCertificateExpiringSoon", "SpecRejCertificateExpiresWithinADay"} <= set(alerts)
+    assert ALERT_ONLY <= set().union(*(metric_names(r["expr"]) for r in alerts.values())), \
+        "a metric left off the dashboard must be read by an alert"
 
 
 def readme_anchors(path: pathlib.Path) -> set[str]:
@@ -1216,15 +1220,66 @@ def readme_anchors(path: pathlib.Path) -> set[str]:
     return anchors
 
 
+RUNBOOK_BASE_URL = K8S / "components" / "monitoring" / "runbook-base-url.yaml"
+
+
 def test_every_alert_links_to_its_runbook():
+    """Absolute links (an alert is read in Alertmanager, Slack or a pager, far from the repository),
+    whose base is the monitoring component's replaceable value."""
+    base = yaml.safe_load(RUNBOOK_BASE_URL.read_text())["data"]["url"]
+    assert re.fullmatch(r"https://[^/#\s]+/[^#\s]*", base), base
     groups = yaml.safe_load((PROMETHEUS / "alerts.yml").read_text())["groups"]
     anchors = readme_anchors(DEPLOY / "README.md")
     for rule in (r for g in groups for r in g["rules"] if "alert" in r):
         url = rule["annotations"].get("runbook_url", "")
-        path, _, anchor = url.partition("#")
-        assert path == "deploy/README.md", f"{rule['alert']}: runbook_url {url!r}"
+        prefix, _, anchor = url.partition("#")
+        assert prefix == base, f"{rule['alert']}: runbook_url {url!r} does not start with {base}"
         assert anchor == rule["alert"].lower() and anchor in anchors, \
             f"{rule['alert']}: deploy/README.md has no section #{anchor}"
+
+
+def readme_yaml(marker: str) -> dict:
+    """The YAML example of deploy/README.md that contains `marker`, parsed."""
+    blocks = re.findall(r"^( *)```yaml\n(.*?)^\1```", (DEPLOY / "README.md").read_text(), re.DOTALL | re.MULTILINE)
+    (block,) = [textwrap.dedent(text) for _, text in blocks if marker in text]
+    return yaml.safe_load(block)
+
+
+def render_readme_overlay(kustomization: dict) -> list[dict]:
+    """A README example overlay, whose paths start at `../deploy` (an overlay folder in the repository)."""
+    with tempfile.TemporaryDirectory() as folder:
+        rel = os.path.relpath(DEPLOY, folder)
+        text = yaml.safe_dump(kustomization).replace("../deploy/", f"{rel}/")
+        (pathlib.Path(folder) / "kustomization.yaml").write_text(text)
+        return render(pathlib.Path(folder))
+
+
+def test_runbook_base_url_is_set_from_an_overlay_as_the_readme_shows():
+    overlay = readme_yaml("specrej-runbook-base-url")
+    (patch,) = overlay["patches"]
+    base = json.loads(patch["patch"])[0]["value"]
+    (rule,) = by_kind(render_readme_overlay(overlay), "PrometheusRule").values()
+    urls = {r["alert"]: r["annotations"]["runbook_url"] for g in rule["spec"]["groups"] for r in g["rules"]}
+    assert urls and urls == {alert: f"{base}#{alert.lower()}" for alert in urls}
+    assert not by_kind(render_overlay("gpu"), "ConfigMap").get("specrej-runbook-base-url"), \
+        "the base URL's ConfigMap is local configuration, never applied"
+
+
+def test_kube_prometheus_stack_release_label():
+    """The component labels exactly the objects kube-prometheus-stack's Prometheus selects; the
+    README's patch renames the release."""
+    labelled = {(o["kind"], o["metadata"].get("labels", {}).get("release"))
+                for o in render_with_components("gpu", "kube-prometheus-stack")
+                if o["apiVersion"] == OPERATOR_API or "release" in o["metadata"].get("labels", {})}
+    assert labelled == {("PodMonitor", "kube-prometheus-stack"), ("PrometheusRule", "kube-prometheus-stack")}
+    overlay = readme_yaml("/metadata/labels/release")
+    overlay = {"apiVersion": "kustomize.config.k8s.io/v1beta1", "kind": "Kustomization",
+               "resources": ["../deploy/k8s/overlays/gpu"], **overlay}
+    (patch,) = overlay["patches"]
+    release = json.loads(patch["patch"])[0]["value"]
+    renamed = {o["kind"]: o["metadata"]["labels"]["release"] for o in render_readme_overlay(overlay)
+               if o["apiVersion"] == OPERATOR_API}
+    assert renamed == {"PodMonitor": release, "PrometheusRule": release}
 
 
 # --- promtool -------------------------------------------------------------------------------------
