@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-import uuid
 
 from common.chat import message_dicts
 from coordinator.clients import GeneratorClient, RewardClient
@@ -66,7 +65,7 @@ class InProcessSession:
 
 def scoring_engine(scorer) -> ScoringEngine:
     """The reward service's engine around a scorer in this process; one caller, so no batching window."""
-    return ScoringEngine(scorer, sessions=SessionCache(2 << 30, 600), batch_window_seconds=0)
+    return ScoringEngine(scorer, sessions=SessionCache(2 << 30), batch_window_seconds=0)
 
 
 class InProcessReward:
@@ -80,10 +79,11 @@ class InProcessReward:
 
 
 class InProcessRewardCalls:
-    """coordinator.clients.RewardCalls over a scoring engine: one scoring session per request."""
+    """coordinator.clients.RewardCalls over a scoring engine: one scoring session per request, each
+    call with the candidates' whole texts (nothing crosses a wire to save)."""
 
     def __init__(self, engine: ScoringEngine):
-        self.engine, self.session = engine, uuid.uuid4().hex
+        self.engine, self.session = engine, engine.open_session()
 
     async def score(self, request: reward_pb2.ScoreRequest) -> reward_pb2.ScoreResponse:
         future = self.engine.submit(message_dicts(request.messages), score_items(request), session=self.session)

@@ -4,7 +4,7 @@ generator and reward model are reached through two small async ports, so the sam
 over gRPC (coordinator.clients) or, in the benchmark, in process (bench.ports).
 
 With `score_ahead_tokens`, the candidates' text is also sent to the reward model every that many
-tokens between decision points, while decoding goes on: the reward session then already holds
+tokens between decision points, while decoding goes on: the reward stream then already holds
 their keys/values, and a decision point waits only for the tokens decoded since the last send. The
 decisions are the same either way; only when the reward model's work happens changes."""
 import asyncio
@@ -33,7 +33,8 @@ class GeneratorPort(Protocol):
 
 
 class RewardPort(Protocol):
-    """The reward model, for one request."""
+    """The reward model, for one request: each call's texts extend those of the previous call, one
+    call at a time, and a candidate missing from a call is not scored again."""
 
     async def score(self, request: reward_pb2.ScoreRequest) -> reward_pb2.ScoreResponse: ...
 
@@ -60,7 +61,7 @@ class _Clock:
 
 class _ScoreAhead:
     """Sends the candidates' text so far to the reward model in the background. One call at a time
-    (a reward session serves one call at a time); a newer text waiting to go replaces an older one.
+    (a request's scoring rounds go one after another); a newer text waiting to go replaces an older one.
     Its scores are not used and its failures are not the request's: the decision point's own call
     reads whatever these did not, and reports the reward model's errors."""
 

@@ -4,6 +4,7 @@ import logging
 import queue
 import threading
 import time
+import uuid
 from concurrent.futures import Future
 from dataclasses import dataclass
 
@@ -28,8 +29,6 @@ class _Job:
 
 
 _STOP = object()
-# While no request comes, idle sessions are still freed this often.
-_IDLE_SWEEP_SECONDS = 1.0
 
 
 class ScoringEngine:
@@ -88,8 +87,15 @@ class ScoringEngine:
             self.queued += change
             common_metrics.ADMISSION_QUEUED.labels(metrics.SERVICE).set(self.queued)
 
+    def open_session(self) -> str:
+        """A new session's id, for `submit`; what it keeps is freed by `release`."""
+        session = uuid.uuid4().hex
+        self.sessions.open(session)
+        metrics.observe_cache(self.sessions)
+        return session
+
     def release(self, session: str) -> int:
-        """Free what is kept for a session; returns the bytes freed."""
+        """Free what is kept for a session and close it; returns the bytes freed."""
         freed = self.sessions.release(session)
         metrics.observe_cache(self.sessions)
         return freed
@@ -100,10 +106,7 @@ class ScoringEngine:
 
     def _collect(self) -> list[_Job] | None:
         """The next batch: the first request, and those that arrive within the batching window after it."""
-        try:
-            first = self._queue.get(timeout=_IDLE_SWEEP_SECONDS)
-        except queue.Empty:
-            return []
+        first = self._queue.get()
         if first is _STOP:
             return None
         jobs = [first]
@@ -121,9 +124,7 @@ class ScoringEngine:
 
     def _work(self) -> None:
         while (jobs := self._collect()) is not None:
-            self.sessions.expire()
-            if jobs:
-                self._run(jobs)
+            self._run(jobs)
             metrics.observe_cache(self.sessions)
 
     def _run(self, jobs: list[_Job]) -> None:
@@ -146,7 +147,6 @@ class ScoringEngine:
         except Exception as error:
             log.exception("scoring %d requests failed", len(live))
             for job in live:
-                self.sessions.abandon(job.request.session)
                 job.future.set_exception(error)
             return
         seconds = time.perf_counter() - began

@@ -11,8 +11,9 @@ SCORE_SECONDS = prom.Histogram("specrej_reward_score_seconds",
 SEQUENCES = prom.Counter("specrej_reward_sequences_total", "Responses scored.", ["service"])
 TOKENS = prom.Counter("specrej_reward_tokens_total", "Tokens read by the reward model.", ["service"])
 CACHE_BYTES = prom.Gauge("specrej_reward_session_cache_bytes",
-                         "Keys/values kept for sessions between their Score calls.", ["service"])
-CACHE_SESSIONS = prom.Gauge("specrej_reward_session_cache_sessions", "Sessions with keys/values kept.", ["service"])
+                         "Keys/values kept for scoring sessions between their rounds.", ["service"])
+CACHE_SESSIONS = prom.Gauge("specrej_reward_session_cache_sessions",
+                           "Scoring sessions open (ScoreSession streams).", ["service"])
 
 
 def observe_batch(results, pass_sizes: list[int], seconds: float) -> None:

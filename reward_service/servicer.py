@@ -2,11 +2,13 @@
 import asyncio
 import time
 
+from common import requestlog
 from common.chat import message_dicts
-from common.errors import Unavailable
+from common.errors import FieldError, Unavailable
 from specrej.v1 import reward_pb2 as pb
 from specrej.v1 import reward_pb2_grpc
 from .engine import ScoringEngine
+from .rounds import CandidateTexts, Delta
 from .scorers import Item, Scored
 
 
@@ -14,8 +16,19 @@ def score_items(request: pb.ScoreRequest) -> list[Item]:
     return [Item(i.response, i.complete, i.candidate) for i in request.items]
 
 
+def round_deltas(round_: pb.ScoreRound) -> list[Delta]:
+    return [Delta(i.candidate, i.text_delta, i.complete) for i in round_.items]
+
+
 def score_response(scored: Scored) -> pb.ScoreResponse:
     return pb.ScoreResponse(scores=scored.scores, scored_tokens=scored.tokens, score_seconds=scored.seconds)
+
+
+def stream_field_error(error: FieldError) -> FieldError:
+    """`error`, about a Score request's fields, named by the ScoreSession message that carried them."""
+    if error.field == "messages":
+        return FieldError("start.messages", error.description)
+    return FieldError("round." + error.field.replace(".response", ".text_delta"), error.description)
 
 
 class RewardServicer(reward_pb2_grpc.RewardServicer):
@@ -34,15 +47,43 @@ class RewardServicer(reward_pb2_grpc.RewardServicer):
         return pb.RewardInfoResponse(model=self.model_name, scorer=scorer.name, device=str(scorer.device),
                                      dtype=str(scorer.dtype).removeprefix("torch."))
 
-    async def Score(self, request, context):
-        engine = self._ready_engine()
+    @staticmethod
+    async def _scored(engine: ScoringEngine, messages: list[dict], items: list[Item], context,
+                      session: str = "") -> pb.ScoreResponse:
         remaining = context.time_remaining()
         deadline = None if remaining is None else time.monotonic() + remaining
         # Tokenizing runs here, on a thread, so a long conversation never stalls the event loop.
-        future = await asyncio.to_thread(engine.submit, message_dicts(request.messages), score_items(request),
-                                         session=request.session, deadline=deadline)
+        future = await asyncio.to_thread(engine.submit, messages, items, session=session, deadline=deadline)
         # A caller that goes away cancels this wait and, through it, the future: still queued, it is skipped.
         return score_response(await asyncio.wrap_future(future))
 
-    async def Release(self, request, context):
-        return pb.ReleaseResponse(freed_bytes=self._ready_engine().release(request.session))
+    async def Score(self, request, context):
+        return await self._scored(self._ready_engine(), message_dicts(request.messages), score_items(request),
+                                  context)
+
+    async def ScoreSession(self, request_iterator, context):
+        engine = self._ready_engine()
+        first = await anext(aiter(request_iterator), None)
+        if first is None or first.WhichOneof("kind") != "start":
+            raise FieldError("start", "a scoring stream begins with `start`")
+        messages = message_dicts(first.start.messages)
+        try:
+            engine.limits.check_shape(len(messages), 0)
+        except FieldError as error:
+            raise stream_field_error(error) from None
+        texts, session = CandidateTexts(), engine.open_session()
+        call_log, rounds, tokens = requestlog.current(), 0, 0
+        try:
+            async for request in request_iterator:
+                if request.WhichOneof("kind") != "round":
+                    raise FieldError("round", "`start` is only allowed first")
+                try:
+                    items = texts.apply(round_deltas(request.round))
+                    response = await self._scored(engine, messages, items, context, session)
+                except FieldError as error:
+                    raise stream_field_error(error) from None
+                rounds, tokens = rounds + 1, tokens + response.scored_tokens
+                call_log.add(rounds=rounds, tokens_scored=tokens)
+                yield response
+        finally:
+            engine.release(session)

@@ -1,7 +1,6 @@
-"""What is kept between the Score calls of one session: the prompt's and each candidate's keys/values,
-within a memory budget, until Release or an idle timeout."""
+"""What is kept between the scoring rounds of one session: the prompt's and each candidate's
+keys/values, within a memory budget, until the session is released."""
 import threading
-import time
 from dataclasses import dataclass, field
 
 from .reader import SequenceKV
@@ -25,78 +24,57 @@ class SessionState:
         return self.prompt.nbytes + sum(c.kv.nbytes for c in self.candidates.values())
 
 
-@dataclass
-class _Held:
-    state: SessionState
-    nbytes: int
-    last_used: float
-
-
 class SessionCache:
-    """Sessions' states by id. A state is taken out while its call runs and put back after it; one
-    that no longer fits the budget is dropped, and that session's next call recomputes from scratch
-    (sessions already held keep their place: a full cache does not churn)."""
+    """Open sessions' states by id, within a memory budget. A session is open from `open` to
+    `release`; its state is taken out while a call runs and put back after it. A state put back after
+    its session's release, or one that no longer fits the budget, is dropped (that session's next call
+    then recomputes from scratch; sessions already held keep their place: a full cache does not churn)."""
 
-    def __init__(self, budget_bytes: int, ttl_seconds: float, clock=time.monotonic):
-        self.budget_bytes, self.ttl_seconds, self._clock = budget_bytes, ttl_seconds, clock
-        self._held: dict[str, _Held] = {}
-        self._in_use: set[str] = set()
-        self._released_in_use: set[str] = set()
+    def __init__(self, budget_bytes: int):
+        self.budget_bytes = budget_bytes
+        self._open: set[str] = set()
+        self._held: dict[str, tuple[SessionState, int]] = {}  # state and its bytes when put
         self._lock = threading.Lock()
         self.nbytes = 0
 
     def __len__(self) -> int:
-        return len(self._held)
+        """Sessions open."""
+        return len(self._open)
+
+    def open(self, session: str) -> None:
+        with self._lock:
+            self._open.add(session)
 
     def take(self, session: str) -> SessionState | None:
         with self._lock:
-            self._in_use.add(session)
             held = self._held.pop(session, None)
             if held is None:
                 return None
-            self.nbytes -= held.nbytes
-            return held.state
+            self.nbytes -= held[1]
+            return held[0]
 
     def put(self, session: str, state: SessionState) -> bool:
-        """Keep `state` for the session's next call; False when it was dropped (over budget, or released
-        while its call ran)."""
+        """Keep `state` for the session's next call; False when it was dropped."""
         with self._lock:
-            self._in_use.discard(session)
-            if session in self._released_in_use:
-                self._released_in_use.discard(session)
+            if session not in self._open:
                 return False
             replaced = self._held.pop(session, None)  # two calls of one session at once: the later one wins
             if replaced is not None:
-                self.nbytes -= replaced.nbytes
+                self.nbytes -= replaced[1]
             nbytes = state.nbytes
             if self.nbytes + nbytes > self.budget_bytes:
                 return False
-            self._held[session] = _Held(state, nbytes, self._clock())
+            self._held[session] = (state, nbytes)
             self.nbytes += nbytes
             return True
 
-    def abandon(self, session: str) -> None:
-        """A taken state that will not be put back (its call failed)."""
-        with self._lock:
-            self._in_use.discard(session)
-            self._released_in_use.discard(session)
-
     def release(self, session: str) -> int:
-        """Free a session now; returns the bytes freed."""
+        """Close a session and free what it holds; returns the bytes freed. A call of it still running
+        keeps nothing when it ends."""
         with self._lock:
-            if session in self._in_use:
-                self._released_in_use.add(session)
+            self._open.discard(session)
             held = self._held.pop(session, None)
             if held is None:
                 return 0
-            self.nbytes -= held.nbytes
-            return held.nbytes
-
-    def expire(self) -> int:
-        """Free sessions idle longer than the TTL (their Release never came); returns how many."""
-        with self._lock:
-            cutoff = self._clock() - self.ttl_seconds
-            stale = [s for s, held in self._held.items() if held.last_used < cutoff]
-            for session in stale:
-                self.nbytes -= self._held.pop(session).nbytes
-            return len(stale)
+            self.nbytes -= held[1]
+            return held[1]

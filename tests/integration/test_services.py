@@ -147,9 +147,11 @@ def test_the_request_id_reaches_every_service_and_comes_back(coordinator, tiny_s
     assert line["tokens_scored"] == response.stats.scored_tokens
     assert line["generate_seconds"] > 0 and line["score_seconds"] > 0
     assert [g["method"] for g in request_lines(tiny_stack.generator.log(), request_id)] == ["Session"]
-    # One Score call per decision point, one to rank the finalists, then the scoring session's release.
-    scoring = request_lines(tiny_stack.reward.log(), request_id)
-    assert [r["method"] for r in scoring] == ["Score"] * (len(response.stats.rounds) + 1) + ["Release"]
+    # One scoring stream, with a round per decision point and one to rank the finalists, ended by the request.
+    [scoring] = request_lines(tiny_stack.reward.log(), request_id)
+    assert (scoring["method"], scoring["code"]) == ("ScoreSession", "OK")
+    assert scoring["rounds"] == len(response.stats.rounds) + 1
+    assert scoring["tokens_scored"] == response.stats.scored_tokens
 
 
 def test_a_failed_request_returns_its_request_id_too(coordinator, tiny_stack):
@@ -313,14 +315,14 @@ def test_scoring_ahead_changes_when_the_reward_model_reads_not_what_is_decided(t
     scoring_ahead = Service("coordinator", "--generator", tiny_stack.generator.address, "--reward",
                             tiny_stack.reward.address, "--score-ahead-tokens", "3", log_dir=service_logs)
     try:
-        responses, score_calls = [], []
+        responses, scoring_rounds = [], []
         for service in (at_decision_points_only, scoring_ahead):
             request_id, metadata = tagged()
             with grpc.insecure_channel(service.address) as channel:
                 responses.append(coordinator_pb2_grpc.CoordinatorStub(channel).Generate(
                     request(decision_every_tokens=12, rejection_rate=0.5, return_top=4), timeout=60, metadata=metadata))
-            score_calls.append(sum(line["method"] == "Score"
-                                   for line in request_lines(tiny_stack.reward.log(), request_id)))
+            [scoring] = request_lines(tiny_stack.reward.log(), request_id)
+            scoring_rounds.append(scoring["rounds"])
     finally:
         scoring_ahead.stop()
         at_decision_points_only.stop()
@@ -332,5 +334,5 @@ def test_scoring_ahead_changes_when_the_reward_model_reads_not_what_is_decided(t
     assert [r.cutoff_score for r in ahead.stats.rounds] == pytest.approx([r.cutoff_score for r in alone.stats.rounds],
                                                                           abs=1e-4)
     # The reward model was also sent the text between decision points, and still read each token about once.
-    assert score_calls[0] == len(alone.stats.rounds) + 1 < score_calls[1]
+    assert scoring_rounds[0] == len(alone.stats.rounds) + 1 < scoring_rounds[1]
     assert alone.stats.scored_tokens <= ahead.stats.scored_tokens <= 1.1 * alone.stats.scored_tokens

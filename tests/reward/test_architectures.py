@@ -27,7 +27,8 @@ def tiny(family: str, vocab_size: int):
 @pytest.mark.parametrize("family", ["mistral", "qwen2", "qwen3"])
 def test_each_family_scores_as_its_own_forward_pass(logprob, family):
     scorer = LogprobScorer(tiny(family, len(logprob.tokenizer)).eval(), logprob.tokenizer, token_budget=16)
-    sessions = SessionCache(1 << 30, 60)
+    sessions = SessionCache(1 << 30)
+    sessions.open("s")
     for responses, complete in ((["Figs", "Dates are"], [False, False]),
                                 (["Figs are sweet.", "Dates are brown"], [True, False])):
         items = [Item(r, c, i) for i, (r, c) in enumerate(zip(responses, complete))]
@@ -55,11 +56,11 @@ def test_a_classifier_on_another_architecture_is_recomputed_whole(gpt2_classifie
     from reward_service.scorers import load_scorer
 
     scorer = load_scorer("classifier", str(gpt2_classifier_dir), torch.device("cpu"), torch.float32, token_budget=64)
-    engine = ScoringEngine(scorer, sessions=SessionCache(1 << 30, 60), batch_window_seconds=0)
+    engine = ScoringEngine(scorer, sessions=SessionCache(1 << 30), batch_window_seconds=0)
     try:
-        responses = ["Figs", "Dates are brown and sweet."]
-        first = engine.submit(MESSAGES, [Item(r, True, i) for i, r in enumerate(responses)], session="s").result()
-        again = engine.submit(MESSAGES, [Item(r, True, i) for i, r in enumerate(responses)], session="s").result()
+        responses, session = ["Figs", "Dates are brown and sweet."], engine.open_session()
+        first = engine.submit(MESSAGES, [Item(r, True, i) for i, r in enumerate(responses)], session=session).result()
+        again = engine.submit(MESSAGES, [Item(r, True, i) for i, r in enumerate(responses)], session=session).result()
         assert first.scores == pytest.approx(reference_scores(scorer, MESSAGES, responses, None), abs=1e-4)
         assert again.tokens == first.tokens  # nothing is kept: every call reads everything
         assert engine.sessions.nbytes == 0

@@ -19,7 +19,7 @@ def sample(name: str) -> float:
 
 def engine_for(scorer, **options) -> ScoringEngine:
     options.setdefault("batch_window_seconds", 0)
-    return ScoringEngine(scorer, sessions=SessionCache(1 << 30, 60), **options)
+    return ScoringEngine(scorer, sessions=SessionCache(1 << 30), **options)
 
 
 def test_requests_arriving_within_the_window_share_one_batch(logprob):
@@ -87,7 +87,8 @@ def test_too_many_messages_and_repeated_candidates_are_refused(logprob):
         with pytest.raises(FieldError, match=r"^messages: 3 messages; the limit is 2"):
             engine.submit(MESSAGES * 3, [Item("Apples.")])
         with pytest.raises(FieldError, match=r"^items\[1\].candidate: candidate 4 appears twice"):
-            engine.submit(MESSAGES, [Item("Apples.", candidate=4), Item("Pears.", candidate=4)], session="s")
+            engine.submit(MESSAGES, [Item("Apples.", candidate=4), Item("Pears.", candidate=4)],
+                          session=engine.open_session())
     finally:
         engine.close()
 

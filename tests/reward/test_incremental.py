@@ -1,6 +1,5 @@
 """Scoring within a session reads only what is new since the session's previous call, and gives the
 same scores as reading everything again."""
-import time
 
 import pytest
 
@@ -35,8 +34,8 @@ def scorer(request):
     return request.getfixturevalue(request.param)
 
 
-def engine_for(scorer, budget: int = 1 << 30, ttl: float = 60.0) -> ScoringEngine:
-    return ScoringEngine(scorer, sessions=SessionCache(budget, ttl), batch_window_seconds=0)
+def engine_for(scorer, budget: int = 1 << 30) -> ScoringEngine:
+    return ScoringEngine(scorer, sessions=SessionCache(budget), batch_window_seconds=0)
 
 
 def new_tokens(scorer, previous: dict, items: list[Item]) -> tuple[int, dict]:
@@ -50,10 +49,11 @@ def new_tokens(scorer, previous: dict, items: list[Item]) -> tuple[int, dict]:
 def test_incremental_scores_equal_full_recomputation_and_read_only_new_tokens(scorer):
     engine = engine_for(scorer)
     try:
+        session = engine.open_session()
         previous, prompt_tokens = {}, len(scorer.tokenize(MESSAGES, items_of(ROUNDS[0]))[0])
         for number, round_ in enumerate(ROUNDS):
             items = items_of(round_)
-            scored = engine.submit(MESSAGES, items, session="s").result()
+            scored = engine.submit(MESSAGES, items, session=session).result()
             full = engine.submit(MESSAGES, items).result()
             expected = reference_scores(scorer, MESSAGES, [i.response for i in items], [i.complete for i in items])
             assert scored.scores == pytest.approx(expected, abs=1e-4)
@@ -70,10 +70,11 @@ def test_one_new_token_per_candidate_scores_like_recomputation(scorer):
     """Decision points one token apart: every candidate brings a single new token to read."""
     engine = engine_for(scorer)
     try:
+        session = engine.open_session()
         prompt, bodies = scorer.tokenize(MESSAGES, [Item(text, False, c) for c, text in enumerate(TEXTS[:2])])
         for length in range(3, 7):
             items = [Item(scorer.tokenizer.decode(body[:length]), False, c) for c, body in enumerate(bodies)]
-            scored = engine.submit(MESSAGES, items, session="s").result()
+            scored = engine.submit(MESSAGES, items, session=session).result()
             expected = reference_scores(scorer, MESSAGES, [i.response for i in items], [False] * len(items))
             assert scored.scores == pytest.approx(expected, abs=1e-4)
     finally:
@@ -83,27 +84,29 @@ def test_one_new_token_per_candidate_scores_like_recomputation(scorer):
 def test_a_rejected_candidate_is_forgotten(logprob):
     engine = engine_for(logprob)
     try:
+        session = engine.open_session()
         both = [Item("Plums are purple.", False, 0), Item("Kiwis are green.", False, 1)]
-        engine.submit(MESSAGES, both, session="s").result()
+        engine.submit(MESSAGES, both, session=session).result()
         held = engine.sessions.nbytes
-        engine.submit(MESSAGES, both[:1], session="s").result()
+        engine.submit(MESSAGES, both[:1], session=session).result()
         assert engine.sessions.nbytes < held
         # Back again, it is read from its start.
-        again = engine.submit(MESSAGES, both, session="s").result()
+        again = engine.submit(MESSAGES, both, session=session).result()
         assert again.tokens == len(logprob.tokenize(MESSAGES, both[1:])[1][0])
     finally:
         engine.close()
 
 
-def test_release_frees_the_session_and_its_next_call_reads_everything(logprob):
+def test_release_frees_the_session_and_a_released_session_keeps_nothing(logprob):
     engine = engine_for(logprob)
     try:
-        items = [Item("Plums are purple.", False, 0)]
-        first = engine.submit(MESSAGES, items, session="s").result()
-        assert engine.sessions.nbytes > 0
-        assert engine.release("s") > 0
-        assert engine.sessions.nbytes == 0 and engine.release("s") == 0
-        assert engine.submit(MESSAGES, items, session="s").result().tokens == first.tokens
+        session, items = engine.open_session(), [Item("Plums are purple.", False, 0)]
+        first = engine.submit(MESSAGES, items, session=session).result()
+        assert engine.sessions.nbytes > 0 and len(engine.sessions) == 1
+        assert engine.release(session) > 0
+        assert engine.sessions.nbytes == 0 and len(engine.sessions) == 0 and engine.release(session) == 0
+        assert engine.submit(MESSAGES, items, session=session).result().tokens == first.tokens
+        assert engine.sessions.nbytes == 0
     finally:
         engine.close()
 
@@ -111,9 +114,10 @@ def test_release_frees_the_session_and_its_next_call_reads_everything(logprob):
 def test_beyond_the_cache_budget_calls_are_recomputed_with_the_same_scores(logprob):
     engine = engine_for(logprob, budget=1000)
     try:
+        session = engine.open_session()
         for round_ in ROUNDS[:3]:
             items = items_of(round_)
-            scored = engine.submit(MESSAGES, items, session="s").result()
+            scored = engine.submit(MESSAGES, items, session=session).result()
             full = engine.submit(MESSAGES, items).result()
             assert scored.tokens == full.tokens
             assert scored.scores == pytest.approx(full.scores, abs=1e-5)
@@ -122,28 +126,17 @@ def test_beyond_the_cache_budget_calls_are_recomputed_with_the_same_scores(logpr
         engine.close()
 
 
-def test_an_idle_session_is_freed_after_its_ttl(logprob):
-    engine = engine_for(logprob, ttl=0.05)
-    try:
-        engine.submit(MESSAGES, [Item("Plums are purple.", False, 0)], session="s").result()
-        began = time.monotonic()
-        while engine.sessions.nbytes and time.monotonic() - began < 5:
-            time.sleep(0.02)
-        assert engine.sessions.nbytes == 0 and len(engine.sessions) == 0
-    finally:
-        engine.close()
-
-
 def test_sessions_do_not_mix(logprob):
     engine = engine_for(logprob)
     try:
-        engine.submit(MESSAGES, [Item("Plums are purple.", False, 0)], session="a").result()
+        a, b = engine.open_session(), engine.open_session()
+        engine.submit(MESSAGES, [Item("Plums are purple.", False, 0)], session=a).result()
         other = [{"role": "user", "content": "Name a colour."}]
-        scored = engine.submit(other, [Item("Plums are purple.", False, 0)], session="b").result()
+        scored = engine.submit(other, [Item("Plums are purple.", False, 0)], session=b).result()
         assert scored.scores == pytest.approx(reference_scores(logprob, other, ["Plums are purple."], [False]),
                                               abs=1e-4)
         # A session whose conversation changes starts over rather than reusing another prompt's keys.
-        changed = engine.submit(other, [Item("Plums are purple.", False, 0)], session="a").result()
+        changed = engine.submit(other, [Item("Plums are purple.", False, 0)], session=a).result()
         assert changed.tokens == scored.tokens and changed.scores == pytest.approx(scored.scores, abs=1e-5)
     finally:
         engine.close()

@@ -48,7 +48,8 @@ def test_memory_does_not_grow_with_a_copy_of_the_prompt_per_response(wide_kv_sco
     prompt_kv_bytes = PROMPT_TOKENS * 2 * 4 * 8 * 32 * 4
     # Within one session the prompt is read once, by the first call; each later call brings new
     # candidates, so what is measured is the responses' reading alone.
-    sessions = SessionCache(1 << 30, 600)
+    sessions = SessionCache(1 << 30)
+    sessions.open("s")
 
     def score(candidates: range):
         bodies = [[(11 * c + j) % 1000 for j in range(4)] for c in candidates]

@@ -1,14 +1,18 @@
-"""The reward servicer on a real grpc.aio server on loopback: translation, sessions and statuses."""
+"""The reward servicer on a real grpc.aio server on loopback: translation, scoring streams and statuses."""
 import asyncio
+import queue
 import threading
+import time
 
 import grpc
 import pytest
 
 from common.errors import field_violations
 from common.server import Server, ServerOptions
+from coordinator.clients import RewardClient
 from reward_service.engine import ScoringEngine
 from reward_service.limits import InputLimits
+from reward_service.scorers import Item, common_prefix_length
 from reward_service.servicer import RewardServicer
 from reward_service.sessions import SessionCache
 from specrej.v1 import common_pb2, reward_pb2, reward_pb2_grpc
@@ -47,10 +51,14 @@ class LoopbackReward:
         self.thread.join()
 
 
+def new_engine(logprob) -> ScoringEngine:
+    return ScoringEngine(logprob, sessions=SessionCache(1 << 30), batch_window_seconds=0.002,
+                         limits=InputLimits(max_context=1024, max_items=8, max_response_tokens=32))
+
+
 @pytest.fixture(scope="module")
 def engine(logprob):
-    engine = ScoringEngine(logprob, sessions=SessionCache(1 << 30, 60), batch_window_seconds=0.002,
-                           limits=InputLimits(max_context=1024, max_items=8, max_response_tokens=32))
+    engine = new_engine(logprob)
     yield engine
     engine.close()
 
@@ -62,24 +70,69 @@ def reward(engine):
     loopback.stop()
 
 
-def test_score_in_a_session_then_release(reward, logprob, engine):
-    first = reward.Score(reward_pb2.ScoreRequest(
-        messages=MESSAGES, session="g1",
-        items=[reward_pb2.ScoreItem(response="Apples", candidate=0), reward_pb2.ScoreItem(response="Pears", candidate=3)],
-    ), timeout=30)
-    second = reward.Score(reward_pb2.ScoreRequest(
-        messages=MESSAGES, session="g1",
-        items=[reward_pb2.ScoreItem(response="Pears are sweet.", complete=True, candidate=3)],
-    ), timeout=30)
-    assert list(first.scores) == pytest.approx(reference_scores(logprob, AS_DICTS, ["Apples", "Pears"], [False] * 2),
-                                               abs=1e-4)
-    assert list(second.scores) == pytest.approx(reference_scores(logprob, AS_DICTS, ["Pears are sweet."], [True]),
-                                                abs=1e-4)
-    whole = len(logprob.tokenizer("Pears are sweet.", add_special_tokens=False).input_ids) + 1
-    assert 0 < second.scored_tokens < whole
-    assert reward.Release(reward_pb2.ReleaseRequest(session="g1"), timeout=30).freed_bytes > 0
-    assert reward.Release(reward_pb2.ReleaseRequest(session="g1"), timeout=30).freed_bytes == 0
-    assert engine.sessions.nbytes == 0
+def start(messages=MESSAGES) -> reward_pb2.ScoreSessionRequest:
+    return reward_pb2.ScoreSessionRequest(start=reward_pb2.ScoreSessionStart(messages=messages))
+
+
+def round_of(*deltas: tuple[int, str, bool]) -> reward_pb2.ScoreSessionRequest:
+    items = [reward_pb2.ScoreDelta(candidate=c, text_delta=text, complete=done) for c, text, done in deltas]
+    return reward_pb2.ScoreSessionRequest(round=reward_pb2.ScoreRound(items=items))
+
+
+def whole(texts: list[str], complete: list[bool]) -> reward_pb2.ScoreRequest:
+    return reward_pb2.ScoreRequest(messages=MESSAGES, items=[reward_pb2.ScoreItem(response=t, complete=c)
+                                                             for t, c in zip(texts, complete)])
+
+
+def wait_until_freed(engine, seconds: float = 10.0) -> None:
+    deadline = time.monotonic() + seconds
+    while (engine.sessions.nbytes or len(engine.sessions)) and time.monotonic() < deadline:
+        time.sleep(0.02)
+
+
+def test_a_stream_of_deltas_scores_like_whole_texts_and_reads_only_the_new_tokens(reward, logprob, engine):
+    rounds = [round_of((0, "Apples", False), (3, "Pears", False)),
+              round_of((0, " are red", False), (3, " are sweet.", True)),
+              round_of((3, "", True))]
+    texts = [(["Apples", "Pears"], [False, False]),
+             (["Apples are red", "Pears are sweet."], [False, True]),
+             (["Pears are sweet."], [True])]
+    answers = list(reward.ScoreSession(iter([start(), *rounds]), timeout=30))
+    assert len(answers) == 3
+    tokenize = logprob.tokenizer
+    read = {}
+    for answer, (responses, complete) in zip(answers, texts):
+        alone = reward.Score(whole(responses, complete), timeout=30)
+        assert list(answer.scores) == pytest.approx(list(alone.scores), abs=1e-4)
+        assert list(answer.scores) == pytest.approx(reference_scores(logprob, AS_DICTS, responses, complete), abs=1e-4)
+        bodies = [tokenize(r, add_special_tokens=False).input_ids + ([tokenize.eos_token_id] if c else [])
+                  for r, c in zip(responses, complete)]
+        candidates = [0, 3] if len(bodies) == 2 else [3]
+        fresh = sum(len(b) - common_prefix_length(read.get(c, []), b) for c, b in zip(candidates, bodies))
+        read = dict(zip(candidates, bodies))
+        prompt = len(logprob.tokenize(AS_DICTS, [])[0]) if answer is answers[0] else 0
+        assert answer.scored_tokens == prompt + fresh
+    assert answers[1].scored_tokens < reward.Score(whole(*texts[1]), timeout=30).scored_tokens
+    assert answers[2].scored_tokens == 0  # nothing new: the scores come from what the stream kept
+    wait_until_freed(engine)
+    assert engine.sessions.nbytes == 0 and len(engine.sessions) == 0
+
+
+@pytest.mark.parametrize("end", ["half-close", "cancel"])
+def test_the_end_of_a_stream_frees_what_it_held(reward, engine, end):
+    outgoing = queue.Queue()
+    outgoing.put(start())
+    outgoing.put(round_of((0, "Apples are red", False), (1, "Pears are green", False)))
+    answers = reward.ScoreSession(iter(outgoing.get, None), timeout=30)
+    next(answers)
+    assert engine.sessions.nbytes > 0 and len(engine.sessions) == 1
+    if end == "cancel":
+        answers.cancel()
+    else:
+        outgoing.put(None)
+        assert list(answers) == []
+    wait_until_freed(engine)
+    assert engine.sessions.nbytes == 0 and len(engine.sessions) == 0
 
 
 def test_info_names_the_scorer(reward):
@@ -102,6 +155,27 @@ def test_bad_input_is_invalid_argument_naming_the_field(reward, request_, field)
     assert field_violations(error.value)[0][0] == field
 
 
+@pytest.mark.parametrize("messages, field", [
+    ([round_of((0, "Apples", False))], "start"),
+    ([start([])], "start.messages"),
+    ([start(), start()], "round"),
+    ([start(), round_of(*[(c, "x", False) for c in range(9)])], "round.items"),
+    ([start(), round_of((0, "Apples", False), (1, "apple " * 40, False))], "round.items[1].text_delta"),
+    ([start(), round_of((0, "Apples", False), (0, "Pears", False))], "round.items[1].candidate"),
+    # Candidate 1 was dropped by the second round: a delta for it cannot extend a text.
+    ([start(), round_of((0, "Apples", False), (1, "Pears", False)), round_of((0, " are red", False)),
+      round_of((0, "", False), (1, " are green", False))], "round.items[1].candidate"),
+])
+def test_a_bad_stream_is_invalid_argument_naming_the_field(reward, engine, messages, field):
+    with pytest.raises(grpc.RpcError) as error:
+        list(reward.ScoreSession(iter(messages), timeout=30))
+    assert error.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert error.value.details().startswith(f"{field}: ")
+    assert field_violations(error.value)[0][0] == field
+    wait_until_freed(engine)
+    assert engine.sessions.nbytes == 0 and len(engine.sessions) == 0
+
+
 def test_a_loading_service_is_unavailable():
     loopback = LoopbackReward(RewardServicer(model_name="tiny"))
     try:
@@ -110,3 +184,105 @@ def test_a_loading_service_is_unavailable():
         assert error.value.code() == grpc.StatusCode.UNAVAILABLE
     finally:
         loopback.stop()
+
+
+class CountingServicer(RewardServicer):
+    """Counts the Info calls it answers, to tell when a client's channel reaches it."""
+
+    def __init__(self, engine):
+        super().__init__(engine, model_name="tiny")
+        self.info_calls = 0
+
+    async def Info(self, request, context):
+        self.info_calls += 1
+        return await super().Info(request, context)
+
+
+@pytest.fixture
+def two_replicas(logprob):
+    engines = [new_engine(logprob) for _ in range(2)]
+    servicers = [CountingServicer(e) for e in engines]
+    loopbacks = [LoopbackReward(s) for s in servicers]
+    yield engines, servicers, loopbacks
+    for loopback in loopbacks:
+        if loopback.thread.is_alive():
+            loopback.stop()
+    for engine in engines:
+        engine.close()
+
+
+async def connected_client(loopbacks, servicers) -> RewardClient:
+    """A coordinator's reward client over both replicas, once its channel reaches each of them."""
+    client = RewardClient("ipv4:" + ",".join(f"127.0.0.1:{l.server.port}" for l in loopbacks))
+    for _ in range(200):
+        if all(s.info_calls for s in servicers):
+            break
+        await client.stub.Info(reward_pb2.RewardInfoRequest(), timeout=5, wait_for_ready=True)
+        await asyncio.sleep(0.01)
+    assert all(s.info_calls for s in servicers)
+    return client
+
+
+def score_request(texts: list[str]) -> reward_pb2.ScoreRequest:
+    return reward_pb2.ScoreRequest(messages=MESSAGES, items=[reward_pb2.ScoreItem(response=t, candidate=c)
+                                                             for c, t in enumerate(texts)])
+
+
+def holders(engines) -> list[int]:
+    """Sessions open on each replica."""
+    return [len(e.sessions) for e in engines]
+
+
+ROUNDS = [["Apples", "Pears"], ["Apples are red", "Pears are"], ["Apples are red and crisp", "Pears are sweet"]]
+
+
+def test_each_request_keeps_all_its_rounds_on_one_replica(two_replicas):
+    engines, servicers, loopbacks = two_replicas
+
+    async def scenario():
+        client = await connected_client(loopbacks, servicers)
+        try:
+            async with client.for_request(30) as first, client.for_request(30) as second:
+                seen = []
+                for texts in ROUNDS:
+                    for calls in (first, second):
+                        await calls.score(score_request(texts))
+                    seen.append(holders(engines))
+                return seen
+        finally:
+            await client.close()
+
+    # Each replica holds one request's session from the first round to the last, never both, never
+    # spread: every round of a request reached the replica its stream was opened on.
+    assert asyncio.run(scenario()) == [[1, 1]] * len(ROUNDS)
+    for engine in engines:
+        wait_until_freed(engine)
+        assert engine.sessions.nbytes == 0 and len(engine.sessions) == 0
+
+
+def test_a_lost_replica_mid_request_is_replaced_with_the_same_scores(two_replicas, logprob):
+    engines, servicers, loopbacks = two_replicas
+
+    async def scenario():
+        client = await connected_client(loopbacks, servicers)
+        try:
+            async with client.for_request(30) as calls:
+                answers = [await calls.score(score_request(ROUNDS[0]))]
+                [lost] = [i for i, held in enumerate(holders(engines)) if held]
+                await asyncio.to_thread(loopbacks[lost].stop)
+                for texts in ROUNDS[1:]:
+                    answers.append(await calls.score(score_request(texts)))
+                return lost, answers, holders(engines)[1 - lost]
+        finally:
+            await client.close()
+
+    lost, answers, held_by_the_other = asyncio.run(scenario())
+    assert held_by_the_other == 1
+    for answer, texts in zip(answers, ROUNDS):
+        expected = reference_scores(logprob, AS_DICTS, texts, [False] * len(texts))
+        assert list(answer.scores) == pytest.approx(expected, abs=1e-4)
+    # The new stream was sent the whole texts, so its first round read them all, the prompt too.
+    prompt, bodies = logprob.tokenize(AS_DICTS, [Item(t) for t in ROUNDS[1]])
+    assert answers[1].scored_tokens == len(prompt) + sum(map(len, bodies))
+    wait_until_freed(engines[1 - lost])
+    assert engines[1 - lost].sessions.nbytes == 0
