@@ -1158,9 +1158,10 @@ def test_gpu_panels_show_only_this_services_gpus(tmp_path, honor_labels):
     tests = []
     for panel in panels.values():
         for t in panel.get("targets", []):
-            (metric,) = metric_names(t["expr"]) & DCGM_METRICS or [None]
-            if metric is None:
+            dcgm_metrics = metric_names(t["expr"]) & DCGM_METRICS
+            if not dcgm_metrics:
                 continue
+            (metric,) = dcgm_metrics
             for chosen, expected in (({}, ("generator", "reward", "staging")),
                                      ({"namespace": "specrej"}, ("generator", "reward")),
                                      ({"namespace": "specrej", "pod": ours["reward"]["pod"]}, ("reward",))):
