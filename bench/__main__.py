@@ -39,7 +39,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--parts", type=_list(str), default=None,
                         help=f"comma-separated subset of {','.join(PARTS)} [default: {','.join(DEFAULT_PARTS)} in "
                              "process; efficiency over gRPC; paired with the paired presets]; or `load`: concurrent clients against the three services "
-                             "started as processes on loopback (results in OUT/load/)")
+                             "started as processes on loopback (results in OUT/load/); or `fleet`: two replicas of "
+                             "each model service behind one coordinator, restarted in turn under load (results in "
+                             "OUT/fleet/)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.add_argument("--stop-after-minutes", type=float, default=None,
                         help="paired part: start no new run after this long and write the results of the pairs done; "
@@ -58,6 +60,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     load.add_argument("--load-clients", type=_list(int), help="closed-loop client counts [default 1,4,8,16,32]")
     load.add_argument("--load-n", type=_list(int), help="n of the load's requests [default 8,32]")
     load.add_argument("--load-seconds", type=float, help="seconds per client count [default 20]")
+
+    fleet = parser.add_argument_group("fleet (--parts fleet)")
+    fleet.add_argument("--fleet-clients", type=int, help="closed-loop clients during the restarts [default 3]")
+    fleet.add_argument("--fleet-settle-seconds", type=float,
+                       help="seconds of load before the first restart and after each [default 10]")
 
     models = parser.add_argument_group("models (in process)")
     models.add_argument("--model", default=None, help="generator: Hugging Face folder or hub id [default: the "
@@ -113,6 +120,12 @@ def main(argv=None):
         from bench.load_run import run_load_part
 
         path = run_load_part(args, command)
+        print(f"wrote {path}", file=sys.stderr)
+        return None
+    if args.parts == ("fleet",):
+        from bench.fleet import run_fleet_part
+
+        path = run_fleet_part(args, command)
         print(f"wrote {path}", file=sys.stderr)
         return None
     import transformers

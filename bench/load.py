@@ -58,7 +58,7 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, max(0, round(q / 100 * (len(ordered) - 1))))]
 
 
-def _request(n: int, max_new_tokens: int, seed: int, every: int, prompt_index: int = 0) -> pb.GenerateRequest:
+def generate_request(n: int, max_new_tokens: int, seed: int, every: int, prompt_index: int = 0) -> pb.GenerateRequest:
     return pb.GenerateRequest(prompt=PROMPTS[prompt_index % len(PROMPTS)], n=n, max_new_tokens=max_new_tokens,
                               seed=seed, decision_every_tokens=every, rejection_rate=0.5)
 
@@ -133,8 +133,9 @@ def closed_loop(stub, target: str, n: int, clients: int, config: LoadConfig) -> 
                 seed = issued[0]
             began = time.perf_counter()
             try:
-                response = stub.Generate(_request(n, config.max_new_tokens, seed, config.decision_every_tokens,
-                                                  number), timeout=config.timeout)
+                response = stub.Generate(generate_request(n, config.max_new_tokens, seed,
+                                                          config.decision_every_tokens, number),
+                                         timeout=config.timeout)
                 code = grpc.StatusCode.OK.name
             except grpc.RpcError as error:
                 response, code = None, error.code().name
@@ -164,7 +165,7 @@ def tiny_behind_large(stub, config: LoadConfig, repeats: int = 3) -> dict:
 
     def tiny(seed):
         began = time.perf_counter()
-        stub.Generate(_request(tiny_n, tiny_tokens, seed, 8, 1), timeout=config.timeout)
+        stub.Generate(generate_request(tiny_n, tiny_tokens, seed, 8, 1), timeout=config.timeout)
         return time.perf_counter() - began
 
     alone = [tiny(1000 + i) for i in range(repeats)]
@@ -203,7 +204,7 @@ def flood(target: str, config: LoadConfig) -> dict:
     for i in range(config.flood_requests):
         sent = time.perf_counter()
         future = stub.Generate.future(
-            _request(8, config.max_new_tokens, 5000 + i, config.decision_every_tokens, i), timeout=60)
+            generate_request(8, config.max_new_tokens, 5000 + i, config.decision_every_tokens, i), timeout=60)
         # The time a call was answered, taken when it happens rather than when it is looked at.
         future.add_done_callback(lambda done, sent=sent: answered.setdefault(id(done), time.perf_counter() - sent))
         futures.append(future)
@@ -227,13 +228,13 @@ def flood(target: str, config: LoadConfig) -> dict:
 
 def same_seed_alone_and_concurrent(stub, config: LoadConfig, clients: int = 8) -> dict:
     """The same request (same seed) alone and among `clients` concurrent others returns the same texts."""
-    probe = _request(8, 32, 424242, 8, 2)
+    probe = generate_request(8, 32, 424242, 8, 2)
     probe.return_top = 8
     alone = stub.Generate(probe, timeout=config.timeout)
     results = {}
 
     def other(i):
-        stub.Generate(_request(8, 32, 9000 + i, 8, i), timeout=config.timeout)
+        stub.Generate(generate_request(8, 32, 9000 + i, 8, i), timeout=config.timeout)
 
     threads = [threading.Thread(target=other, args=(i,)) for i in range(clients - 1)]
     for thread in threads:
@@ -257,7 +258,7 @@ def run_load(target: str, config: LoadConfig) -> dict:
     check_loopback(target)
     channel = grpc.insecure_channel(target)
     stub = coordinator_pb2_grpc.CoordinatorStub(channel)
-    stub.Generate(_request(4, 8, 1, 4), timeout=config.timeout)  # warm-up
+    stub.Generate(generate_request(4, 8, 1, 4), timeout=config.timeout)  # warm-up
     levels = [closed_loop(stub, target, n, clients, config).summary() for n in config.n for clients in config.clients]
     results = {
         "config": asdict(config),
