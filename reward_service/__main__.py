@@ -5,14 +5,22 @@ import logging
 
 from common.flags import add_flag, add_model_service_flags, parse_bytes
 from common.models import prefer_passive_openmp_waits
+from .judge_template import JudgeTemplate, TemplateError
 
 
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m reward_service", description=__doc__)
     add_model_service_flags(parser, default_port=50052, default_metrics_port=9102)
-    add_flag(parser, "scorer", env="SPECREJ_SCORER", default="lm-logprob", choices=["lm-logprob", "classifier"],
+    add_flag(parser, "scorer", env="SPECREJ_SCORER", default="lm-logprob",
+             choices=["lm-logprob", "classifier", "judge"],
              help="lm-logprob: mean log-probability of the response under a causal LM; "
-                  "classifier: a sequence-classification reward model")
+                  "classifier: a sequence-classification reward model; "
+                  "judge: a chat model asked whether the response is good, log P(Yes) - log P(No)")
+    add_flag(parser, "judge-template", env="SPECREJ_JUDGE_TEMPLATE", default=None,
+             help="the judge's question, as the user's message: a file holding it, or the text itself, with "
+                  "{conversation} and then {response} in it ({{ and }} for literal braces); it should ask for "
+                  "Yes or No; unset = a built-in one: the conversation as a question, the response as its answer, "
+                  "then 'Is this a good answer to the question? Answer Yes or No.'")
     add_flag(parser, "token-budget", env="SPECREJ_TOKEN_BUDGET", default=8192, type=int,
              help="most tokens read in one forward pass (prompts and responses packed without padding; "
                   "classifiers that are recomputed: rows x longest row)")
@@ -27,7 +35,12 @@ def parse_args(argv=None) -> argparse.Namespace:
              help="most responses in one Score call")
     add_flag(parser, "max-response-tokens", env="SPECREJ_MAX_RESPONSE_TOKENS", default=0, type=int,
              help="most tokens in one response; 0 = the model's context minus the conversation")
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    try:
+        args.judge_template = JudgeTemplate.load(args.judge_template)
+    except TemplateError as error:
+        parser.error(f"--judge-template: {error}")
+    return args
 
 
 def main(argv=None) -> None:
@@ -47,7 +60,7 @@ def load_engine(args):
     set_cpu_threads(args.cpu_threads)
     device = choose_device(args.device)
     scorer = load_scorer(args.scorer, resolve_model(args.model, args.model_cache), device,
-                         choose_dtype(args.dtype, device), args.token_budget)
+                         choose_dtype(args.dtype, device), args.token_budget, args.judge_template)
     limits = InputLimits(max_context=scorer.max_context, max_items=args.max_items, max_messages=args.max_messages,
                          max_prompt_tokens=args.max_prompt_tokens, max_response_tokens=args.max_response_tokens)
     return ScoringEngine(scorer, sessions=SessionCache(args.cache_budget), limits=limits,

@@ -1,15 +1,18 @@
-"""Reward scorers: the mean log-probability of the response under a causal LM, and sequence-classifier
-reward models. Each scores many responses to one conversation, and several such requests at once.
+"""Reward scorers: the mean log-probability of the response under a causal LM, sequence-classifier
+reward models, and a chat model asked whether the response is good. Each scores many responses to one
+conversation, and several such requests at once. `SCORERS` names them.
 
 Scorers over Llama-family models read through `CausalReader`: the prompt once, shared by every
 response without copies, and, within a session, only the response tokens added since the previous
 call. Other classifiers are recomputed from scratch by their own Hugging Face forward pass."""
+import os
 from dataclasses import dataclass
 
 import torch
 
 from common.chat import PromptError, conversation_text, prompt_token_ids
 from .batching import batches_by_token_budget
+from .judge_template import JudgeTemplate, plain_conversation
 from .reader import CausalReader, Piece, SequenceKV, is_readable
 from .sessions import CandidateState, SessionCache, SessionState
 
@@ -66,6 +69,9 @@ class IncrementalScorer:
     each session's keys/values in `sessions` between its calls."""
 
     name = ""
+    # Tokens read after every response at every call, whose keys/values are not kept: they follow the
+    # response, so each call's new response tokens come before them.
+    tail: tuple[int, ...] = ()
 
     def __init__(self, model, tokenizer, token_budget: int, head):
         self.model, self.tokenizer, self.token_budget, self.head = model, tokenizer, token_budget, head
@@ -90,6 +96,8 @@ class IncrementalScorer:
         for request, (state, _, _, tokens) in zip(requests, plans):
             candidates = list(state.candidates.values())
             results.append(Scored([self._value(state.prompt, c) for c in candidates], tokens))
+            for candidate in candidates:
+                candidate.kv.truncate(len(candidate.ids))
             if sessions is not None and request.session:
                 sessions.put(request.session, state)
         return results, passes
@@ -107,9 +115,10 @@ class IncrementalScorer:
         # Without a session, positions stand in for candidate indices; candidates absent now are dropped.
         keys = request.candidates if request.session else range(len(request.bodies))
         for key, body in zip(keys, request.bodies):
+            read = body + list(self.tail)
             candidate = previous.get(key)
             if candidate is None:
-                candidate = CandidateState(body, SequenceKV(self.reader, max(len(body), 1)))
+                candidate = CandidateState(body, SequenceKV(self.reader, max(len(read), 1)))
             else:
                 # Tokens up to the first difference keep their keys/values; a text delta may have changed
                 # the last token, and everything from there on is read again.
@@ -117,9 +126,9 @@ class IncrementalScorer:
                 candidate.kv.truncate(kept)
                 del candidate.token_scores[kept:]
                 candidate.ids = body
-            if len(body) > candidate.kv.length:
-                pieces.append(Piece(candidate.kv, body, len(body) - candidate.kv.length, state.prompt))
-                tokens += len(body) - candidate.kv.length
+            if len(read) > candidate.kv.length:
+                pieces.append(Piece(candidate.kv, read, len(read) - candidate.kv.length, state.prompt))
+                tokens += len(read) - candidate.kv.length
             state.candidates[key] = candidate
         return state, prompt_piece, pieces, tokens
 
@@ -224,19 +233,124 @@ class RecomputingClassifierScorer:
         return results, passes
 
 
-def load_scorer(kind: str, path: str, device, dtype, token_budget: int):
-    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
+class JudgeScorer(IncrementalScorer):
+    """A chat model is asked whether the response is good; the score is log P(yes) - log P(no) for the
+    first token of its answer. The question is the template, filled in, as the user's turn of the
+    model's chat template, with the assistant's turn opened after it.
 
-    tokenizer = AutoTokenizer.from_pretrained(path)
-    if kind == LogprobScorer.name:
-        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype).to(device).eval()
-        if not is_readable(model):
-            raise ValueError(f"the {kind} scorer needs a decoder of type llama, mistral, qwen2 or qwen3 with full "
-                             f"attention; {path} is {model.config.model_type!r}")
-        return LogprobScorer(model, tokenizer, token_budget)
-    if kind == ClassifierScorer.name:
-        model = AutoModelForSequenceClassification.from_pretrained(path, dtype=dtype).to(device).eval()
-        if is_readable(model) and hasattr(model, "score"):
-            return ClassifierScorer(model, tokenizer, token_budget)
-        return RecomputingClassifierScorer(model, tokenizer, token_budget)
-    raise ValueError(f"unknown scorer {kind!r}; choose {LogprobScorer.name} or {ClassifierScorer.name}")
+    That text is read as [everything before the response] [the response] [everything after it]: the
+    first is the session's prompt, read once; the response's keys/values are kept between calls; the
+    rest, the same for every response, is the tail, read again after each response at each call.
+    The response is tokenized on its own, after the whitespace that precedes it in the template (a
+    byte-level BPE splits tokens there as it would in the whole text), and judged without trailing
+    whitespace, which would merge with whitespace that follows it. So with whitespace or a new line
+    after {response}, as in the default template, the tokens are those of the whole text for every
+    response that is not empty. `complete` changes nothing: the judge reads the text as it stands."""
+
+    name = "judge"
+    answers = ("Yes", "No")
+    _RESPONSE = "\x00response\x00"  # stands for the response while the chat template lays the text out
+
+    def __init__(self, model, tokenizer, token_budget: int, template: JudgeTemplate):
+        super().__init__(model, tokenizer, token_budget, model.get_output_embeddings())
+        self.template = template
+        _, after = self._question_around_response([{"role": "user", "content": "..."}])
+        lead_in, (self.yes, self.no) = self._answer_tokens()
+        self.tail = tuple(tokenizer(after + lead_in, add_special_tokens=False).input_ids)
+        self.max_context -= len(self.tail)
+
+    def _question_around_response(self, messages: list[dict]) -> tuple[str, str]:
+        """The judge's whole input as text, split where the response goes."""
+        question = self.template.format(plain_conversation(messages), self._RESPONSE)
+        try:
+            text = self.tokenizer.apply_chat_template([{"role": "user", "content": question}],
+                                                      add_generation_prompt=True, tokenize=False)
+        except Exception as error:  # the template's own complaint goes to the caller
+            raise PromptError(f"the judge's chat template rejected the question: {error}") from error
+        # The conversation comes before the response, so the last mark is the response's own.
+        before, mark, after = text.rpartition(self._RESPONSE)
+        if not mark:
+            raise PromptError("the judge's chat template does not keep the question's text as it is")
+        return before, after
+
+    def _answer_tokens(self) -> tuple[str, tuple[int, int]]:
+        """The token each answer starts with as the assistant's turn opens with it (for SmolLM2's
+        template, "Yes" and "No" without a leading space, after "<|im_start|>assistant\\n"), and any text
+        the template puts into the assistant's turn before either answer (such as an empty thinking
+        block), which then ends the question."""
+        question = [{"role": "user", "content": "?"}]
+        opened = self.tokenizer.apply_chat_template(question, add_generation_prompt=True, tokenize=False)
+        turns = [self.tokenizer.apply_chat_template([*question, {"role": "assistant", "content": answer}],
+                                                    tokenize=False) for answer in self.answers]
+        # A template that lays a finished turn out otherwise than it opens one: the answers' bare text.
+        turns = [t[len(opened):] if t.startswith(opened) else a for t, a in zip(turns, self.answers)]
+        lead_in = os.path.commonprefix(turns)
+        yes, no = (self.tokenizer(t[len(lead_in):], add_special_tokens=False).input_ids[0] for t in turns)
+        return lead_in, (yes, no)
+
+    def tokenize(self, messages: list[dict], items: list[Item]) -> tuple[list[int], list[list[int]]]:
+        before, _ = self._question_around_response(messages)
+        stem = before.rstrip()
+        prompt = self.tokenizer(stem, add_special_tokens=False).input_ids
+        responses = [before[len(stem):] + i.response.rstrip() for i in items]
+        bodies = self.tokenizer(responses, add_special_tokens=False).input_ids if items else []
+        return prompt, bodies
+
+    def _value(self, prompt: SequenceKV, candidate: CandidateState) -> float:
+        # The log-softmax's normaliser is the same for both answers: their logits' difference is the score.
+        logits = self.head(candidate.kv.hidden[candidate.kv.length - 1]).float()
+        return (logits[self.yes] - logits[self.no]).item()
+
+
+@dataclass(frozen=True)
+class ScorerSettings:
+    path: str
+    device: torch.device
+    dtype: torch.dtype
+    token_budget: int
+    judge_template: JudgeTemplate
+
+
+def _readable_causal_lm(settings: ScorerSettings, kind: str):
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(settings.path, dtype=settings.dtype).to(settings.device).eval()
+    if not is_readable(model):
+        raise ValueError(f"the {kind} scorer needs a decoder of type llama, mistral, qwen2 or qwen3 with full "
+                         f"attention; {settings.path} is {model.config.model_type!r}")
+    return model
+
+
+def _load_logprob(settings: ScorerSettings, tokenizer) -> LogprobScorer:
+    return LogprobScorer(_readable_causal_lm(settings, LogprobScorer.name), tokenizer, settings.token_budget)
+
+
+def _load_classifier(settings: ScorerSettings, tokenizer):
+    from transformers import AutoModelForSequenceClassification
+
+    model = AutoModelForSequenceClassification.from_pretrained(settings.path, dtype=settings.dtype)
+    model = model.to(settings.device).eval()
+    if is_readable(model) and hasattr(model, "score"):
+        return ClassifierScorer(model, tokenizer, settings.token_budget)
+    return RecomputingClassifierScorer(model, tokenizer, settings.token_budget)
+
+
+def _load_judge(settings: ScorerSettings, tokenizer) -> JudgeScorer:
+    if not tokenizer.chat_template:
+        raise ValueError(f"the {JudgeScorer.name} scorer needs a chat model; {settings.path} has no chat template")
+    return JudgeScorer(_readable_causal_lm(settings, JudgeScorer.name), tokenizer, settings.token_budget,
+                       settings.judge_template)
+
+
+SCORERS = {LogprobScorer.name: _load_logprob, ClassifierScorer.name: _load_classifier, JudgeScorer.name: _load_judge}
+
+
+def load_scorer(kind: str, path: str, device, dtype, token_budget: int, judge_template: JudgeTemplate | None = None):
+    """The scorer named `kind` over the model at `path`; `judge_template` (default: the built-in one)
+    is the judge's question."""
+    from transformers import AutoTokenizer
+
+    if kind not in SCORERS:
+        raise ValueError(f"unknown scorer {kind!r}; choose one of {', '.join(SCORERS)}")
+    settings = ScorerSettings(path, device, dtype, token_budget, judge_template or JudgeTemplate.load(None))
+    return SCORERS[kind](settings, AutoTokenizer.from_pretrained(path))
