@@ -58,8 +58,10 @@ def test_a_request_span_holds_one_span_per_decision_point(tiny_stack, span_expor
     assert len(decision_points) == len(response.stats.rounds) >= 2
     assert [s.attributes["specrej.position"] for s in decision_points] == [
         r.token_position for r in response.stats.rounds]
-    # Each decision point scored once, through a traced client call to the reward service.
-    for decision_point in decision_points:
-        [score] = children(decision_point, "score")
-        assert any(s.kind == SpanKind.CLIENT and s.parent.span_id == score.context.span_id for s in spans)
+    # Each decision point scored once; the rounds go over one traced client stream to the reward
+    # service, opened by the first of them.
+    scores = [score for decision_point in decision_points for score in children(decision_point, "score")]
+    assert len(scores) == len(decision_points)
+    [stream] = [s for s in spans if s.kind == SpanKind.CLIENT and s.name.endswith("/ScoreSession")]
+    assert stream.parent.span_id == scores[0].context.span_id
     assert len(children(request, "score")) == 1  # the final ranking
