@@ -18,7 +18,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                   "judge: a chat model asked whether the response is good, log P(Yes) - log P(No)")
     add_flag(parser, "judge-template", env="SPECREJ_JUDGE_TEMPLATE", default=None,
              help="the judge's question, as the user's message: a file holding it, or the text itself, with "
-                  "{conversation} and then {response} in it ({{ and }} for literal braces); it should ask for "
+                  "{conversation} and then {response} in it, whitespace on each side of {response} ({{ and }} for "
+                  "literal braces); it should ask for "
                   "Yes or No; unset = a built-in one: the conversation as a question, the response as its answer, "
                   "then 'Is this a good answer to the question? Answer Yes or No.'")
     add_flag(parser, "token-budget", env="SPECREJ_TOKEN_BUDGET", default=8192, type=int,

@@ -286,6 +286,8 @@ class JudgeScorer(IncrementalScorer):
         turns = [t[len(opened):] if t.startswith(opened) else a for t, a in zip(turns, self.answers)]
         lead_in = os.path.commonprefix(turns)
         yes, no = (self.tokenizer(t[len(lead_in):], add_special_tokens=False).input_ids[0] for t in turns)
+        if yes == no:
+            raise ValueError("the chat template leaves no token that tells the judge's Yes from its No")
         return lead_in, (yes, no)
 
     def tokenize(self, messages: list[dict], items: list[Item]) -> tuple[list[int], list[list[int]]]:

@@ -7,7 +7,7 @@ from common.models import resolve_model
 from reward_service.__main__ import parse_args
 from reward_service.engine import ScoringEngine
 from reward_service.judge_template import DEFAULT_TEXT, JudgeTemplate, TemplateError
-from reward_service.scorers import SCORERS, Item, Request, common_prefix_length, load_scorer
+from reward_service.scorers import SCORERS, Item, JudgeScorer, Request, common_prefix_length, load_scorer
 from reward_service.servicer import RewardServicer
 from reward_service.sessions import SessionCache
 from specrej.v1 import common_pb2, reward_pb2
@@ -67,6 +67,27 @@ def test_a_template_from_a_file_over_a_longer_conversation(tiny_model_dir, judge
     as_text = "System: Answer briefly.\n\nUser: Name a fruit.\n\nAssistant: A plum.\n\nUser: Another one?"
     expected = [direct_judge_score(judge.model, judge.tokenizer, CUSTOM_TEXT, as_text, r) for r in RESPONSES[:2]]
     assert score_once(scorer, CONVERSATION, RESPONSES[:2]) == pytest.approx(expected, abs=1e-4)
+
+
+def test_text_the_chat_template_puts_before_the_answer_ends_the_question(tiny_model_dir, judge):
+    """A template that opens the assistant's turn with an empty thinking block before its answer."""
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    tokenizer.chat_template = (
+        "{% for m in messages %}{{ '<|im_start|>' + m['role'] + '\\n' }}"
+        "{% if m['role'] == 'assistant' %}{{ '<think>\\n\\n</think>\\n\\n' }}{% endif %}"
+        "{{ m['content'] + '<|im_end|>\\n' }}{% endfor %}"
+        "{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}")
+    scorer = JudgeScorer(judge.model, tokenizer, 64, JudgeTemplate.load(None))
+    question = DEFAULT_TEXT.format(conversation="Name a fruit.", response=RESPONSES[0])
+    text = tokenizer.apply_chat_template([{"role": "user", "content": question}], add_generation_prompt=True,
+                                         tokenize=False) + "<think>\n\n</think>\n\n"
+    with torch.inference_mode():
+        logits = judge.model(tokenizer(text, add_special_tokens=False, return_tensors="pt").input_ids).logits
+    assert [tokenizer.decode([t]) for t in (scorer.yes, scorer.no)] == ["Yes", "No"]
+    expected = (logits[0, -1, scorer.yes] - logits[0, -1, scorer.no]).item()
+    assert score_once(scorer, MESSAGES, RESPONSES[:1]) == pytest.approx([expected], abs=1e-4)
 
 
 def test_the_token_budget_splits_the_question_across_passes_without_changing_scores(tiny_model_dir, judge):
