@@ -4,7 +4,8 @@ conversation, and several such requests at once. `SCORERS` names them.
 
 Scorers over Llama-family models read through `CausalReader`: the prompt once, shared by every
 response without copies, and, within a session, only the response tokens added since the previous
-call. Other classifiers are recomputed from scratch by their own Hugging Face forward pass."""
+call (the judge also the question that follows the response). Other classifiers are recomputed from
+scratch by their own Hugging Face forward pass."""
 import os
 from dataclasses import dataclass
 
