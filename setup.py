@@ -14,7 +14,7 @@ from protos.compile import compile_protos  # noqa: E402  (the source tree's own 
 # A client-only install stays light; the services' own needs come with the `serve` extra.
 CLIENT_REQUIREMENTS = ("grpcio", "protobuf", "grpcio-status", "googleapis-common-protos")
 SERVE_REQUIREMENTS = ("torch", "transformers", "accelerate", "gguf", "safetensors", "numpy", "grpcio-health-checking",
-                      "grpcio-reflection", "prometheus-client", "nvidia-ml-py")
+                      "grpcio-reflection", "prometheus-client", "cryptography", "nvidia-ml-py")
 
 
 def pinned(names: tuple[str, ...]) -> list[str]:

@@ -32,6 +32,13 @@ ADMISSION_REJECTED = prometheus_client.Counter(
     ["service"],
 )
 
+TLS_CERTIFICATE_EXPIRY = prometheus_client.Gauge(
+    "specrej_tls_certificate_expiry_timestamp_seconds",
+    "Unix time at which the certificate in use expires (its notAfter), set whenever it is (re)loaded; "
+    "role: server = presented to clients, client = presented to upstream services.",
+    ["service", "role"],
+)
+
 
 def start_metrics_server(port: int, host: str = "") -> None:
     """Serve /metrics on `host` (a gRPC-style "[::]" works too); port 0 = off."""

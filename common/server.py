@@ -20,6 +20,10 @@ from .tracing import configure_tracing
 log = logging.getLogger(__name__)
 
 _HEALTH_SERVICE = health_pb2.DESCRIPTOR.services_by_name["Health"].full_name
+# Between NOT_SERVING and GOAWAY: time for clients that watch health to stop picking this replica.
+# A call that reaches gRPC after its GOAWAY but before the client has read it is cancelled
+# (gRPC core's shutdown drops calls no handler has taken yet), so clients are told first.
+HEALTH_NOTICE_SECONDS = 1.0
 
 
 @dataclass(frozen=True)
@@ -71,7 +75,7 @@ class Server:
                 [*service_names, _HEALTH_SERVICE, reflection.SERVICE_NAME], self.grpc)
         address = f"{options.host}:{options.port}"
         if options.tls:
-            self.port = self.grpc.add_secure_port(address, options.tls.credentials())
+            self.port = self.grpc.add_secure_port(address, options.tls.credentials(service))
         else:
             self.port = self.grpc.add_insecure_port(address)
         if self.port == 0:
@@ -93,16 +97,24 @@ class Server:
         await self._set_status(health_pb2.HealthCheckResponse.SERVING)
 
     async def drain(self, grace: float) -> None:
-        """Health goes NOT_SERVING, new calls get UNAVAILABLE (clients retry elsewhere), calls in
-        flight get up to `grace` seconds to finish; then the server stops."""
+        """Move clients to other replicas, let calls in flight finish, stop; all within `grace`
+        seconds. Health goes NOT_SERVING (clients that watch it stop picking this replica) and new
+        calls get UNAVAILABLE; after HEALTH_NOTICE_SECONDS the server sends GOAWAY and closes its
+        listener (other clients reconnect, to another replica); calls in flight get the rest."""
         await self.health.enter_graceful_shutdown()
         self.state.draining = True
         log.info("%s draining: %d calls in flight, up to %.0f s", self.service, self.state.in_flight, grace)
-        finished = await self.state.wait_idle(grace)
-        if not finished:
+        notice = min(grace, HEALTH_NOTICE_SECONDS)
+        await asyncio.sleep(notice)
+        stopping = asyncio.create_task(self.grpc.stop(grace - notice))
+        finished = await self.state.wait_idle(grace - notice)
+        if not finished and self.state.in_flight:
             log.warning("%s: %d calls still running after %.0f s; stopping them", self.service,
                         self.state.in_flight, grace)
+        # Clients' health watches are calls too, open for as long as the client is: without this
+        # they would hold the server up for the whole grace period.
         await self.grpc.stop(0)
+        await stopping
 
     async def serve_until_signalled(self) -> None:
         """Serve until SIGTERM or SIGINT, then drain for the configured grace period."""

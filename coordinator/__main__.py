@@ -76,7 +76,7 @@ async def serve(args) -> None:
     servicer = CoordinatorServicer(
         GeneratorClient(args.generator, upstream_tls), RewardClient(args.reward, upstream_tls),
         Admission(args.max_concurrent, args.max_queued, service="coordinator"), limits, args.default_timeout,
-        args.score_ahead_tokens)
+        args.score_ahead_tokens, max_request_seconds=args.drain_grace_seconds)
     coordinator_pb2_grpc.add_CoordinatorServicer_to_server(servicer, server.grpc)
     common_metrics.set_build_info("coordinator", model="")
     await server.start()

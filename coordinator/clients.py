@@ -9,7 +9,8 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from common import errors
-from common.tls import ChannelTls, secure_or_insecure_channel
+from common.tls import ChannelTls, ReloadingChannel
+from specrej import fleet
 from specrej.v1 import generator_pb2, generator_pb2_grpc, reward_pb2, reward_pb2_grpc
 
 log = logging.getLogger(__name__)
@@ -17,10 +18,10 @@ log = logging.getLogger(__name__)
 # Streams one scoring round may open: the request's own, and new ones after a replica was lost.
 _STREAM_ATTEMPTS = 3
 
-# Headless Kubernetes services resolve to every replica; round robin spreads requests over them,
-# and a request's whole session stays on the replica its stream was opened to.
-_CHANNEL_OPTIONS = [
-    ("grpc.lb_policy_name", "round_robin"),
+# Headless Kubernetes services resolve to every replica; round robin spreads requests over the
+# healthy ones (specrej.fleet), and a request's whole session stays on the replica its stream was
+# opened to.
+_MESSAGE_OPTIONS = [
     ("grpc.max_receive_message_length", 64 * 1024 * 1024),
     ("grpc.max_send_message_length", 64 * 1024 * 1024),
 ]
@@ -54,15 +55,37 @@ def translate(error: grpc.aio.AioRpcError, service: str, target: str) -> errors.
 
 
 class _Upstream:
-    """A channel to one service (over TLS when given) and its health stub."""
+    """A channel to one service's replicas (over TLS when given, following its certificate files),
+    its stub and its health stub. `stub` and `health` belong to the channel new calls go over."""
 
     service = ""  # the name public messages use
     service_name = ""  # the gRPC service its health check asks about
+    stub_class = None  # the service's generated stub
 
     def __init__(self, target: str, tls: ChannelTls | None = None):
         self.target = target
-        self.channel = secure_or_insecure_channel(target, tls, options=_CHANNEL_OPTIONS)
-        self.health = health_pb2_grpc.HealthStub(self.channel)
+        self._channels = ReloadingChannel(target, tls, [*_MESSAGE_OPTIONS, *fleet.channel_options(self.service_name)],
+                                          service="coordinator")
+        self._stubs = (None, None, None)
+
+    def _current(self) -> tuple:
+        """(channel, stub, health stub) for a new call."""
+        channel = self._channels.current()
+        if channel is not self._stubs[0]:
+            self._stubs = (channel, self.stub_class(channel), health_pb2_grpc.HealthStub(channel))
+        return self._stubs
+
+    @property
+    def channel(self) -> grpc.aio.Channel:
+        return self._current()[0]
+
+    @property
+    def stub(self):
+        return self._current()[1]
+
+    @property
+    def health(self) -> health_pb2_grpc.HealthStub:
+        return self._current()[2]
 
     def _error(self, error: grpc.aio.AioRpcError) -> errors.ServiceError:
         return translate(error, self.service, self.target)
@@ -85,7 +108,7 @@ class _Upstream:
             raise errors.Unavailable(f"the {self.service} service is not serving yet")
 
     async def close(self) -> None:
-        await self.channel.close()
+        await self._channels.close()
 
 
 class GeneratorSession:
@@ -136,10 +159,10 @@ class GeneratorSession:
 class GeneratorClient(_Upstream):
     service = "generator"
     service_name = generator_pb2.DESCRIPTOR.services_by_name["Generator"].full_name
+    stub_class = generator_pb2_grpc.GeneratorStub
 
     def __init__(self, target: str, tls: ChannelTls | None = None):
         super().__init__(target, tls)
-        self.stub = generator_pb2_grpc.GeneratorStub(self.channel)
         self._context_tokens: int | None = None
 
     @contextlib.asynccontextmanager
@@ -257,10 +280,7 @@ class RewardCalls:
 class RewardClient(_Upstream):
     service = "reward"
     service_name = reward_pb2.DESCRIPTOR.services_by_name["Reward"].full_name
-
-    def __init__(self, target: str, tls: ChannelTls | None = None):
-        super().__init__(target, tls)
-        self.stub = reward_pb2_grpc.RewardStub(self.channel)
+    stub_class = reward_pb2_grpc.RewardStub
 
     def for_request(self, timeout: float | None, metadata: tuple = ()) -> RewardCalls:
         return RewardCalls(self, None if timeout is None else time.monotonic() + timeout, metadata)

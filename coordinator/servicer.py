@@ -25,10 +25,14 @@ _NO_DEADLINE = 10**7  # seconds; without a client deadline gRPC reports a time f
 
 
 class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServicer):
+    """`max_request_seconds` (the drain grace) caps the time any request runs, whatever its client's
+    deadline, so that a request started just before a drain can still finish; None = no cap."""
+
     def __init__(self, generator: GeneratorClient, reward: RewardClient, admission: Admission, limits: Limits,
-                 default_timeout: float, score_ahead_tokens: int = 0):
+                 default_timeout: float, score_ahead_tokens: int = 0, max_request_seconds: float | None = None):
         self.generator, self.reward, self.admission = generator, reward, admission
         self.limits, self.default_timeout, self.score_ahead_tokens = limits, default_timeout, score_ahead_tokens
+        self.max_request_seconds = max_request_seconds
 
     async def Generate(self, request, context):
         response = None
@@ -51,6 +55,7 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServicer):
         began = time.perf_counter()
         code = grpc.StatusCode.OK
         pipeline = None
+        capped = False
         metrics.IN_FLIGHT.labels(metrics.SERVICE).inc()
         try:
             with tracer.start_as_current_span("request", attributes={"specrej.request_id": call_log.request_id,
@@ -61,8 +66,7 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServicer):
                 async with self.admission.slot():
                     # Fail before any decoding when the reward model could not rank the candidates.
                     await self.reward.check_reachable()
-                    remaining = context.time_remaining()
-                    timeout = remaining if remaining is not None and remaining < _NO_DEADLINE else self.default_timeout
+                    timeout, capped = self._timeout(context, began)
                     async with self.generator.session(timeout, call_log.metadata) as session, \
                             self.reward.for_request(timeout, call_log.metadata) as reward:
                         pipeline = Pipeline(plan, session, reward, self.score_ahead_tokens)
@@ -79,6 +83,10 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServicer):
                             yield event
         except errors.ServiceError as error:
             code = error.code
+            if capped and isinstance(error, errors.DeadlineExceeded):
+                raise errors.DeadlineExceeded(
+                    f"the request ran for the coordinator's limit of {self.max_request_seconds:g} s "
+                    "(its drain grace), which is shorter than the request's deadline") from None
             raise
         except asyncio.CancelledError:
             code = ended_by_client(context)
@@ -94,6 +102,17 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServicer):
             if pipeline is not None and pipeline.started is not None:
                 metrics.observe_decoded(method, pipeline.decoded_tokens)
                 _log_work(call_log, pipeline, seconds)
+
+    def _timeout(self, context, began: float) -> tuple[float, bool]:
+        """(seconds the request may still run, whether the cap cut its deadline short). The cap
+        counts from the call's arrival, its time in the queue included."""
+        remaining = context.time_remaining()
+        requested = remaining if remaining is not None and remaining < _NO_DEADLINE else self.default_timeout
+        if self.max_request_seconds is not None:
+            left = max(0.0, self.max_request_seconds - (time.perf_counter() - began))
+            if requested > left:
+                return left, True
+        return requested, False
 
 
 def _log_work(call_log: requestlog.CallLog, pipeline: Pipeline, seconds: float) -> None:

@@ -11,11 +11,14 @@ from typing import NoReturn
 
 import grpc
 
+from specrej import fleet
 from specrej.errors import ServiceError, request_id_of
 from specrej.retry import RetryPolicy
 from specrej.v1 import common_pb2, coordinator_pb2, coordinator_pb2_grpc
 
 PemSource = str | os.PathLike | bytes
+
+_COORDINATOR_SERVICE = coordinator_pb2.DESCRIPTOR.services_by_name["Coordinator"].full_name
 
 
 def _read_pem(source: PemSource | None) -> bytes | None:
@@ -29,15 +32,18 @@ def _read_pem(source: PemSource | None) -> bytes | None:
 def open_channel(target: str, *, tls_ca: PemSource | None = None, tls_cert: PemSource | None = None,
                  tls_key: PemSource | None = None) -> grpc.Channel:
     """A TLS channel when a CA or a client certificate is given (the CA defaults to the system's
-    roots), else a plaintext one."""
+    roots), else a plaintext one. When `target` names several coordinator replicas (dns:/// of a
+    headless Service), calls go round robin over those whose health says SERVING (specrej.fleet);
+    Client retries UNAVAILABLE itself, on the next replica."""
     if (tls_cert is None) != (tls_key is None):
         raise ValueError("tls_cert and tls_key: give both (a client certificate and its key) or neither")
+    options = fleet.channel_options(_COORDINATOR_SERVICE, retry=False)
     if tls_ca is None and tls_cert is None:
-        return grpc.insecure_channel(target)
+        return grpc.insecure_channel(target, options=options)
     credentials = grpc.ssl_channel_credentials(
         root_certificates=_read_pem(tls_ca), private_key=_read_pem(tls_key), certificate_chain=_read_pem(tls_cert)
     )
-    return grpc.secure_channel(target, credentials)
+    return grpc.secure_channel(target, credentials, options=options)
 
 
 def _message(turn: common_pb2.Message | Mapping[str, str]) -> common_pb2.Message:

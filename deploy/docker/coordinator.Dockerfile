@@ -27,7 +27,7 @@ ENV PYTHONUNBUFFERED=1 \
 WORKDIR /app
 COPY requirements.txt /tmp/requirements.txt
 RUN set -eux; \
-    grep -E '^(grpcio|grpcio-health-checking|grpcio-reflection|grpcio-status|googleapis-common-protos|protobuf|prometheus-client|opentelemetry-api|opentelemetry-sdk|opentelemetry-proto|opentelemetry-exporter-otlp-proto-common|opentelemetry-exporter-otlp-common|opentelemetry-exporter-otlp-proto-grpc|opentelemetry-semantic-conventions|opentelemetry-instrumentation|opentelemetry-instrumentation-grpc)([<>=!~ ;[]|$)' \
+    grep -E '^(grpcio|grpcio-health-checking|grpcio-reflection|grpcio-status|googleapis-common-protos|protobuf|prometheus-client|cryptography|opentelemetry-api|opentelemetry-sdk|opentelemetry-proto|opentelemetry-exporter-otlp-proto-common|opentelemetry-exporter-otlp-common|opentelemetry-exporter-otlp-proto-grpc|opentelemetry-semantic-conventions|opentelemetry-instrumentation|opentelemetry-instrumentation-grpc)([<>=!~ ;[]|$)' \
         /tmp/requirements.txt > /tmp/runtime.txt; \
     pip install -r /tmp/runtime.txt; \
     rm /tmp/requirements.txt /tmp/runtime.txt; \

@@ -1,5 +1,6 @@
-"""SIGTERM drains: health goes NOT_SERVING, new calls get UNAVAILABLE (which clients retry), and a
-call already running finishes, even one that takes longer than 30 s."""
+"""SIGTERM drains: health goes NOT_SERVING, then the server sends GOAWAY and closes its listener, new
+calls get UNAVAILABLE (which clients retry elsewhere), and a call already running finishes, even one
+that takes longer than 30 s."""
 import subprocess
 import sys
 import threading
@@ -12,6 +13,15 @@ from common.local_stack import ROOT, free_port, stop_process, wait_serving
 from specrej.v1 import reward_pb2, reward_pb2_grpc
 
 CALL_SECONDS = 35.0
+
+
+def serving(health: health_pb2_grpc.HealthStub) -> bool:
+    """SERVING; False once it says otherwise or takes no more calls."""
+    try:
+        return health.Check(health_pb2.HealthCheckRequest(), timeout=5).status == health_pb2.HealthCheckResponse.SERVING
+    except grpc.RpcError as error:
+        assert error.code() == grpc.StatusCode.UNAVAILABLE
+        return False
 
 
 def test_a_call_longer_than_30_seconds_finishes_after_sigterm_and_new_calls_are_refused():
@@ -36,7 +46,7 @@ def test_a_call_longer_than_30_seconds_finishes_after_sigterm_and_new_calls_are_
             process.terminate()  # SIGTERM, as Kubernetes sends it
             health = health_pb2_grpc.HealthStub(channel)
             deadline = time.monotonic() + 10
-            while health.Check(health_pb2.HealthCheckRequest(), timeout=5).status == health_pb2.HealthCheckResponse.SERVING:
+            while serving(health):
                 assert time.monotonic() < deadline, "health still SERVING 10 s after SIGTERM"
                 time.sleep(0.1)
             try:
