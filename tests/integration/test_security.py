@@ -45,8 +45,9 @@ class Authority:
         path.write_bytes(data)
         return str(path)
 
-    def issue(self, name: str) -> tuple[str, str, int]:
-        """(certificate file, key file, serial number) for `name`, valid for 127.0.0.1 and localhost."""
+    def issue(self, name: str, days: int = 1) -> tuple[str, str, int]:
+        """(certificate file, key file, serial number) for `name`, valid for 127.0.0.1 and localhost
+        for `days` days."""
         key = ec.generate_private_key(ec.SECP256R1())
         now = datetime.datetime.now(datetime.timezone.utc)
         serial = x509.random_serial_number()
@@ -54,7 +55,7 @@ class Authority:
                 .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)]))
                 .issuer_name(self.cert.subject).public_key(key.public_key()).serial_number(serial)
                 .not_valid_before(now - datetime.timedelta(minutes=5))
-                .not_valid_after(now + datetime.timedelta(days=1))
+                .not_valid_after(now + datetime.timedelta(days=days))
                 .add_extension(x509.SubjectAlternativeName(
                     [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), critical=False)
                 .sign(self.key, hashes.SHA256()))
