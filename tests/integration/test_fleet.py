@@ -18,10 +18,12 @@ GENERATOR = generator_pb2.DESCRIPTOR.services_by_name["Generator"].full_name
 
 
 class Replica(generator_pb2_grpc.GeneratorServicer):
-    """Answers Info with its number, and each session command with an event carrying its number."""
+    """Answers Info with its number, and each session command (after `answer_after_seconds`) with an
+    event carrying its number."""
 
-    def __init__(self, number: int, fail_after_first_event: bool = False):
+    def __init__(self, number: int, fail_after_first_event: bool = False, answer_after_seconds: float = 0.0):
         self.number, self.fail_after_first_event = number, fail_after_first_event
+        self.answer_after_seconds = answer_after_seconds
         self.calls = 0  # calls its servicer ran
 
     async def Info(self, request, context):
@@ -35,6 +37,7 @@ class Replica(generator_pb2_grpc.GeneratorServicer):
             if answered and self.fail_after_first_event:
                 raise errors.Unavailable("this replica lost the session")
             answered = True
+            await asyncio.sleep(self.answer_after_seconds)
             yield generator_pb2.SessionEvent(started=generator_pb2.SessionStarted(n=self.number))
 
 
