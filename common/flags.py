@@ -75,8 +75,10 @@ def add_server_flags(parser: argparse.ArgumentParser, *, default_port: int, defa
              help="OpenTelemetry collector to send traces to over OTLP/gRPC (http://HOST:4317, or https:// for "
                   "TLS); unset = no tracing")
     add_flag(parser, "drain-grace-seconds", env="SPECREJ_DRAIN_GRACE_SECONDS", default=300.0, type=float,
-             help="on SIGTERM: health goes NOT_SERVING, new calls get UNAVAILABLE, and calls in flight get this long "
-                  "to finish; keep it at least the longest request and below the pod's terminationGracePeriodSeconds")
+             help="on SIGTERM: health goes NOT_SERVING and new calls get UNAVAILABLE; 1 s later the server sends "
+                  "GOAWAY and closes its listener, and calls in flight get the rest of this long to finish; keep it "
+                  "below the pod's terminationGracePeriodSeconds. The coordinator ends every request after this "
+                  "long, whatever its client's deadline")
 
 
 def add_upstream_tls_flags(parser: argparse.ArgumentParser):

@@ -42,7 +42,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                   "while decoding goes on, so a decision point waits only for the scoring of the last few; "
                   "0 = score only at decision points. Decisions are the same either way")
     add_flag(parser, "default-timeout", env="SPECREJ_DEFAULT_TIMEOUT", default=300.0, type=float,
-             help="seconds a request may take when its client sets no deadline")
+             help="seconds a request may take when its client sets no deadline (never more than --drain-grace-seconds)")
     args = parser.parse_args(argv)
     if args.score_ahead_tokens < 0:
         parser.error("--score-ahead-tokens must be 0 or more")
