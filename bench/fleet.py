@@ -97,11 +97,16 @@ def start_coordinator(fleet: list[Replica], log_dir: Path) -> Service:
 @dataclass
 class Outcome:
     ended_s: float  # since the load began
-    seconds: float
     code: str
     decoded_tokens: int = 0
     prompt_tokens: int = 0
     scored_tokens: int = 0
+
+    @classmethod
+    def of(cls, ended_s: float, code: str, stats) -> "Outcome":
+        if stats is None:
+            return cls(ended_s, code)
+        return cls(ended_s, code, stats.generated_tokens, stats.prompt_tokens, stats.scored_tokens)
 
 
 @dataclass
@@ -127,11 +132,10 @@ class SteadyLoad:
                     return
                 self._issued += 1
                 seed = self._issued
-            sent = time.monotonic()
-            outcome = send(self.stub, generate_request(config.n, config.max_new_tokens, seed,
-                                                       config.decision_every_tokens, number),
-                           config.request_timeout)
-            outcome.ended_s, outcome.seconds = self.now(), time.monotonic() - sent
+            code, stats = send(self.stub, generate_request(config.n, config.max_new_tokens, seed,
+                                                           config.decision_every_tokens, number),
+                               config.request_timeout)
+            outcome = Outcome.of(self.now(), code, stats)
             with self._lock:
                 self.outcomes.append(outcome)
             if outcome.code != "OK":
@@ -149,13 +153,12 @@ class SteadyLoad:
             thread.join()
 
 
-def send(stub, request, timeout: float) -> Outcome:
-    """One Generate call; its status code and the token counts of its stats."""
+def send(stub, request, timeout: float) -> tuple[str, object]:
+    """One Generate call: its status code, and its stats when it succeeded."""
     try:
-        stats = stub.Generate(request, timeout=timeout).stats
+        return "OK", stub.Generate(request, timeout=timeout).stats
     except grpc.RpcError as error:
-        return Outcome(0.0, 0.0, error.code().name)
-    return Outcome(0.0, 0.0, "OK", stats.generated_tokens, stats.prompt_tokens, stats.scored_tokens)
+        return error.code().name, None
 
 
 def restart(replica: Replica, signum: signal.Signals, load: SteadyLoad, config: FleetConfig) -> dict:
@@ -221,7 +224,7 @@ def first_success(config: FleetConfig, log_dir: Path) -> dict:
     fleet = replicas(config, log_dir)
     coordinator = start_coordinator(fleet, log_dir)
     began = time.monotonic()
-    answers: list[tuple[float, str]] = []  # (seconds since the coordinator started, code)
+    answers: list[tuple[float, float, str]] = []  # (sent, answered: seconds since the coordinator started; code)
     stop = threading.Event()
 
     def client():
@@ -230,9 +233,10 @@ def first_success(config: FleetConfig, log_dir: Path) -> dict:
             seed = 0
             while not stop.is_set():
                 seed += 1
-                code = send(stub, generate_request(config.n, config.max_new_tokens, seed,
-                                                   config.decision_every_tokens), config.request_timeout).code
-                answers.append((time.monotonic() - began, code))
+                sent = time.monotonic() - began
+                code, _ = send(stub, generate_request(config.n, config.max_new_tokens, seed,
+                                                      config.decision_every_tokens), config.request_timeout)
+                answers.append((sent, time.monotonic() - began, code))
                 if code == "OK":
                     return
                 stop.wait(config.pause_after_failure)
@@ -253,12 +257,13 @@ def first_success(config: FleetConfig, log_dir: Path) -> dict:
         asker.join()
         for service in [coordinator] + fleet:
             service.stop()
-    first_ok = next((at for at, code in answers if code == "OK"), None)
+    sent, first_ok = next(((sent, at) for sent, at, code in answers if code == "OK"), (None, None))
     return {"head_start_s": config.coordinator_head_start, "upstreams_started_s": upstreams_started,
             "all_serving_s": serving, "first_ok_s": first_ok,
             "first_ok_after_serving_s": None if first_ok is None else first_ok - serving,
-            "codes_before_serving": dict(Counter(code for at, code in answers if at < serving)),
-            "codes_after_serving": dict(Counter(code for at, code in answers if at >= serving))}
+            "first_ok_request_s": None if first_ok is None else first_ok - sent,
+            "codes_before_serving": dict(Counter(code for _, at, code in answers if at < serving)),
+            "codes_after_serving": dict(Counter(code for _, at, code in answers if at >= serving))}
 
 
 def run_fleet(config: FleetConfig, log_dir: Path) -> dict:
@@ -303,7 +308,8 @@ def report(results: dict) -> str:
               f"{first['upstreams_started_s']:.1f} s later and were all SERVING at {first['all_serving_s']:.1f} s. "
               + ("No request succeeded within the time allowed."
                  if first["first_ok_s"] is None else
-                 f"The first request succeeded **{first['first_ok_after_serving_s']:.1f} s** after that."),
+                 f"The first request succeeded **{first['first_ok_after_serving_s']:.1f} s** after that (that "
+                 f"request itself took {first['first_ok_request_s']:.1f} s)."),
               f"Statuses before all were SERVING: {_codes(first['codes_before_serving'])}; "
               f"after: {_codes(first['codes_after_serving'])}."]
     return "\n".join(lines) + "\n"

@@ -7,8 +7,8 @@ from bench.fleet import FleetConfig, Outcome, report, run_fleet, tally, windows
 
 
 def test_requests_fall_in_the_window_they_were_answered_in():
-    outcomes = [Outcome(1.0, 1.0, "OK", 30, 10, 60), Outcome(12.0, 0.1, "UNAVAILABLE"),
-                Outcome(13.0, 2.0, "OK", 50, 10, 30), Outcome(40.0, 2.0, "OK", 20, 0, 20)]
+    outcomes = [Outcome(1.0, "OK", 30, 10, 60), Outcome(12.0, "UNAVAILABLE"), Outcome(13.0, "OK", 50, 10, 30),
+                Outcome(40.0, "OK", 20, 0, 20)]
     events = [{"replica": "generator-0", "signal": "SIGTERM", "at_s": 10.0},
               {"replica": "generator-0", "signal": "SIGKILL", "at_s": 30.0}]
     steady, term, kill = windows(outcomes, events)
@@ -17,7 +17,7 @@ def test_requests_fall_in_the_window_they_were_answered_in():
     assert term["scored_over_generated"] == pytest.approx(0.5)
     assert kill["from_s"] == 30.0 and kill["requests"] == 1
     assert tally(outcomes)["scored_over_generated"] == pytest.approx(110 / 120)
-    assert tally([Outcome(1.0, 1.0, "UNAVAILABLE")])["scored_over_generated"] is None
+    assert tally([Outcome(1.0, "UNAVAILABLE")])["scored_over_generated"] is None
 
 
 def test_a_short_fleet_run_on_tiny_models(tiny_model_dir, tmp_path):
