@@ -24,7 +24,9 @@ DEFAULT_PARTS = (EFFICIENCY, THROUGHPUT, OVERHEAD)  # the paired part runs when 
 
 SEEDS_NOTE = (
     "pools use seeds 2^40 + chunk, runs use seeds 1..{seeds}: the generator's sampling is a pure function of "
-    "(seed, sequence index, position), so a run never re-samples the pool that estimates Best-of-N; all "
+    "(seed, sequence index, position), so a run never re-samples the efficiency part's pool that estimates "
+    "Best-of-N (the paired part's pools hold its Best-of-n0 runs' own candidates, and each pair is placed on "
+    "a curve without its own seed's); all "
     "configurations share the run seeds (same initial candidates per prompt and seed), and each configuration's "
     "rewards are averaged over seeds before being placed on the prompt's Best-of-N curve"
 )
@@ -112,11 +114,18 @@ def run_bench(config: BenchConfig, options: Options, out_dir: str | Path) -> Ben
                 results.paired = PairedResults(
                     paired.pairs, list(paired.pools.values()), config.max_new_tokens,
                     kv_budget_bytes=description["generator KV budget (bytes)"],
-                    kv_bytes_per_token=description["KV bytes per token"])
-                run_notes["paired runs"] = (
-                    f"{len(paired.pairs)} pairs, all asked for" if paired.complete else
-                    f"{len(paired.pairs)} pairs of the {pairs_asked(config, len(prompts))} asked for: stopped by "
-                    "--stop-after-minutes; the same command goes on from there")
+                    kv_bytes_per_token=description["KV bytes per token"], pool_seeds=paired.pool_seeds)
+                asked = pairs_asked(config, len(prompts))
+                if options.stop_after_seconds == 0:
+                    run_notes["paired runs"] = (
+                        f"a report of the existing journal {journal.path.name}: {len(paired.pairs)} pairs of the "
+                        f"{asked} asked for, read back from it; --stop-after-minutes 0 ran nothing")
+                elif paired.complete:
+                    run_notes["paired runs"] = f"{len(paired.pairs)} pairs, all asked for"
+                else:
+                    run_notes["paired runs"] = (
+                        f"{len(paired.pairs)} pairs of the {asked} asked for: stopped by --stop-after-minutes; "
+                        "the same command goes on from there")
             if THROUGHPUT in parts:
                 bar.set_description("throughput")
                 results.throughput = local.throughput(prompts[0], step)
@@ -131,6 +140,9 @@ def run_bench(config: BenchConfig, options: Options, out_dir: str | Path) -> Ben
             backend.close()
 
     results.metadata = _metadata(config, options, prompts, description, parts, time.perf_counter() - began)
+    if PAIRED in parts and options.stop_after_seconds == 0:
+        # Seconds to load the models and read the journal would read as the experiment's duration.
+        del results.metadata["total wall seconds"]
     results.metadata.update(run_notes)
     write(results, out_dir)
     return results

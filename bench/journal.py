@@ -2,10 +2,12 @@
 of hours can stop at any point and the same command carries on where it stopped.
 
 The first line records the settings that make results comparable (models, device, sizes); a run
-with other settings refuses the file rather than mix measurements of different experiments.
+with other settings refuses the file rather than mix measurements of different experiments. Every
+unit's line carries the UTC time it was written.
 """
 from __future__ import annotations
 
+import datetime
 import json
 from pathlib import Path
 
@@ -14,6 +16,7 @@ class Journal:
     def __init__(self, path: str | Path, settings: dict):
         self.path = Path(path)
         settings = json.loads(json.dumps(settings))  # as it reads back: tuples become lists
+        self.settings = settings
         self._done: dict[str, object] = {}
         text = self.path.read_text() if self.path.exists() else ""
         if not text:
@@ -44,4 +47,5 @@ class Journal:
     def put(self, key: str, value) -> None:
         self._done[key] = value
         with self.path.open("a") as journal:
-            journal.write(json.dumps({"key": key, "value": value}, allow_nan=False) + "\n")
+            written = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="milliseconds")
+            journal.write(json.dumps({"key": key, "value": value, "time": written}, allow_nan=False) + "\n")

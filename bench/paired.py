@@ -7,15 +7,26 @@ did: whether it kept Best-of-n0's winner, what reward it lost or (by luck) gaine
 saved. Best-of-n0 runs once per pair and is shared by every variant (schedule, rejection rate,
 fixed or adaptive rule), so all variants are compared on the same pairs.
 
+Within a pair the two runs are timed together: Best-of-n0 runs again right before or right after
+the variant's SR run (the order alternating from pair to pair), so a slow drift of the machine
+moves both sides of a wall ratio alike. SR's reward calls are recorded: at each decision point,
+every live candidate's partial reward, whether it had finished and whether it was kept; the pair's
+Best-of-n0 run returns every candidate's final reward, so partial and final rewards of the very
+same candidates can be compared. Pairs journaled before runs were timed together (an SR run alone,
+against one Best-of-n0 run per prompt and seed) are read back and marked so.
+
 A pool of at least 4 x n0 complete samples per prompt gives the Best-of-N curve on which mean rewards
 are placed (`bench/paired_summary.py`): the Best-of-n0 runs' own candidates (one seed's are
-independent of another's) and fresh samples with seeds no run uses.
+independent of another's) and fresh samples with seeds no run uses. Each sample's run seed is kept,
+so that a pair is placed on a curve without its own seed's candidates.
 """
 from __future__ import annotations
 
+import datetime
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field, replace
 
 from bench.config import BenchConfig, Schedule
 from bench.efficiency import build_pool, request, schedule_arguments
@@ -56,6 +67,11 @@ class Outcome:
     prompt_tokens: int
     decision_points: list[int] = field(default_factory=list)
     survivors_per_round: list[int] = field(default_factory=list)
+    started: str = ""  # UTC, ISO 8601; empty in units journaled before runs were timestamped
+    ended: str = ""
+    # SR: per decision point, {"token_position", "candidates": [[index, partial reward, finished, kept], ...]}
+    partial_scores: list[dict] = field(default_factory=list)
+    candidate_rewards: list[float] = field(default_factory=list)  # Best-of-n0: final reward by candidate index
 
 
 @dataclass(frozen=True)
@@ -68,6 +84,9 @@ class Pair:
     variant: Variant
     sr: Outcome
     bon: Outcome
+    reward_scorer: str = ""
+    timed_together: bool = False  # Best-of-n0 ran right before or after SR (else once, shared by variants)
+    sr_first: bool | None = None
 
     @property
     def same_index(self) -> bool:
@@ -86,6 +105,65 @@ class PairedResults:
     kv_budget_bytes: int  # one generator's KV-cache budget, for the candidates that fit one device
     kv_bytes_per_token: int
     metadata: dict = field(default_factory=dict)
+    # pool_seeds[prompt_id][i]: the run seed whose Best-of-n0 candidate pool sample i is; 0 for fresh samples
+    pool_seeds: dict[str, list[int]] = field(default_factory=dict)
+
+
+def _now() -> str:
+    return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="milliseconds")
+
+
+class _RecordingCalls:
+    """One request's reward calls, each call's candidates and scores noted as they pass."""
+
+    def __init__(self, calls, log: list):
+        self.calls, self.log = calls, log
+
+    async def __aenter__(self) -> "_RecordingCalls":
+        self.inner = await self.calls.__aenter__()
+        return self
+
+    async def __aexit__(self, *exc):
+        return await self.calls.__aexit__(*exc)
+
+    async def score(self, request):
+        response = await self.inner.score(request)
+        self.log.append([(item.candidate, item.complete, score) for item, score in zip(request.items, response.scores)])
+        return response
+
+
+class _RecordingReward:
+    def __init__(self, reward, log: list):
+        self.reward, self.log = reward, log
+
+    def for_request(self, *args):
+        return _RecordingCalls(self.reward.for_request(*args), self.log)
+
+
+@contextmanager
+def recorded_reward_calls(backend):
+    """For the runs inside: every reward call of the backend's requests, as [(candidate, complete, score)]."""
+    log: list = []
+    reward = backend.reward
+    backend.reward = _RecordingReward(reward, log)
+    try:
+        yield log
+    finally:
+        backend.reward = reward
+
+
+def partial_scores(calls: list, decision_points: list[int]) -> list[dict]:
+    """Per decision point, its live candidates' partial rewards, finished or not, and which were kept.
+
+    The pipeline scores the live candidates once per decision point and once at the end (it scores
+    nothing ahead in the benchmark), so call k is decision point k, and a candidate is kept when the
+    next call scores it again."""
+    if len(calls) != len(decision_points) + 1:
+        raise ValueError(f"{len(calls)} reward calls for {len(decision_points)} decision points")
+    return [{"token_position": position,
+             "candidates": [[index, score, complete, index in {c for c, _, _ in following}]
+                            for index, complete, score in call]}
+            for position, call, following in zip(decision_points, calls, calls[1:])]
 
 
 def outcome(response: pb.GenerateResponse, wall: float) -> Outcome:
@@ -121,7 +199,7 @@ def pairs_asked(config: BenchConfig, prompts: int) -> int:
 
 
 def jobs(config: BenchConfig, prompts: int) -> int:
-    """Progress units: a pool per prompt, then per prompt, seed and n0 one Best-of-n0 and every variant."""
+    """Progress units: a pool per prompt, then per prompt, seed and n0 one Best-of-n0 and every variant's pair."""
     return prompts * (1 + config.seeds * len(config.n) * (1 + len(variants(config))))
 
 
@@ -132,9 +210,23 @@ def run_sr(backend, prompt: Prompt, config: BenchConfig, n0: int, seed: int, var
                        rejection_rate=variant.rejection_rate, every_tokens=arguments["every_tokens"],
                        first_decision_tokens=arguments["first_decision_tokens"])
     generate.adaptive_rejection = variant.adaptive
-    response, wall = backend.run(generate, memory_round_tokens=arguments["memory_round_tokens"],
-                                 kv_budget_tokens=arguments["kv_budget_tokens"])
-    return outcome(response, wall)
+    started = _now()
+    with recorded_reward_calls(backend) as calls:
+        response, wall = backend.run(generate, memory_round_tokens=arguments["memory_round_tokens"],
+                                     kv_budget_tokens=arguments["kv_budget_tokens"])
+    run = outcome(response, wall)
+    return replace(run, started=started, ended=_now(), partial_scores=partial_scores(calls, run.decision_points))
+
+
+def run_timed_bon(backend, prompt: Prompt, config: BenchConfig, n0: int, seed: int) -> Outcome:
+    """Best-of-n0 with its start and end times and every candidate's final reward, by index."""
+    started = _now()
+    response, wall = backend.run(request(prompt, config, method=pb.BEST_OF_N, n=n0, seed=seed, return_top=n0),
+                                 memory_round_tokens=config.max_new_tokens)
+    rewards = [0.0] * n0
+    for candidate in response.ranked:
+        rewards[candidate.index] = candidate.score
+    return replace(outcome(response, wall), started=started, ended=_now(), candidate_rewards=rewards)
 
 
 def run_bon(backend, prompt: Prompt, config: BenchConfig, n0: int, seed: int) -> dict:
@@ -148,12 +240,14 @@ def run_bon(backend, prompt: Prompt, config: BenchConfig, n0: int, seed: int) ->
 
 
 class PairedRun:
-    """The paired experiment, unit by unit (a Best-of-n0 run, a pool's fresh samples, an SR run), each
-    kept in `journal` as it ends: a run stopped at any point goes on from there when started again.
+    """The paired experiment, unit by unit (a Best-of-n0 run for the pool, a pool's fresh samples, a
+    pair of SR and Best-of-n0 runs), each kept in `journal` as it ends: a run stopped at any point goes
+    on from there when started again.
 
     A prompt's pool is the candidates of its Best-of-n0 runs at the largest n0 (seeds differ, so they
     are independent samples) topped up with fresh samples to max(pool size, 4 x largest n0). Each
-    variant runs on every pair before the next starts, the first (the default, in the presets) first.
+    variant runs on every pair before the next starts, the first (the default, in the presets) first;
+    within a pair SR runs first on every other pair, Best-of-n0 first on the others.
     A run stopped early still reports every pair its journal holds, whatever the variant.
     """
 
@@ -161,23 +255,27 @@ class PairedRun:
                  step: Callable[[str], None] = lambda _: None, stop_at: float | None = None):
         self.backend, self.prompts, self.config, self.journal = backend, prompts, config, journal
         self.step, self.stop_at = step, stop_at
+        self.reward_scorer = str(journal.settings.get("reward", ""))
         self.schedules = {schedule.name: schedule for schedule in config.schedules}
         self.pool_target = pool_target(config)
         self.pools: dict[str, Pool] = {}
+        self.pool_seeds: dict[str, list[int]] = {}
         self.pairs: list[Pair] = []
         self.complete = False
         self._stepped: set[str] = set()
 
     def run(self) -> "PairedRun":
         out_of_time = False
+        order = 0
         for variant in variants(self.config):
             for prompt in self.prompts:
                 for seed in range(1, self.config.seeds + 1):
                     for n0 in self.config.n:
                         try:
-                            self.pairs.append(self._pair(prompt, seed, n0, variant))
+                            self.pairs.append(self._pair(prompt, seed, n0, variant, sr_first=order % 2 == 0))
                         except _OutOfTime:
                             out_of_time = True  # this pair waits for the next run; later ones may be in the journal
+                        order += 1
         self.complete = not out_of_time
         return self
 
@@ -186,7 +284,7 @@ class PairedRun:
         if value is None:
             if self.stop_at is not None and time.perf_counter() >= self.stop_at:
                 raise _OutOfTime
-            value = work()
+            value = work() | {"reward scorer": self.reward_scorer}
             self.journal.put(key, value)
         if key not in self._stepped:
             self._stepped.add(key)
@@ -200,22 +298,45 @@ class PairedRun:
     def _pool(self, prompt: Prompt) -> Pool:
         if prompt.id not in self.pools:
             largest = max(self.config.n)
-            runs = [self._bon(prompt, seed, largest)["samples"] for seed in range(1, self.config.seeds + 1)]
-            fresh_size = self.pool_target - sum(len(run["scores"]) for run in runs)
+            seeds = range(1, self.config.seeds + 1)
+            runs = [self._bon(prompt, seed, largest)["samples"] for seed in seeds]
+            sources = [seed for seed, run in zip(seeds, runs) for _ in run["scores"]]
+            fresh_size = self.pool_target - len(sources)
             if fresh_size > 0:
                 fresh_config = self.config.with_overrides(pool_size=fresh_size)
                 runs.append(self._unit(f"pool/{prompt.id}/fresh {fresh_size}", lambda: asdict(
                     build_pool(self.backend, prompt, fresh_config))))
+                sources += [0] * len(runs[-1]["scores"])
             self.pools[prompt.id] = Pool(prompt.id, *([x for run in runs for x in run[name]]
                                                       for name in ("scores", "decoded_tokens", "wall_seconds")))
+            self.pool_seeds[prompt.id] = sources
         return self.pools[prompt.id]
 
-    def _pair(self, prompt: Prompt, seed: int, n0: int, variant: Variant) -> Pair:
+    def _pair(self, prompt: Prompt, seed: int, n0: int, variant: Variant, sr_first: bool) -> Pair:
         self._pool(prompt)
-        bon = Outcome(**self._bon(prompt, seed, n0)["outcome"])
-        sr = self._unit(f"sr/{prompt.id}/seed {seed}/n0 {n0}/{variant.label}", lambda: asdict(run_sr(
-            self.backend, prompt, self.config, n0, seed, variant, self.schedules[variant.schedule])))
-        return Pair(prompt.id, seed, n0, variant, Outcome(**sr), bon)
+        where = f"{prompt.id}/seed {seed}/n0 {n0}/{variant.label}"
+        alone = self.journal.get(f"sr/{where}")
+        if alone is not None:  # journaled before pairs were timed together: against the shared Best-of-n0
+            bon = self._bon(prompt, seed, n0)
+            return Pair(prompt.id, seed, n0, variant, Outcome(**_outcome_fields(alone)),
+                        Outcome(**bon["outcome"]), str(alone.get("reward scorer", self.reward_scorer)))
+
+        def both() -> dict:
+            runs = {"sr": lambda: run_sr(self.backend, prompt, self.config, n0, seed, variant,
+                                         self.schedules[variant.schedule]),
+                    "bon": lambda: run_timed_bon(self.backend, prompt, self.config, n0, seed)}
+            first, second = ("sr", "bon") if sr_first else ("bon", "sr")
+            done = {first: runs[first]()}
+            done[second] = runs[second]()
+            return {"sr first": sr_first, "sr": asdict(done["sr"]), "bon": asdict(done["bon"])}
+
+        value = self._unit(f"pair/{where}", both)
+        return Pair(prompt.id, seed, n0, variant, Outcome(**value["sr"]), Outcome(**value["bon"]),
+                    value["reward scorer"], timed_together=True, sr_first=value["sr first"])
+
+
+def _outcome_fields(value: dict) -> dict:
+    return {key: item for key, item in value.items() if key != "reward scorer"}
 
 
 class _OutOfTime(Exception):

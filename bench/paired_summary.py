@@ -1,8 +1,19 @@
-"""What the paired experiment says per variant, each figure with a bootstrap interval over pairs.
+"""What the paired experiment says per variant, each figure with a bootstrap interval.
+
+The pairs are prompts x seeds, and seeds of one prompt are not independent draws: every interval
+resamples the prompts (each drawn prompt brings all of its pairs, `bootstrap.clustered_indices`);
+the interval of resampling the pairs alone is kept beside it (`pair_bootstrap`), to show how much
+the clustering matters. The share of pairs where SR returned Best-of-n0's choice gets the exact
+binomial (Clopper-Pearson) interval instead: a bootstrap of a share near 100 % collapses onto it.
 
 Ratios are ratios of sums over pairs (total Best-of-n0 cost over total Speculative Rejection cost),
 not geometric means of per-pair ratios: the question is what a stream of such requests costs.
-Every variant is resampled with the same draws of pairs (common resamples).
+Every variant is resampled with the same draws (common resamples).
+
+Beside the paired figures, the paper's own reading: against the pools' Best-of-N curve, how much
+more Best-of-N would decode to reach SR's mean reward (ratio at equal reward) and how much more
+reward SR gets than Best-of-N decoding as many tokens (gain at equal compute). A pair is placed on
+its prompt's curve without its own seed's Best-of-n0 candidates, which the SR run also started from.
 """
 from __future__ import annotations
 
@@ -12,10 +23,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from bench.bootstrap import Interval, bootstrap, mean_interval, percentile_interval, ratio_of_sums_interval, \
-    resample_indices
+from bench.binomial import clopper_pearson
+from bench.bootstrap import Interval, bootstrap, clustered_indices, mean_interval, percentile_interval, \
+    ratio_of_sums_interval, resample_indices
 from bench.equivalence import ABOVE_CAP, AT_MOST_ONE, EquivalentN, equivalent_n
-from bench.order_stats import expected_max_curve
+from bench.order_stats import expected_cost, expected_max_curve
 from bench.paired import Pair, PairedResults, Variant
 
 
@@ -30,7 +42,7 @@ class TokenCosts:
 @dataclass(frozen=True)
 class EquivalentNInterval:
     """Equivalent N of the variant's mean reward on the mean Best-of-N curve of the same pairs' prompts,
-    capped at n0, with the bootstrap percentiles of the (capped) resampled values."""
+    capped at n0, with the (prompt-clustered) bootstrap percentiles of the (capped) resampled values."""
 
     estimate: EquivalentN
     low: float
@@ -45,13 +57,18 @@ class VariantSummary:
     variant: Variant
     pairs: int
     prompts: int
-    same_index: Interval  # share of pairs where SR returned Best-of-n0's own choice
+    same_index_count: int
+    same_index: Interval  # share of pairs where SR returned Best-of-n0's own choice (Clopper-Pearson)
     same_text_share: float
     reward_gap: Interval  # mean of SR reward - Best-of-n0 reward
     decoded_ratio: Interval  # Best-of-n0 decoded / SR decoded
     token_compute_ratio: Interval  # Best-of-n0 (decoded + scored) / SR (decoded + scored)
     weighted_compute_ratio: Interval  # the same with measured seconds per decoded and per scored token
     wall_ratio: Interval
+    timed_together: int  # pairs whose Best-of-n0 ran right before or after SR (the rest: a shared earlier run)
+    ratio_at_equal_reward: Interval  # Best-of-N decoded tokens at the equivalent N / SR decoded tokens
+    gain_at_equal_compute: Interval  # SR mean reward - Best-of-N's expected reward at SR's decoded tokens
+    pair_bootstrap: dict[str, Interval]  # the same figures resampling pairs as if independent
     sr_mean_decoded: float
     sr_mean_scored: float
     bon_mean_decoded: float
@@ -102,7 +119,7 @@ def candidates_that_fit(kv_budget_bytes: int, kv_bytes_per_token: int, prompt_to
     return max(1, int(response_tokens // max_new_tokens))
 
 
-def _equivalent_n_interval(curves: np.ndarray, rewards: np.ndarray, n0: int, draws: np.ndarray) -> EquivalentNInterval:
+def _equivalent_n_interval(curves: np.ndarray, rewards: np.ndarray, n0: int, draws) -> EquivalentNInterval:
     def place(rows) -> EquivalentN:
         return equivalent_n(curves[rows].mean(axis=0), float(rewards[rows].mean()), cap=n0)
 
@@ -114,21 +131,60 @@ def _equivalent_n_interval(curves: np.ndarray, rewards: np.ndarray, n0: int, dra
                                float(np.mean([r.bound == AT_MOST_ONE for r in replicates])))
 
 
+def _curve_reward(curve: np.ndarray, n: float) -> float:
+    """Best-of-N's expected reward at a real N (linear between integer sizes, as `equivalent_n`
+    reads the curve), N held within the curve."""
+    return float(np.interp(min(max(n, 1.0), curve.size), np.arange(1, curve.size + 1), curve))
+
+
+def _paper_reading(curves: np.ndarray, sample_tokens: np.ndarray, rewards: np.ndarray, decoded: np.ndarray,
+                   n0: int, draws) -> tuple[Interval, Interval]:
+    """Ratio at equal reward and gain at equal compute on the rows' mean curve, each with its interval.
+
+    Best-of-N decodes N x a pool sample's mean tokens; the equivalent N is capped at n0 as everywhere
+    in this report, so the ratio at equal reward is at most Best-of-n0's expected tokens over SR's."""
+    def ratio(rows) -> float:
+        n = equivalent_n(curves[rows].mean(axis=0), float(rewards[rows].mean()), cap=n0).n
+        return expected_cost(sample_tokens[rows], n) / float(decoded[rows].mean())
+
+    def gain(rows) -> float:
+        n = float(decoded[rows].mean()) / float(sample_tokens[rows].mean())
+        return float(rewards[rows].mean()) - _curve_reward(curves[rows].mean(axis=0), n)
+
+    return bootstrap(ratio, rewards.size, draws), bootstrap(gain, rewards.size, draws)
+
+
+def _curves(results: PairedResults) -> tuple[dict, dict]:
+    """Per (prompt, seed): the Best-of-N curve and a sample's mean decoded tokens from the prompt's pool
+    without that seed's Best-of-n0 candidates (the very candidates its pair's runs started from)."""
+    curves, tokens = {}, {}
+    seeds_of = {pool.prompt_id: results.pool_seeds.get(pool.prompt_id, [0] * pool.size) for pool in results.pools}
+    kept = {(pool.prompt_id, seed): [i for i, source in enumerate(seeds_of[pool.prompt_id]) if source != seed]
+            for pool in results.pools for seed in {p.seed for p in results.pairs}}
+    length = min(len(rows) for rows in kept.values())
+    for pool in results.pools:
+        for (prompt, seed), rows in kept.items():
+            if prompt == pool.prompt_id:
+                curves[(prompt, seed)] = expected_max_curve([pool.scores[i] for i in rows], length)
+                tokens[(prompt, seed)] = float(np.mean([pool.decoded_tokens[i] for i in rows]))
+    return curves, tokens
+
+
 def summarize_pairs(results: PairedResults, resamples: int = 2000, seed: int = 0) -> list[VariantSummary]:
     """One summary per (n0, variant), in the order the variants were run."""
-    pools = {pool.prompt_id: pool for pool in results.pools}
-    curve_length = min(pool.size for pool in results.pools)
-    curves = {prompt: expected_max_curve(pool.scores, curve_length) for prompt, pool in pools.items()}
+    curves, sample_tokens = _curves(results)
     groups: dict[tuple[int, Variant], list[Pair]] = defaultdict(list)
     for pair in results.pairs:
         groups[(pair.n0, pair.variant)].append(pair)
     costs_by_n0 = {n0: token_costs([p for p in results.pairs if p.n0 == n0]) for n0, _ in groups}
-    draws_by_count: dict[int, np.ndarray] = {}
+    draws_by_clusters: dict[tuple[str, ...], list] = {}
     summaries = []
     for (n0, variant), group in groups.items():
         group = sorted(group, key=lambda p: (p.prompt_id, p.seed))
         count = len(group)
-        draws = draws_by_count.setdefault(count, resample_indices(count, resamples, seed))
+        clusters = tuple(p.prompt_id for p in group)
+        draws = draws_by_clusters.setdefault(clusters, clustered_indices(clusters, resamples, seed))
+        pair_draws = resample_indices(count, resamples, seed)
         costs = costs_by_n0[n0]
         sr, bon = [p.sr for p in group], [p.bon for p in group]
 
@@ -139,23 +195,37 @@ def summarize_pairs(results: PairedResults, resamples: int = 2000, seed: int = 0
             return costs.decode_seconds * column(outcomes, "decoded_tokens") \
                 + costs.score_seconds * column(outcomes, "scored_tokens")
 
-        prompt_curves = np.array([curves[p.prompt_id] for p in group])
+        prompt_curves = np.array([curves[(p.prompt_id, p.seed)] for p in group])
         prompt_tokens = float(np.mean(column(bon, "prompt_tokens")))
         n_fit = candidates_that_fit(results.kv_budget_bytes, results.kv_bytes_per_token, prompt_tokens,
                                     results.max_new_tokens)
         sr_equivalent = _equivalent_n_interval(prompt_curves, column(sr, "reward"), n0, draws)
         trajectory = Counter((tuple(o.decision_points), tuple(o.survivors_per_round)) for o in sr).most_common(1)[0][0]
+
+        def figures(resampled) -> dict[str, Interval]:
+            return {
+                "reward_gap": mean_interval(column(sr, "reward") - column(bon, "reward"), resampled),
+                "decoded_ratio": ratio_of_sums_interval(column(bon, "decoded_tokens"), column(sr, "decoded_tokens"),
+                                                        resampled),
+                "token_compute_ratio": ratio_of_sums_interval(
+                    column(bon, "decoded_tokens") + column(bon, "scored_tokens"),
+                    column(sr, "decoded_tokens") + column(sr, "scored_tokens"), resampled),
+                "weighted_compute_ratio": ratio_of_sums_interval(weighted(bon), weighted(sr), resampled),
+                "wall_ratio": ratio_of_sums_interval(column(bon, "wall_seconds"), column(sr, "wall_seconds"), resampled),
+            }
+
+        same = sum(p.same_index for p in group)
+        at_equal_reward, at_equal_compute = _paper_reading(
+            prompt_curves, np.array([sample_tokens[(p.prompt_id, p.seed)] for p in group]), column(sr, "reward"),
+            column(sr, "decoded_tokens"), n0, draws)
         summaries.append(VariantSummary(
-            n0=n0, variant=variant, pairs=count, prompts=len({p.prompt_id for p in group}),
-            same_index=mean_interval([p.same_index for p in group], draws),
+            n0=n0, variant=variant, pairs=count, prompts=len(set(clusters)),
+            same_index_count=same, same_index=clopper_pearson(same, count),
             same_text_share=float(np.mean([p.same_text for p in group])),
-            reward_gap=mean_interval(column(sr, "reward") - column(bon, "reward"), draws),
-            decoded_ratio=ratio_of_sums_interval(column(bon, "decoded_tokens"), column(sr, "decoded_tokens"), draws),
-            token_compute_ratio=ratio_of_sums_interval(
-                column(bon, "decoded_tokens") + column(bon, "scored_tokens"),
-                column(sr, "decoded_tokens") + column(sr, "scored_tokens"), draws),
-            weighted_compute_ratio=ratio_of_sums_interval(weighted(bon), weighted(sr), draws),
-            wall_ratio=ratio_of_sums_interval(column(bon, "wall_seconds"), column(sr, "wall_seconds"), draws),
+            **figures(draws),
+            timed_together=sum(p.timed_together for p in group),
+            ratio_at_equal_reward=at_equal_reward, gain_at_equal_compute=at_equal_compute,
+            pair_bootstrap=figures(pair_draws),
             sr_mean_decoded=float(column(sr, "decoded_tokens").mean()),
             sr_mean_scored=float(column(sr, "scored_tokens").mean()),
             bon_mean_decoded=float(column(bon, "decoded_tokens").mean()),
@@ -188,7 +258,7 @@ def compare_adaptive(results: PairedResults, summaries: Sequence[VariantSummary]
         rival = min(fixed, key=lambda s: abs(s.token_compute_ratio.estimate - summary.token_compute_ratio.estimate))
         keys = sorted(rewards[(n0, variant)].keys() & rewards[(n0, rival.variant)].keys())
         differences = np.array([rewards[(n0, variant)][k] - rewards[(n0, rival.variant)][k] for k in keys])
-        draws = resample_indices(len(keys), resamples, seed)
+        draws = clustered_indices([prompt for prompt, _ in keys], resamples, seed)
         comparisons.append(AdaptiveComparison(
             n0=n0, adaptive=variant, fixed=rival.variant,
             reward_difference=bootstrap(lambda rows: float(differences[rows].mean()), len(keys), draws),

@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from bench.bootstrap import mean_interval, ratio_of_sums_interval, resample_indices
+from bench.bootstrap import clustered_indices, mean_interval, ratio_of_sums_interval, resample_indices
 
 
 def test_the_same_seed_gives_the_same_interval():
@@ -38,3 +38,43 @@ def test_identical_pairs_give_a_point_interval():
 def test_nothing_to_resample_is_an_error():
     with pytest.raises(ValueError, match="empty"):
         resample_indices(0)
+
+
+def _pairs_of_prompts(prompts: int, seeds: int, spread_between: float, spread_within: float, seed: int = 3):
+    """Values of `seeds` pairs per prompt: a prompt effect shared by its pairs plus each pair's own noise."""
+    rng = np.random.default_rng(seed)
+    effects = rng.normal(scale=spread_between, size=prompts)
+    values = np.concatenate([effect + rng.normal(scale=spread_within, size=seeds) for effect in effects])
+    return values, [f"p{i}" for i in range(prompts) for _ in range(seeds)]
+
+
+def test_resampling_prompts_widens_the_interval_when_a_prompt_s_pairs_are_alike():
+    values, prompts = _pairs_of_prompts(10, 3, spread_between=1.0, spread_within=0.1)
+    pairs = mean_interval(values, resample_indices(30, 1000, seed=0))
+    clustered = mean_interval(values, clustered_indices(prompts, 1000, seed=0))
+    assert clustered.estimate == pairs.estimate
+    # Three near-copies per prompt: the pair bootstrap sees 30 draws where there are 10, about sqrt(3) too narrow.
+    assert clustered.high - clustered.low > 1.4 * (pairs.high - pairs.low)
+
+
+def test_resampling_prompts_adds_nothing_when_pairs_of_a_prompt_are_independent():
+    values, prompts = _pairs_of_prompts(40, 3, spread_between=0.0, spread_within=1.0)
+    pairs = mean_interval(values, resample_indices(120, 1000, seed=0))
+    clustered = mean_interval(values, clustered_indices(prompts, 1000, seed=0))
+    assert 0.75 < (clustered.high - clustered.low) / (pairs.high - pairs.low) < 1.33
+
+
+def test_one_pair_per_prompt_makes_the_clustered_draws_the_pair_draws():
+    values = np.random.default_rng(4).normal(size=12)
+    prompts = [f"prompt {i}" for i in range(12)]
+    draws = clustered_indices(prompts, 300, seed=7)
+    assert np.array_equal(np.array(draws), resample_indices(12, 300, seed=7))
+    assert mean_interval(values, draws) == mean_interval(values, resample_indices(12, 300, seed=7))
+
+
+def test_a_drawn_prompt_brings_all_of_its_pairs():
+    prompts = ["a", "b", "a", "c", "b", "a"]
+    for row in clustered_indices(prompts, 50, seed=1):
+        drawn = [prompts[i] for i in row]
+        assert all(drawn.count(p) % prompts.count(p) == 0 for p in set(drawn))
+        assert len({tuple(sorted(i for i in row if prompts[i] == p)) for p in set(drawn)}) == len(set(drawn))

@@ -67,17 +67,17 @@ def test_a_stopped_paired_run_goes_on_where_it_stopped(tiny_model_dir, tmp_path)
     whole = tmp_path / "whole"
     whole_results = _small_paired_run(tiny_model_dir, tmp_path, whole)
     units = (whole / "paired-journal.jsonl").read_text().splitlines()
-    # settings, then per prompt: two Best-of-n0 runs, fresh samples to fill the pool, two SR runs
+    # settings, then per prompt: two Best-of-n0 runs for the pool, fresh samples to fill it, two pairs
     assert len(units) == 1 + 2 * 5
     assert [len(pool["scores"]) for pool in whole_results["paired"]["pools"]] == [16, 16]
 
-    # A run killed while writing the first prompt's second SR run: what it finished is kept.
+    # A run killed while writing the first prompt's second pair: what it finished is kept.
     stopped = tmp_path / "stopped"
     stopped.mkdir()
     (stopped / "paired-journal.jsonl").write_text("\n".join(units[:5]) + "\n" + units[5][: len(units[5]) // 2])
     results = _small_paired_run(tiny_model_dir, tmp_path, stopped, "--stop-after-minutes", "0")
     assert len(results["paired"]["pairs"]) == 1
-    assert "stopped by --stop-after-minutes" in results["metadata"]["paired runs"]
+    assert results["metadata"]["paired runs"].startswith("a report of the existing journal")
 
     results = _small_paired_run(tiny_model_dir, tmp_path, stopped)
     assert _choices(results) == _choices(whole_results)
@@ -110,4 +110,42 @@ def test_a_stopped_run_reports_every_pair_its_journal_holds_whatever_the_variant
                                 "--stop-after-minutes", "0")
     assert len(results["paired"]["pairs"]) == len(whole_results["paired"]["pairs"]) - 1 == 7
     assert sorted(s["pairs"] for s in results["paired"]["summaries"]) == [3, 4]
-    assert "stopped by --stop-after-minutes" in results["metadata"]["paired runs"]
+    assert "3 pairs" not in results["metadata"]["paired runs"] and "7 pairs of the 8" in results["metadata"]["paired runs"]
+
+
+def test_a_pair_times_both_runs_together_and_records_partial_rewards(tiny_model_dir, tmp_path):
+    out = tmp_path / "results"
+    results = _small_paired_run(tiny_model_dir, tmp_path, out, "--rejection-rates", "0.5")
+    settings, *lines = [json.loads(line) for line in (out / "paired-journal.jsonl").read_text().splitlines()]
+    assert all(line["time"].endswith("+00:00") for line in lines)
+    scorer = settings["settings"]["reward"]
+    assert scorer.startswith("lm-logprob") and all(line["value"]["reward scorer"] == scorer for line in lines)
+    units = [line["value"] for line in lines if line["key"].startswith("pair/")]
+    assert len(units) == 4
+    # SR and Best-of-n0 alternate which runs first, and each pair's two runs follow each other.
+    assert [unit["sr first"] for unit in units] == [True, False, True, False]
+    for unit in units:
+        first, second = (unit["sr"], unit["bon"]) if unit["sr first"] else (unit["bon"], unit["sr"])
+        assert first["started"] <= first["ended"] <= second["started"] <= second["ended"]
+        finals = unit["bon"]["candidate_rewards"]
+        assert len(finals) == 4 and unit["bon"]["reward"] == max(finals) == finals[unit["bon"]["index"]]
+        points = unit["sr"]["partial_scores"]
+        assert [p["token_position"] for p in points] == unit["sr"]["decision_points"]
+        for point, kept in zip(points, unit["sr"]["survivors_per_round"]):
+            assert sum(c[3] for c in point["candidates"]) == kept
+            assert all(isinstance(c[1], float) and isinstance(c[2], bool) for c in point["candidates"])
+        assert len(points[0]["candidates"]) == 4  # every initial candidate is scored at the first decision point
+
+    (agreement, *_) = results["paired"]["partial_agreement"]
+    assert agreement["reward_scorer"] == scorer
+    assert agreement["token_position"] == 4 and agreement["decision_points"] == 4
+    assert -1 <= agreement["kendall_tau"]["estimate"] <= 1
+    markdown = (out / "results.md").read_text()
+    assert "### Partial against final rewards at each decision point" in markdown
+    assert "| reward scorer | n0 | variant | token position |" in markdown
+    assert "### In the paper's terms: against the pools' Best-of-N curve" in markdown
+
+    report_only = _small_paired_run(tiny_model_dir, tmp_path, out, "--rejection-rates", "0.5",
+                                    "--stop-after-minutes", "0")
+    assert report_only["metadata"]["paired runs"].startswith("a report of the existing journal")
+    assert "total wall seconds" not in report_only["metadata"]
