@@ -94,3 +94,68 @@ def test_the_verdict_weighs_reward_against_compute(low, high, adaptive_ratio, ve
 
     comparison = AdaptiveComparison(N0, ADAPTIVE, FIXED, Interval((low + high) / 2, low, high), adaptive_ratio, 1.8)
     assert comparison.verdict == verdict
+
+
+def test_the_paper_s_reading_places_sr_on_the_best_of_n_curve(results):
+    from bench.order_stats import expected_max_curve
+
+    greedy = {s.variant: s for s in summarize_pairs(results, resamples=200)}[GREEDY]
+    # Above Best-of-8's expectation: the equivalent N is capped at 8, so Best-of-N decodes 8 x 100 tokens to SR's 200.
+    assert greedy.ratio_at_equal_reward.estimate == pytest.approx(8 * 100 / 200)
+    # SR decoded as much as Best-of-2 would; its reward against Best-of-2's expectation on the mean curve.
+    curve = np.mean([expected_max_curve(pool.scores) for pool in results.pools], axis=0)
+    sr_reward = np.mean([p.sr.reward for p in results.pairs if p.variant == GREEDY])
+    assert greedy.gain_at_equal_compute.estimate == pytest.approx(sr_reward - curve[1])
+    section = paired_section(results, *paired_payload(results)[1:])
+    assert "### In the paper's terms: against the pools' Best-of-N curve" in section
+    assert "### The same figures resampling pairs as if independent" in section
+
+
+def test_a_pair_is_placed_on_a_curve_without_its_own_seed_s_candidates(results):
+    from dataclasses import replace
+
+    # Say p0's pool held seed 1's candidates in its top half: seed 1's pairs must not see them.
+    pool = results.pools[0]
+    order = np.argsort(pool.scores)
+    sources = [0] * pool.size
+    for rank, i in enumerate(order):
+        sources[i] = 1 if rank >= pool.size // 2 else 0
+    tagged = replace(results, pool_seeds={pool.prompt_id: sources})
+    plain = {s.variant: s for s in summarize_pairs(results, resamples=100)}[FIXED]
+    left_out = {s.variant: s for s in summarize_pairs(tagged, resamples=100)}[FIXED]
+    # Without the best half for seed 1, the curve lies lower, so the same rewards reach a larger N.
+    assert left_out.equivalent_n.estimate.n > plain.equivalent_n.estimate.n
+
+
+def test_partial_rewards_are_compared_with_the_same_candidates_final_rewards():
+    from dataclasses import replace
+
+    from bench.paired_report import _agreement_section
+    from bench.partial_agreement import partial_agreement
+
+    finals = [0.1, 0.9, 0.5, 0.3]
+    points = [{"token_position": 4, "candidates": [[0, 0.0, False, False], [1, 3.0, False, True],
+                                                   [2, 2.0, True, True], [3, 1.0, False, False]]},
+              {"token_position": 8, "candidates": [[1, 1.0, False, False], [2, 2.0, True, True]]}]
+    pairs = [Pair(prompt, 1, 4, FIXED, replace(run(2, 0.5, 10, 10, 1.0), partial_scores=points),
+                  replace(run(1, 0.9, 20, 20, 2.0), candidate_rewards=finals), reward_scorer="judge (tiny)")
+             for prompt in ("p0", "p1")]
+    first, second = partial_agreement(pairs, resamples=50)
+    assert (first.reward_scorer, first.token_position, first.decision_points) == ("judge (tiny)", 4, 2)
+    assert first.kendall_tau.estimate == pytest.approx(1.0)  # partial order 1 > 2 > 3 > 0, as the final one
+    assert (first.winner_live_share, first.winner_running_share, first.winner_kept_share) == (1.0, 1.0, 1.0)
+    assert second.kendall_tau.estimate == pytest.approx(-1.0) and second.winner_kept_share == 0.0
+    table = _agreement_section([first, second])
+    assert "| judge (tiny) | 4 | double-4, α=0.5 | 4 | 2 | 4.00 | 1.00 [1.00, 1.00] | 100% | 100% | 100% |" in table
+
+
+def test_a_decision_point_s_kept_candidates_are_those_scored_again():
+    from bench.paired import partial_scores
+
+    calls = [[(0, False, 0.1), (1, False, 0.7), (2, True, 0.4)], [(1, False, 0.8), (2, True, 0.4)], [(1, True, 0.9)]]
+    assert partial_scores(calls, [4, 8]) == [
+        {"token_position": 4, "candidates": [[0, 0.1, False, False], [1, 0.7, False, True], [2, 0.4, True, True]]},
+        {"token_position": 8, "candidates": [[1, 0.8, False, True], [2, 0.4, True, False]]},
+    ]
+    with pytest.raises(ValueError, match="reward calls"):
+        partial_scores(calls, [4])
