@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 
 import grpc
 from google.rpc import error_details_pb2, status_pb2
+from grpc_health.v1 import health_pb2_grpc
 from grpc_status import rpc_status
 
 from specrej.v1 import coordinator_pb2 as pb
@@ -99,10 +100,13 @@ class ScriptedCoordinator(coordinator_pb2_grpc.CoordinatorServicer):
         yield pb.GenerateEvent(result=response_to(request))
 
 
-def serve(servicer: ScriptedCoordinator, server_credentials=None) -> tuple[grpc.Server, int]:
-    """Start a server on a free loopback port; plaintext unless credentials are given."""
+def serve(servicer: ScriptedCoordinator, server_credentials=None, health=None) -> tuple[grpc.Server, int]:
+    """Start a server on a free loopback port; plaintext unless credentials are given; with `health`
+    (a grpc_health HealthServicer) beside it."""
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
     coordinator_pb2_grpc.add_CoordinatorServicer_to_server(servicer, server)
+    if health is not None:
+        health_pb2_grpc.add_HealthServicer_to_server(health, server)
     address = "127.0.0.1:0"
     port = (server.add_secure_port(address, server_credentials) if server_credentials
             else server.add_insecure_port(address))
