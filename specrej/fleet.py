@@ -17,10 +17,13 @@ RETRY_POLICY = {
     "retryableStatusCodes": ["UNAVAILABLE"],
 }
 # gRPC's default reconnect backoff grows to 120 s, so a service that comes up after its client
-# would be found only up to minutes later; capped at 1 s it is found within about a second.
+# would be found only up to minutes later; capped at 1 s it is found within about a second. A lost
+# replica makes the channel look its name up again, by default at most every 30 s: a restarted pod
+# comes back under a new address, which is then found within a second or so of its being ready.
 RECONNECT_OPTIONS = [
     ("grpc.initial_reconnect_backoff_ms", 100),
     ("grpc.max_reconnect_backoff_ms", 1000),
+    ("grpc.dns_min_time_between_resolutions_ms", 1000),
 ]
 
 
