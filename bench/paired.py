@@ -4,12 +4,12 @@ The generator samples a sequence's tokens as a pure function of (seed, sequence 
 so Best-of-n0 with a run's seed completes exactly the n0 candidates that Speculative Rejection
 starts from. On one pair (prompt, seed) the two methods therefore differ only by what rejection
 did: whether it kept Best-of-n0's winner, what reward it lost or (by luck) gained, and what it
-saved. Best-of-n0 runs once per pair and is shared by every variant (schedule, rejection rate,
-fixed or adaptive rule), so all variants are compared on the same pairs.
+saved. Every variant (schedule, rejection rate, fixed or adaptive rule) runs on the same pairs,
+and since Best-of-n0's choice and tokens are the same every time, so is its side of each pair.
 
-Within a pair the two runs are timed together: Best-of-n0 runs again right before or right after
-the variant's SR run (the order alternating from pair to pair), so a slow drift of the machine
-moves both sides of a wall ratio alike. SR's reward calls are recorded: at each decision point,
+Only its time is not: within a pair the two runs are timed together, Best-of-n0 running right
+before or right after the variant's SR run (the order alternating from pair to pair), so a slow
+drift of the machine moves both sides of a wall ratio alike. SR's reward calls are recorded: at each decision point,
 every live candidate's partial reward, whether it had finished and whether it was kept; the pair's
 Best-of-n0 run returns every candidate's final reward, so partial and final rewards of the very
 same candidates can be compared. Pairs journaled before runs were timed together (an SR run alone,
@@ -160,10 +160,12 @@ def partial_scores(calls: list, decision_points: list[int]) -> list[dict]:
     next call scores it again."""
     if len(calls) != len(decision_points) + 1:
         raise ValueError(f"{len(calls)} reward calls for {len(decision_points)} decision points")
-    return [{"token_position": position,
-             "candidates": [[index, score, complete, index in {c for c, _, _ in following}]
-                            for index, complete, score in call]}
-            for position, call, following in zip(decision_points, calls, calls[1:])]
+    points = []
+    for position, call, following in zip(decision_points, calls, calls[1:]):
+        scored_again = {index for index, _, _ in following}
+        points.append({"token_position": position,
+                       "candidates": [[index, score, complete, index in scored_again] for index, complete, score in call]})
+    return points
 
 
 def outcome(response: pb.GenerateResponse, wall: float) -> Outcome:
@@ -318,8 +320,7 @@ class PairedRun:
         alone = self.journal.get(f"sr/{where}")
         if alone is not None:  # journaled before pairs were timed together: against the shared Best-of-n0
             bon = self._bon(prompt, seed, n0)
-            return Pair(prompt.id, seed, n0, variant, Outcome(**_outcome_fields(alone)),
-                        Outcome(**bon["outcome"]), str(alone.get("reward scorer", self.reward_scorer)))
+            return Pair(prompt.id, seed, n0, variant, Outcome(**alone), Outcome(**bon["outcome"]), self.reward_scorer)
 
         def both() -> dict:
             runs = {"sr": lambda: run_sr(self.backend, prompt, self.config, n0, seed, variant,
@@ -333,10 +334,6 @@ class PairedRun:
         value = self._unit(f"pair/{where}", both)
         return Pair(prompt.id, seed, n0, variant, Outcome(**value["sr"]), Outcome(**value["bon"]),
                     value["reward scorer"], timed_together=True, sr_first=value["sr first"])
-
-
-def _outcome_fields(value: dict) -> dict:
-    return {key: item for key, item in value.items() if key != "reward scorer"}
 
 
 class _OutOfTime(Exception):

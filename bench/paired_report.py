@@ -7,9 +7,9 @@ from dataclasses import asdict
 from bench.bootstrap import LEVEL, RESAMPLES, Interval
 from bench.equivalence import ABOVE_CAP, AT_MOST_ONE
 from bench.paired import PairedResults
-from bench.partial_agreement import DecisionPointAgreement, partial_agreement
 from bench.paired_summary import AdaptiveComparison, EquivalentNInterval, VariantSummary, compare_adaptive, \
     summarize_pairs, token_costs
+from bench.partial_agreement import DecisionPointAgreement, partial_agreement
 from bench.report import _fmt
 
 
