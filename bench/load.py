@@ -170,13 +170,17 @@ def tiny_behind_large(stub, config: LoadConfig, repeats: int = 3) -> dict:
 
     alone = [tiny(1000 + i) for i in range(repeats)]
     large_done = threading.Event()
-    large_latency = []
+    large_outcome = {}
 
     def large():
         began = time.perf_counter()
-        stub.Generate(pb.GenerateRequest(prompt=PROMPTS[0], n=large_n, max_new_tokens=large_tokens, seed=7,
-                                         method=pb.BEST_OF_N), timeout=config.timeout)
-        large_latency.append(time.perf_counter() - began)
+        try:
+            stub.Generate(pb.GenerateRequest(prompt=PROMPTS[0], n=large_n, max_new_tokens=large_tokens, seed=7,
+                                             method=pb.BEST_OF_N), timeout=config.timeout)
+            large_outcome["code"] = grpc.StatusCode.OK.name
+        except grpc.RpcError as error:
+            large_outcome["code"] = error.code().name
+        large_outcome["seconds"] = time.perf_counter() - began
         large_done.set()
 
     thread = threading.Thread(target=large)
@@ -191,7 +195,7 @@ def tiny_behind_large(stub, config: LoadConfig, repeats: int = 3) -> dict:
     return {"tiny": list(config.tiny), "large": list(config.large),
             "alone_s": statistics.median(alone), "behind_large_s": statistics.median(behind) if behind else None,
             "ratio": statistics.median(behind) / statistics.median(alone) if behind else None,
-            "large_s": large_latency[0] if large_latency else None, "samples_behind": len(behind)}
+            "large_s": large_outcome["seconds"], "large_code": large_outcome["code"], "samples_behind": len(behind)}
 
 
 def flood(target: str, config: LoadConfig) -> dict:
@@ -304,7 +308,8 @@ def report(results: dict) -> str:
               f"Tiny (n = {tiny['tiny'][0]}, {tiny['tiny'][1]} tokens) alone: {tiny['alone_s']:.2f} s (median of 3); "
               f"while a Best-of-{tiny['large'][0]} request of {tiny['large'][1]} tokens decodes: "
               + (f"{tiny['behind_large_s']:.2f} s (median of {tiny['samples_behind']}), "
-                 f"**{tiny['ratio']:.2f}x** its latency alone; the large request took {tiny['large_s']:.1f} s."
+                 f"**{tiny['ratio']:.2f}x** its latency alone; the large request took {tiny['large_s']:.1f} s"
+                 + ("." if tiny.get("large_code", "OK") == "OK" else f" and ended {tiny['large_code']}.")
                  if tiny["behind_large_s"] is not None else "the large request finished first."),
               "", "## Flood beyond the admission queue", "",
               f"{flood_result['sent']} requests sent at once: {flood_result['resource_exhausted']} answered "

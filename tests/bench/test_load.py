@@ -42,6 +42,17 @@ def test_report_gives_speedups_over_one_client():
     assert "30 answered RESOURCE_EXHAUSTED (30 with a grpc-retry-pushback-ms hint)" in text
 
 
+def test_report_says_when_the_large_request_failed():
+    text = report({"command": "", "levels": [_level(8, 1, 0.5)], "identity": {"identical": True, "clients": 8},
+                   "tiny_behind_large": {"tiny": [4, 16], "large": [128, 256], "alone_s": 1.0, "behind_large_s": 9.0,
+                                         "ratio": 9.0, "large_s": 300.0, "large_code": "DEADLINE_EXCEEDED",
+                                         "samples_behind": 3},
+                   "flood": {"sent": 96, "resource_exhausted": 0, "with_retry_hint": 0,
+                             "time_to_resource_exhausted_max_s": None, "time_to_resource_exhausted_p50_s": None,
+                             "send_seconds": 0.3}})
+    assert "the large request took 300.0 s and ended DEADLINE_EXCEEDED." in text
+
+
 def test_a_short_load_run_against_the_real_services(tiny_stack):
     config = LoadConfig(clients=(1, 2), n=(4,), max_new_tokens=8, decision_every_tokens=4, seconds_per_level=2.0,
                         max_requests_per_level=20, tiny=(2, 4), large=(8, 64), flood_requests=8, timeout=60.0)
@@ -50,4 +61,4 @@ def test_a_short_load_run_against_the_real_services(tiny_stack):
     assert all(level["completed"] >= 1 and set(level["codes"]) == {"OK"} for level in results["levels"])
     assert all(level["health"]["failures"] == 0 and level["health"]["checks"] > 0 for level in results["levels"])
     assert results["identity"]["identical"]
-    assert results["tiny_behind_large"]["alone_s"] > 0
+    assert results["tiny_behind_large"]["alone_s"] > 0 and results["tiny_behind_large"]["large_code"] == "OK"
