@@ -157,21 +157,21 @@ def _paper_reading(curves: np.ndarray, sample_tokens: np.ndarray, rewards: np.nd
 def _curves(results: PairedResults) -> tuple[dict, dict]:
     """Per (prompt, seed): the Best-of-N curve and a sample's mean decoded tokens from the prompt's pool
     without that seed's Best-of-n0 candidates (the very candidates its pair's runs started from)."""
-    curves, tokens = {}, {}
-    seeds_of = {pool.prompt_id: results.pool_seeds.get(pool.prompt_id, [0] * pool.size) for pool in results.pools}
-    kept = {(pool.prompt_id, seed): [i for i, source in enumerate(seeds_of[pool.prompt_id]) if source != seed]
-            for pool in results.pools for seed in {p.seed for p in results.pairs}}
+    pools = {pool.prompt_id: pool for pool in results.pools}
+    kept = {}
+    for prompt, seed in {(p.prompt_id, p.seed) for p in results.pairs}:
+        sources = results.pool_seeds.get(prompt, [0] * pools[prompt].size)
+        kept[(prompt, seed)] = [i for i, source in enumerate(sources) if source != seed]
     length = min(len(rows) for rows in kept.values())
-    for pool in results.pools:
-        for (prompt, seed), rows in kept.items():
-            if prompt == pool.prompt_id:
-                curves[(prompt, seed)] = expected_max_curve([pool.scores[i] for i in rows], length)
-                tokens[(prompt, seed)] = float(np.mean([pool.decoded_tokens[i] for i in rows]))
+    curves = {key: expected_max_curve([pools[key[0]].scores[i] for i in rows], length) for key, rows in kept.items()}
+    tokens = {key: float(np.mean([pools[key[0]].decoded_tokens[i] for i in rows])) for key, rows in kept.items()}
     return curves, tokens
 
 
 def summarize_pairs(results: PairedResults, resamples: int = 2000, seed: int = 0) -> list[VariantSummary]:
     """One summary per (n0, variant), in the order the variants were run."""
+    if not results.pairs:
+        return []
     curves, sample_tokens = _curves(results)
     groups: dict[tuple[int, Variant], list[Pair]] = defaultdict(list)
     for pair in results.pairs:

@@ -159,3 +159,10 @@ def test_a_decision_point_s_kept_candidates_are_those_scored_again():
     ]
     with pytest.raises(ValueError, match="reward calls"):
         partial_scores(calls, [4])
+
+
+def test_pools_without_pairs_report_that_no_pair_ran(results):
+    from dataclasses import replace
+
+    empty = replace(results, pairs=[])
+    assert "No pairs were run." in paired_section(empty, *paired_payload(empty)[1:])
