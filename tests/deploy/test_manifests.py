@@ -348,6 +348,8 @@ def test_services_are_wired_together(overlay):
         d = deployment(objects, component)
         s = service_of[d["metadata"]["name"]]
         assert s["spec"].get("clusterIP") == "None", f"{component} Service must be headless"
+        assert s["spec"].get("publishNotReadyAddresses") is True, \
+            f"{component}: pods must resolve before they are ready, or a coordinator started first backs off"
         grpc = next(p for p in s["spec"]["ports"] if p["name"] == "grpc")
         assert grpc["port"] == grpc_port[d["metadata"]["name"]], "headless: Service port = container port"
         assert env[variable] == f"dns:///{s['metadata']['name']}:{grpc['port']}", variable
@@ -1422,12 +1424,13 @@ def local_imports(package: str) -> set[str]:
 
 
 COORDINATOR_IMAGE_PACKAGES = {"grpc", "grpc_health", "grpc_reflection", "grpc_status", "google", "prometheus_client",
-                              "opentelemetry"}
+                              "opentelemetry", "cryptography"}
 
 
 def test_coordinator_imports_only_what_its_image_has():
     """The coordinator image has no torch: module-level imports reachable from the coordinator
-    must be the standard library, the gRPC/protobuf/prometheus/OpenTelemetry packages, or repository code."""
+    must be the standard library, the gRPC/protobuf/prometheus/OpenTelemetry/cryptography packages, or
+    repository code."""
     # The exec health probe of the TLS component runs in the coordinator's image too.
     pending, seen, third_party = [REPO / "coordinator", REPO / "common" / "health_probe.py"], set(), {}
     while pending:
