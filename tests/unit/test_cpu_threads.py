@@ -1,10 +1,7 @@
 """--cpu-threads: the flag, else SPECREJ_CPU_THREADS, else auto (OMP_NUM_THREADS when set, else half the
-cores); OpenMP's wait policy is PASSIVE unless the user set OMP_WAIT_POLICY."""
-import os
-
+cores)."""
 import pytest
 
-from common.local_stack import Service
 from common.models import resolve_cpu_threads
 from generator_service.__main__ import parse_args as generator_args
 from reward_service.__main__ import parse_args as reward_args
@@ -30,25 +27,3 @@ def test_auto_takes_half_the_cores_unless_omp_num_threads_is_set():
     assert resolve_cpu_threads("auto", environ={"OMP_NUM_THREADS": "2"}, cores=16) == 0
     assert resolve_cpu_threads(4, environ={"OMP_NUM_THREADS": "2"}, cores=16) == 4
     assert resolve_cpu_threads(0, environ={}, cores=16) == 0
-
-
-def _threads_line(service: Service) -> str:
-    return next(line for line in service.log().splitlines() if "model work on CPU uses" in line)
-
-
-def test_services_started_without_flags_use_their_share_and_sleep_when_idle(tiny_model_dir, tmp_path, monkeypatch):
-    for name in ("SPECREJ_CPU_THREADS", "OMP_NUM_THREADS", "OMP_WAIT_POLICY"):
-        monkeypatch.delenv(name, raising=False)
-    share = max(1, len(os.sched_getaffinity(0)) // 2)
-    generator = Service("generator_service", "--model", str(tiny_model_dir), log_dir=tmp_path, wait=False)
-    monkeypatch.setenv("OMP_WAIT_POLICY", "ACTIVE")
-    monkeypatch.setenv("OMP_NUM_THREADS", "2")
-    reward = Service("reward_service", "--model", str(tiny_model_dir), log_dir=tmp_path, wait=False)
-    try:
-        generator.wait_serving()
-        reward.wait_serving()
-        assert f"uses {share} threads (--cpu-threads auto, OMP_WAIT_POLICY PASSIVE)" in _threads_line(generator)
-        assert "uses 2 threads (--cpu-threads auto, OMP_WAIT_POLICY ACTIVE)" in _threads_line(reward)
-    finally:
-        generator.stop()
-        reward.stop()
