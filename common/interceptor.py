@@ -146,7 +146,9 @@ class ServingInterceptor(grpc.aio.ServerInterceptor):
                 if isinstance(error, errors.ServiceError):
                     status = errors.status_of(error)
                     answer = (status.code, status.message, status.trailing_metadata + self.metadata)
-                elif isinstance(error, asyncio.CancelledError):
+                elif isinstance(error, (asyncio.CancelledError, GeneratorExit)):
+                    # GeneratorExit: grpc.aio closes a response stream when writing to it fails
+                    # (ExecuteBatchError), which it does once the client has gone.
                     self.code = ended_by_client(self.context)
                 elif isinstance(error, grpc.aio.AbortError):
                     self.code = self.context.code() or grpc.StatusCode.UNKNOWN

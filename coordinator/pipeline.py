@@ -183,6 +183,9 @@ class Pipeline:
                 running = [c for c in live.values() if not c.finished]
                 if not running:
                     break
+                if not advanced.sequences:
+                    # The generator holds none of these running: asking again would spin forever.
+                    raise RuntimeError(f"the generator reported none of the {len(running)} running candidates")
                 if schedule.cannot_grow(len(running), advanced.memory_full, advanced.steps):
                     running[0].finish_reason = "length"
                     break

@@ -81,6 +81,7 @@ class _Sequence:
     tokens: list[int] = field(default_factory=list)
     finish_reason: str = ""
     stream: TextStream = field(default_factory=TextStream)
+    finish_reported: bool = False  # the client was told how it ended (or ended it by a prune)
 
 
 @dataclass
@@ -168,6 +169,12 @@ class Session:
     def running_indices(self) -> list[int]:
         return [i for i, s in enumerate(self.sequences) if not s.finish_reason]
 
+    @property
+    def unreported_indices(self) -> list[int]:
+        """Running sequences and those whose end the client has not heard of yet: a row whose first
+        token, sampled at prefill, ends it is reported by the next advance."""
+        return [i for i, s in enumerate(self.sequences) if not s.finish_reported]
+
     # The decode loop's side.
 
     def prefill_next_chunk(self, chunk_tokens: int) -> bool:
@@ -252,7 +259,7 @@ class Session:
         if self._advance is not None or not self._started.done():
             raise FieldError("command", "one command at a time, after the session has started")
         target = min(until_tokens or self.max_new_tokens, self.max_new_tokens)
-        self._advance = _Advance(future, target, self.running_indices, time.perf_counter())
+        self._advance = _Advance(future, target, self.unreported_indices, time.perf_counter())
 
     def _prune(self, keep: list[int]) -> Pruned:
         if self._advance is not None or not self._started.done():
@@ -266,6 +273,7 @@ class Session:
         if rejected:
             for index in rejected:
                 self.sequences[index].finish_reason = "rejected"
+                self.sequences[index].finish_reported = True
             kept = torch.tensor([self.sequences[i].finish_reason == "" for i in self.row_index.tolist()])
             self._keep_rows(kept.to(self.row_index.device))
         return Pruned(len(self.running_indices), self.kv_cache_bytes, time.perf_counter() - began, self.capacity)
@@ -328,6 +336,8 @@ class Session:
         sequences = [self.sequences[i] for i in indices]
         bodies = [s.tokens[:-1] if s.finish_reason == "stop" else s.tokens for s in sequences]
         texts = self.tokenizer.batch_decode(bodies, skip_special_tokens=True)
+        for sequence in sequences:
+            sequence.finish_reported = bool(sequence.finish_reason)
         return [
             SequenceUpdate(i, s.stream.delta(text, final=bool(s.finish_reason)), len(s.tokens), s.finish_reason)
             for i, s, text in zip(indices, sequences, texts)

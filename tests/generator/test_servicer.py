@@ -1,6 +1,7 @@
 """The generator's gRPC servicer on a real grpc.aio server (tiny model): a client that cancels frees
 its session, a full queue is RESOURCE_EXHAUSTED with a retry hint, bad input names the field."""
 import asyncio
+import time
 
 import grpc
 import pytest
@@ -83,3 +84,34 @@ def test_a_prompt_over_the_limits_is_invalid_argument_naming_the_field(engine):
         assert error.value.details().startswith("messages[0].content: 1048577 bytes; at most 1048576")
 
     serve(engine, scenario)
+
+
+
+def handled(code: str) -> float:
+    from prometheus_client import REGISTRY
+
+    labels = dict(service="generator", grpc_method="Session", grpc_code=code)
+    return REGISTRY.get_sample_value("specrej_grpc_server_handled_total", labels) or 0.0
+
+
+def test_a_session_whose_client_left_as_its_answer_was_written_counts_as_cancelled(engine, caplog):
+    """The client cancels while the event loop is held, just after the generator answered an
+    advance: the servicer writes that answer to a call that is already gone."""
+    before = {code: handled(code) for code in ("CANCELLED", "INTERNAL")}
+
+    async def scenario(stub):
+        call = stub.Session()
+        await call.write(start(max_new_tokens=40))
+        await call.read()
+        await call.write(pb.SessionCommand(advance=pb.Advance(until_tokens=3)))
+        await asyncio.to_thread(wait_until, lambda: engine.sessions and engine.sessions[0].position >= 2)
+        time.sleep(0.5)  # holds the loop (server and client share it) while the answer is queued
+        call.cancel()
+        time.sleep(0.5)  # and while the cancel reaches the server's transport
+        await asyncio.to_thread(wait_until, lambda: not engine.sessions)
+        await asyncio.to_thread(wait_until, lambda: sum(map(handled, before)) > sum(before.values()))
+
+    with caplog.at_level("INFO"):
+        serve(engine, scenario)
+    assert (handled("CANCELLED"), handled("INTERNAL")) == (before["CANCELLED"] + 1, before["INTERNAL"])
+    assert not [r for r in caplog.records if r.levelname == "ERROR"], caplog.text
