@@ -36,3 +36,15 @@ def test_speculative_rejection_on_an_alpacafarm_prompt(default_stack):
     # Rejection saved decoding: fewer tokens than 12 candidates run to the end would cost.
     assert result.stats.generated_tokens < 12 * 64
     assert result.stats.prompt_tokens > 30
+
+
+@pytest.mark.parametrize("call", ["Generate", "GenerateStream"])
+def test_a_candidate_that_ends_at_its_first_token_is_ranked_not_kept_running(default_stack, call):
+    """With this seed one of the four candidates samples the end of its turn as its first token."""
+    stub = coordinator_pb2_grpc.CoordinatorStub(default_stack.channel)
+    request = pb.GenerateRequest(prompt="Give three tips for staying healthy.", n=4, max_new_tokens=24,
+                                 decision_every_tokens=4, seed=167, method=pb.SPECULATIVE_REJECTION, return_top=4)
+    answer = getattr(stub, call)(request, timeout=600)
+    result = answer if call == "Generate" else list(answer)[-1].result
+    assert result.stats.initial_n == 4 and result.stats.rounds
+    assert result.best.finish_reason in ("stop", "length") and result.best.text
