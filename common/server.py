@@ -38,6 +38,7 @@ class ServerOptions:
     reflection: bool = False
     drain_grace_seconds: float = 300.0
     otlp_endpoint: str | None = None  # None = no tracing
+    max_receive_bytes: int = 64 * 1024 * 1024  # larger requests are refused (RESOURCE_EXHAUSTED) before parsing
 
     @classmethod
     def from_args(cls, args) -> "ServerOptions":
@@ -61,7 +62,7 @@ class Server:
         metrics.precreate_rpc_series(service, methods)
         self.grpc = grpc.aio.server(
             interceptors=[ServingInterceptor(service, self.state), *interceptors],
-            options=[("grpc.max_receive_message_length", 64 * 1024 * 1024),
+            options=[("grpc.max_receive_message_length", options.max_receive_bytes),
                      ("grpc.max_send_message_length", 64 * 1024 * 1024),
                      # Clients reconnect now and then, so round-robin over a headless Service finds
                      # new replicas; the grace period lets the longest request finish first.

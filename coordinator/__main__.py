@@ -58,6 +58,7 @@ def main(argv=None) -> None:
 async def serve(args) -> None:
     from common import metrics as common_metrics
     from common.auth import BearerTokenInterceptor, TokenFile
+    from common.receive_limit import receive_limited
     from common.server import Server, ServerOptions
     from common.tls import ChannelTls
     from specrej.v1 import coordinator_pb2, coordinator_pb2_grpc
@@ -68,7 +69,7 @@ async def serve(args) -> None:
 
     interceptors = [BearerTokenInterceptor(TokenFile(args.auth_token_file))] if args.auth_token_file else []
     server = Server("coordinator", [coordinator_pb2.DESCRIPTOR.services_by_name["Coordinator"].full_name],
-                    ServerOptions.from_args(args), interceptors=interceptors)
+                    receive_limited(ServerOptions.from_args(args), args.max_prompt_bytes), interceptors=interceptors)
     upstream_tls = ChannelTls.from_upstream_args(args)
     limits = Limits(max_n=args.max_n, max_prompt_bytes=args.max_prompt_bytes, max_messages=args.max_messages,
                     max_decision_points=args.max_decision_points, memory_round_tokens=args.memory_round_tokens,

@@ -48,6 +48,7 @@ def main(argv=None) -> None:
 async def serve(args) -> None:
     from common import metrics as common_metrics
     from common.models import set_cpu_threads
+    from common.receive_limit import receive_limited
     from common.server import Server, ServerOptions
     from specrej.v1 import generator_pb2, generator_pb2_grpc
     from . import metrics
@@ -55,7 +56,7 @@ async def serve(args) -> None:
     from .servicer import GeneratorServicer
 
     server = Server("generator", [generator_pb2.DESCRIPTOR.services_by_name["Generator"].full_name],
-                    ServerOptions.from_args(args))
+                    receive_limited(ServerOptions.from_args(args), args.max_prompt_bytes))
     servicer = GeneratorServicer()
     generator_pb2_grpc.add_GeneratorServicer_to_server(servicer, server.grpc)
     await server.start()

@@ -54,7 +54,7 @@ def main(argv=None) -> None:
 def load_engine(args):
     from common.models import choose_device, choose_dtype, resolve_model, set_cpu_threads
     from .engine import ScoringEngine
-    from .limits import InputLimits
+    from .limits import InputLimits, longest_token_chars
     from .scorers import load_scorer
     from .sessions import SessionCache
 
@@ -63,7 +63,8 @@ def load_engine(args):
     scorer = load_scorer(args.scorer, resolve_model(args.model, args.model_cache), device,
                          choose_dtype(args.dtype, device), args.token_budget, args.judge_template)
     limits = InputLimits(max_context=scorer.max_context, max_items=args.max_items, max_messages=args.max_messages,
-                         max_prompt_tokens=args.max_prompt_tokens, max_response_tokens=args.max_response_tokens)
+                         max_prompt_tokens=args.max_prompt_tokens, max_response_tokens=args.max_response_tokens,
+                         max_token_chars=longest_token_chars(scorer.tokenizer))
     return ScoringEngine(scorer, sessions=SessionCache(args.cache_budget), limits=limits,
                          batch_window_seconds=args.batch_window_ms / 1000, max_queued=args.max_queued)
 

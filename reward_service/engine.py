@@ -50,6 +50,7 @@ class ScoringEngine:
         and Overloaded (with a retry hint) when the queue is full; the future fails with DeadlineExceeded
         when `deadline` (a time.monotonic() value) passes before the model reaches the request."""
         self.limits.check_shape(len(messages), len(items))
+        self.limits.check_text(messages, [item.response for item in items])
         if session:
             seen = set()
             for index, item in enumerate(items):

@@ -1,0 +1,50 @@
+"""A single request at the limits costs a service little memory: oversized ones are refused before
+they are parsed or tokenized. Measured as the service process's peak resident memory (VmHWM, reset
+before the request) over its resident memory before it."""
+import pathlib
+
+import grpc
+import pytest
+
+from specrej.v1 import common_pb2, coordinator_pb2, coordinator_pb2_grpc, reward_pb2, reward_pb2_grpc
+
+MIB = 1024 * 1024
+ALLOWED_GROWTH = 100 * MIB
+
+
+def memory_bytes(pid: int, field: str) -> int:
+    for line in pathlib.Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1]) * 1024
+    raise AssertionError(f"no {field} for process {pid}")
+
+
+def peak_growth(service, call) -> tuple[int, grpc.RpcError]:
+    """Run `call`, which must fail; returns the service's peak memory growth over it and the error."""
+    pid = service.process.pid
+    pathlib.Path(f"/proc/{pid}/clear_refs").write_text("5")  # VmHWM := VmRSS
+    before = memory_bytes(pid, "VmRSS")
+    with pytest.raises(grpc.RpcError) as error:
+        call()
+    return memory_bytes(pid, "VmHWM") - before, error.value
+
+
+def test_a_50_mb_prompt_is_refused_before_the_coordinator_parses_it(tiny_stack):
+    stub = coordinator_pb2_grpc.CoordinatorStub(tiny_stack.channel)
+    prompt = "x" * (50 * MIB)
+    growth, error = peak_growth(tiny_stack.coordinator,
+                                lambda: stub.Generate(coordinator_pb2.GenerateRequest(prompt=prompt), timeout=60))
+    assert error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED, error
+    assert growth < ALLOWED_GROWTH, f"{growth / MIB:.0f} MiB"
+
+
+def test_a_million_token_response_is_refused_before_the_reward_service_tokenizes_it(tiny_stack):
+    with grpc.insecure_channel(tiny_stack.reward.address) as channel:
+        stub = reward_pb2_grpc.RewardStub(channel)
+        request = reward_pb2.ScoreRequest(
+            messages=[common_pb2.Message(role="user", content="Say hello.")],
+            items=[reward_pb2.ScoreItem(response="hello " * 1_000_000)])
+        growth, error = peak_growth(tiny_stack.reward, lambda: stub.Score(request, timeout=60))
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT, error
+    assert error.details().startswith("items[0].response:"), error.details()
+    assert growth < ALLOWED_GROWTH, f"{growth / MIB:.0f} MiB"
