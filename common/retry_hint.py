@@ -19,7 +19,9 @@ class RetryHint:
         with self._lock:
             self.mean_seconds += _SMOOTHING * (seconds - self.mean_seconds)
 
-    def seconds(self, ahead: int, parallel: int) -> float:
-        """The hint for a caller with `ahead` units of work before it, `parallel` of them running at once."""
-        drain = self.mean_seconds * max(1, ahead) / max(1, parallel)
+    def seconds(self, queued: int, running: int, parallel: int) -> float:
+        """The hint for a caller with `queued` units of work waiting before it (itself included) and
+        `running` being served, `parallel` at once. Work being served has on average half of its
+        time left; leaving it out made the hint several times shorter than the wait under a flood."""
+        drain = self.mean_seconds * (max(1, queued) + running / 2) / max(1, parallel)
         return min(self.ceiling_seconds, max(self.floor_seconds, drain))

@@ -29,8 +29,8 @@ class Admission:
             metrics.ADMISSION_REJECTED.labels(self.service).inc()
             raise Overloaded(f"the coordinator is busy: {self.max_concurrent} requests running and "
                              f"{self.waiting} waiting; retry later",
-                             retry_after_seconds=self.retry_hint.seconds(ahead=self.waiting + 1,
-                                                                         parallel=self.max_concurrent))
+                             retry_after_seconds=self.retry_hint.seconds(
+                                 queued=self.waiting + 1, running=self.max_concurrent, parallel=self.max_concurrent))
         self.waiting += 1
         metrics.ADMISSION_QUEUED.labels(self.service).inc()
         try:

@@ -39,7 +39,8 @@ class Admission:
                 raise Overloaded(
                     f"{self.active} sessions decoding and {len(self._waiting)} waiting for KV-cache memory; "
                     f"try again later",
-                    retry_after_seconds=self.retry_hint.seconds(ahead=len(self._waiting) + 1, parallel=self.active))
+                    retry_after_seconds=self.retry_hint.seconds(queued=len(self._waiting) + 1, running=self.active,
+                                                                parallel=self.active))
             else:
                 self._waiting.append(session)
                 metrics.ADMISSION_QUEUED.labels(SERVICE).set(len(self._waiting))

@@ -1,5 +1,6 @@
 """The scoring engine: one worker thread owns the model and runs Score requests from a bounded queue,
-those that arrive within a short window together, under the scorer's token budget."""
+those that arrive within a short window together, under the scorer's token budget. A request whose
+caller goes away or whose deadline passes stops at the next forward pass."""
 import logging
 import queue
 import threading
@@ -10,7 +11,7 @@ from dataclasses import dataclass
 
 from common import metrics as common_metrics
 from common.chat import PromptError
-from common.errors import DeadlineExceeded, FieldError, Overloaded
+from common.errors import Cancelled, DeadlineExceeded, FieldError, Overloaded
 from common.retry_hint import RetryHint
 from . import metrics
 from .limits import InputLimits
@@ -20,12 +21,32 @@ from .sessions import SessionCache
 log = logging.getLogger(__name__)
 
 
+class ScoreFuture(Future):
+    """A Score request's result. Cancelling it marks it `abandoned` even once the model works on it (a
+    running Future itself cannot be cancelled), and the rest of its work is then dropped;
+    asyncio.wrap_future cancels it when the task awaiting it is cancelled."""
+
+    def __init__(self):
+        super().__init__()
+        self.abandoned = threading.Event()
+
+    def cancel(self) -> bool:
+        self.abandoned.set()
+        return super().cancel()
+
+
 @dataclass
 class _Job:
     request: Request
-    future: Future
+    future: ScoreFuture
     enqueued: float
     deadline: float | None  # time.monotonic() value
+
+    def abandoned(self) -> bool:
+        return self.future.abandoned.is_set() or self.expired()
+
+    def expired(self) -> bool:
+        return self.deadline is not None and time.monotonic() >= self.deadline
 
 
 _STOP = object()
@@ -48,7 +69,8 @@ class ScoringEngine:
                deadline: float | None = None) -> Future:
         """Queue a request; the future resolves to its `Scored`. Raises at once FieldError for bad input
         and Overloaded (with a retry hint) when the queue is full; the future fails with DeadlineExceeded
-        when `deadline` (a time.monotonic() value) passes before the model reaches the request."""
+        when `deadline` (a time.monotonic() value) passes before the request is scored. Cancelling the
+        future stops the request's model work at the next forward pass."""
         self.limits.check_shape(len(messages), len(items))
         self.limits.check_text(messages, [item.response for item in items])
         if session:
@@ -68,8 +90,9 @@ class ScoringEngine:
         except Exception:
             self._count_queued(-1)
             raise
-        job = _Job(Request(prompt, bodies, [i.candidate for i in items], session), Future(), time.monotonic(),
+        job = _Job(Request(prompt, bodies, [i.candidate for i in items], session), ScoreFuture(), time.monotonic(),
                    deadline)
+        job.request.abandoned = job.abandoned
         self._queue.put(job)
         return job.future
 
@@ -77,7 +100,7 @@ class ScoringEngine:
         with self._lock:
             if self.queued >= self.max_queued:
                 common_metrics.ADMISSION_REJECTED.labels(metrics.SERVICE).inc()
-                retry = self.retry_hint.seconds(ahead=self.queued, parallel=1)
+                retry = self.retry_hint.seconds(queued=self.queued, running=0, parallel=1)
                 raise Overloaded(f"{self.queued} requests are waiting for the reward model; retry in {retry:.1f} s",
                                  retry)
             self.queued += 1
@@ -136,7 +159,7 @@ class ScoringEngine:
             common_metrics.ADMISSION_WAIT_SECONDS.labels(metrics.SERVICE).observe(now - job.enqueued)
             if not job.future.set_running_or_notify_cancel():
                 continue  # the caller went away
-            if job.deadline is not None and now >= job.deadline:
+            if job.expired():
                 job.future.set_exception(DeadlineExceeded("the deadline passed while the request waited"))
                 continue
             live.append(job)
@@ -152,6 +175,12 @@ class ScoringEngine:
             return
         seconds = time.perf_counter() - began
         self.retry_hint.observe(seconds / len(live))
-        metrics.observe_batch(results, pass_sizes, seconds)
+        metrics.observe_batch([r for r in results if r is not None], pass_sizes, seconds)
         for job, result in zip(live, results):
-            job.future.set_result(Scored(result.scores, result.tokens, seconds))
+            if result is not None:
+                job.future.set_result(Scored(result.scores, result.tokens, seconds))
+                continue
+            reason = "deadline" if job.expired() and not job.future.abandoned.is_set() else "cancelled"
+            metrics.ABANDONED.labels(metrics.SERVICE, reason).inc()
+            job.future.set_exception(DeadlineExceeded("the deadline passed while the request was scored")
+                                     if reason == "deadline" else Cancelled("the caller went away"))

@@ -39,15 +39,16 @@ def test_requests_beyond_the_running_and_waiting_limits_are_turned_away_at_once(
 
 def test_the_retry_hint_follows_how_long_recent_work_took_and_what_waits_ahead():
     hint = RetryHint(initial_seconds=1.0, floor_seconds=0.05, ceiling_seconds=60.0)
-    assert hint.seconds(ahead=1, parallel=1) == 1.0  # nothing seen yet
+    assert hint.seconds(queued=1, running=0, parallel=1) == 1.0  # nothing seen yet
     for _ in range(30):
         hint.observe(20.0)
-    assert 19 < hint.seconds(ahead=1, parallel=1) <= 20
-    assert 39 < hint.seconds(ahead=8, parallel=4) <= 40  # twice as much ahead as runs at once
-    assert hint.seconds(ahead=100, parallel=1) == 60.0
+    assert 19 < hint.seconds(queued=1, running=0, parallel=1) <= 20
+    assert 39 < hint.seconds(queued=8, running=0, parallel=4) <= 40  # twice as much ahead as runs at once
+    assert 49 < hint.seconds(queued=8, running=4, parallel=4) <= 50  # and what runs has half its time left
+    assert hint.seconds(queued=100, running=0, parallel=1) == 60.0
     for _ in range(60):
         hint.observe(0.001)
-    assert hint.seconds(ahead=1, parallel=1) == 0.05
+    assert hint.seconds(queued=1, running=0, parallel=1) == 0.05
 
 
 def test_a_busy_coordinator_asks_callers_to_wait_about_as_long_as_its_requests_take():
