@@ -20,28 +20,36 @@ class Admission:
         self.retry_hint = RetryHint()
         self._slots = asyncio.Semaphore(max_concurrent)
         self.waiting = 0
+        # Tokens the waiting and the running requests are to decode, for the retry hint.
+        self.waiting_work = self.running_work = 0
 
     @contextlib.asynccontextmanager
-    async def slot(self):
-        """Hold one of the running slots for the block; wait in the queue for it if need be."""
+    async def slot(self, work: int = 1):
+        """Hold one of the running slots for the block; wait in the queue for it if need be. `work`:
+        the tokens the request is to decode, as far as is known before it starts."""
         began = time.perf_counter()
         if self._slots.locked() and self.waiting >= self.max_queued:
             metrics.ADMISSION_REJECTED.labels(self.service).inc()
             raise Overloaded(f"the coordinator is busy: {self.max_concurrent} requests running and "
                              f"{self.waiting} waiting; retry later",
                              retry_after_seconds=self.retry_hint.seconds(
-                                 queued=self.waiting + 1, running=self.max_concurrent, parallel=self.max_concurrent))
+                                 queued=self.waiting_work, running=self.running_work,
+                                 pieces=self.waiting + self.max_concurrent, parallel=self.max_concurrent))
         self.waiting += 1
+        self.waiting_work += work
         metrics.ADMISSION_QUEUED.labels(self.service).inc()
         try:
             await self._slots.acquire()
         finally:
             self.waiting -= 1
+            self.waiting_work -= work
             metrics.ADMISSION_QUEUED.labels(self.service).dec()
         admitted = time.perf_counter()
+        self.running_work += work
         metrics.ADMISSION_WAIT_SECONDS.labels(self.service).observe(admitted - began)
         try:
             yield
         finally:
             self._slots.release()
-            self.retry_hint.observe(time.perf_counter() - admitted)
+            self.running_work -= work
+            self.retry_hint.observe(time.perf_counter() - admitted, work)

@@ -63,7 +63,7 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServicer):
                 limits = dataclasses.replace(self.limits, max_context_tokens=await self.generator.context_tokens())
                 plan = plan_request(request, limits)
                 call_log.add(alpha=plan.rejection_rate, max_new_tokens=plan.max_new_tokens)
-                async with self.admission.slot():
+                async with self.admission.slot(work=max(plan.n, 1) * plan.max_new_tokens):
                     # Fail before any decoding when the reward model could not rank the candidates.
                     await self.reward.check_reachable()
                     timeout, capped = self._timeout(context, began)

@@ -21,6 +21,7 @@ class Admission:
         self.retry_hint = RetryHint()
         self.free_tokens = budget_tokens
         self.active = 0
+        self.running_work = 0  # tokens the admitted sessions may decode, for the retry hint
         self._waiting: collections.deque = collections.deque()
         self._admitted: list = []
         self._lock = threading.Lock()
@@ -39,8 +40,9 @@ class Admission:
                 raise Overloaded(
                     f"{self.active} sessions decoding and {len(self._waiting)} waiting for KV-cache memory; "
                     f"try again later",
-                    retry_after_seconds=self.retry_hint.seconds(queued=len(self._waiting) + 1, running=self.active,
-                                                                parallel=self.active))
+                    retry_after_seconds=self.retry_hint.seconds(
+                        queued=sum(map(_work, self._waiting)), running=self.running_work,
+                        pieces=len(self._waiting) + self.active, parallel=self.active))
             else:
                 self._waiting.append(session)
                 metrics.ADMISSION_QUEUED.labels(SERVICE).set(len(self._waiting))
@@ -67,8 +69,9 @@ class Admission:
             if session.admitted:
                 session.admitted = False
                 self.active -= 1
+                self.running_work -= _work(session)
                 self.free_tokens += session.reservation_tokens
-                self.retry_hint.observe(time.perf_counter() - session.admitted_at)
+                self.retry_hint.observe(time.perf_counter() - session.admitted_at, _work(session))
             elif session in self._waiting:
                 self._waiting.remove(session)
                 metrics.ADMISSION_QUEUED.labels(SERVICE).set(len(self._waiting))
@@ -80,8 +83,14 @@ class Admission:
 
     def _admit(self, session) -> None:
         self.active += 1
+        self.running_work += _work(session)
         self.free_tokens -= session.reservation_tokens
         session.admitted = True
         session.admitted_at = time.perf_counter()
         metrics.ADMISSION_WAIT_SECONDS.labels(SERVICE).observe(session.admitted_at - session.arrived)
         self._admitted.append(session)
+
+
+def _work(session) -> int:
+    """Tokens a session may decode: what its time is proportional to."""
+    return session.n * session.max_new_tokens

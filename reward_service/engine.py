@@ -100,7 +100,7 @@ class ScoringEngine:
         with self._lock:
             if self.queued >= self.max_queued:
                 common_metrics.ADMISSION_REJECTED.labels(metrics.SERVICE).inc()
-                retry = self.retry_hint.seconds(queued=self.queued, running=0, parallel=1)
+                retry = self.retry_hint.seconds(queued=self.queued, running=0, pieces=self.queued, parallel=1)
                 raise Overloaded(f"{self.queued} requests are waiting for the reward model; retry in {retry:.1f} s",
                                  retry)
             self.queued += 1
