@@ -56,7 +56,9 @@ def paired_section(results: PairedResults, summaries: Sequence[VariantSummary],
         f"The pairs are not {summaries[0].pairs} independent draws: the seeds of one prompt resemble each other, so "
         f"intervals are {level} bootstrap percentiles over {RESAMPLES} resamples of the *prompts*, each drawn prompt "
         "bringing all of its pairs (the same resamples for every variant with the same pairs); the same figures "
-        "resampling the pairs as if independent follow in their own table. " + timing + "\n",
+        "resampling the pairs as if independent follow in their own table"
+        + (" (with one prompt, resampling prompts shows no spread at all: those intervals are points, not "
+           "certainty). " if summaries[0].prompts == 1 else ". ") + timing + "\n",
         "- *same choice*: pairs where SR returned Best-of-n0's own best candidate (same index), their share with its "
         "exact binomial (Clopper-Pearson) interval, and the share with the very same text.",
         "- *reward gap*: mean of SR's reward minus Best-of-n0's on the same pair (0 or below: SR can only lose "

@@ -166,3 +166,12 @@ def test_pools_without_pairs_report_that_no_pair_ran(results):
 
     empty = replace(results, pairs=[])
     assert "No pairs were run." in paired_section(empty, *paired_payload(empty)[1:])
+
+
+def test_one_prompt_s_point_intervals_are_called_what_they_are(results):
+    from dataclasses import replace
+
+    one_prompt = replace(results, pairs=[p for p in results.pairs if p.prompt_id == "p0"])
+    section = paired_section(one_prompt, *paired_payload(one_prompt)[1:])
+    assert "with one prompt, resampling prompts shows no spread at all" in section
+    assert "no spread at all" not in paired_section(results, *paired_payload(results)[1:])
