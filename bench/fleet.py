@@ -15,11 +15,13 @@ import subprocess
 import tempfile
 import threading
 import time
+import urllib.request
 from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import grpc
+from prometheus_client.parser import text_string_to_metric_families
 
 from bench.load import generate_request
 from common.local_stack import Service, free_port
@@ -75,6 +77,14 @@ class Replica:
     def stop(self) -> None:
         if self.service is not None:
             self.service.stop()
+
+    def calls(self) -> dict[str, int]:
+        """Calls this replica answered since its last start, by method and status code (its /metrics)."""
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=10) as response:
+            text = response.read().decode()
+        return {f"{sample.labels['grpc_method']} {sample.labels['grpc_code']}": int(sample.value)
+                for family in text_string_to_metric_families(text) if family.name == "specrej_grpc_server_handled"
+                for sample in family.samples if sample.name.endswith("_total")}
 
 
 def replicas(config: FleetConfig, log_dir: Path) -> list[Replica]:
@@ -211,11 +221,12 @@ def rolling_restarts(config: FleetConfig, log_dir: Path) -> dict:
                 events.append(restart(fleet[0], signal.SIGKILL, load, config))
                 time.sleep(config.settle_seconds)
             seconds = load.now()
+            calls = {replica.name: replica.calls() for replica in fleet}
     finally:
         for service in ([coordinator] if coordinator else []) + fleet:
             service.stop()
     return {"seconds": seconds, "events": events, "total": tally(load.outcomes),
-            "windows": windows(load.outcomes, events)}
+            "windows": windows(load.outcomes, events), "calls_since_last_start": calls}
 
 
 def first_success(config: FleetConfig, log_dir: Path) -> dict:
@@ -303,6 +314,9 @@ def report(results: dict) -> str:
     lines += ["", f"All {total['requests']} requests in {rolling['seconds']:.0f} s: {_codes(total['codes'])}; "
                   f"the reward replicas read **{_ratio(total['scored_over_generated'])}** tokens per token decoded or "
                   "prefilled (requests that succeeded).", "",
+              "Calls each replica answered after its last start (its `specrej_grpc_server_handled_total`), which "
+              "show whether round robin sends work to a restarted replica again:", "",
+              *[f"- {name}: {_codes(calls)}" for name, calls in rolling["calls_since_last_start"].items()], "",
               "## First success once the upstreams come up", "",
               f"The coordinator started alone, a client asking all along; the upstreams started "
               f"{first['upstreams_started_s']:.1f} s later and were all SERVING at {first['all_serving_s']:.1f} s. "

@@ -22,8 +22,8 @@ def test_requests_fall_in_the_window_they_were_answered_in():
 
 def test_a_short_fleet_run_on_tiny_models(tiny_model_dir, tmp_path):
     config = FleetConfig(clients=2, n=2, max_new_tokens=8, decision_every_tokens=4, settle_seconds=1.0,
-                         exit_timeout=30.0, request_timeout=30.0, pause_after_failure=0.2, max_requests=300,
-                         coordinator_head_start=1.0, first_success_timeout=60.0, model=str(tiny_model_dir))
+                         exit_timeout=60.0, request_timeout=30.0, pause_after_failure=0.2, max_requests=300,
+                         coordinator_head_start=1.0, first_success_timeout=120.0, model=str(tiny_model_dir))
     results = run_fleet(config, tmp_path)
     events = results["rolling"]["events"]
     assert [(event["signal"], event["replica"]) for event in events] == [
@@ -34,8 +34,11 @@ def test_a_short_fleet_run_on_tiny_models(tiny_model_dir, tmp_path):
     total = results["rolling"]["total"]
     assert total["codes"].get("OK", 0) >= 1 and total["scored_over_generated"] > 0
     assert sum(window["requests"] for window in results["rolling"]["windows"]) == total["requests"]
+    calls = results["rolling"]["calls_since_last_start"]
+    assert set(calls) == {"generator-0", "generator-1", "reward-0", "reward-1"}
     first = results["first_success"]
     assert first["all_serving_s"] > first["upstreams_started_s"] >= config.coordinator_head_start
     assert first["first_ok_s"] is not None
     text = report(results)
-    assert "| SIGKILL generator-0 |" in text and "First success once the upstreams come up" in text
+    assert "| SIGKILL generator-0 |" in text and "- reward-1: " in text
+    assert "First success once the upstreams come up" in text
