@@ -22,6 +22,10 @@ _MUL2 = 0x5BD1E995
 # softmax returns NaN, which would pick the last token of the vocabulary every time.
 MIN_TEMPERATURE = 1e-4
 
+# Rows are sampled this many at a time: each row's draw is its own, and a block's temporaries (per
+# row, float32 and float64 copies over the vocabulary) stay a few tens of MB however many rows there are.
+SAMPLE_BLOCK_ROWS = 32
+
 
 @dataclass(frozen=True)
 class SamplingParams:
@@ -51,6 +55,14 @@ def uniforms(seed: int, sequence_index: torch.Tensor, position: int) -> torch.Te
 
 def sample(logits: torch.Tensor, uniform: torch.Tensor, params: SamplingParams) -> torch.Tensor:
     """Pick one token per row of `logits` [rows, vocab] with the row's own uniform number."""
+    rows = logits.shape[0]
+    if rows <= SAMPLE_BLOCK_ROWS:
+        return _sample_rows(logits, uniform, params)
+    return torch.cat([_sample_rows(logits[first:first + SAMPLE_BLOCK_ROWS], uniform[first:first + SAMPLE_BLOCK_ROWS],
+                                   params) for first in range(0, rows, SAMPLE_BLOCK_ROWS)])
+
+
+def _sample_rows(logits: torch.Tensor, uniform: torch.Tensor, params: SamplingParams) -> torch.Tensor:
     if params.temperature < MIN_TEMPERATURE:
         return logits.argmax(dim=-1)
     scaled = logits.float() / params.temperature

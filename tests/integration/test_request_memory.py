@@ -6,7 +6,8 @@ import pathlib
 import grpc
 import pytest
 
-from specrej.v1 import common_pb2, coordinator_pb2, coordinator_pb2_grpc, reward_pb2, reward_pb2_grpc
+from specrej.v1 import (common_pb2, coordinator_pb2, coordinator_pb2_grpc, generator_pb2, generator_pb2_grpc,
+                        reward_pb2, reward_pb2_grpc)
 
 MIB = 1024 * 1024
 ALLOWED_GROWTH = 100 * MIB
@@ -48,3 +49,30 @@ def test_a_million_token_response_is_refused_before_the_reward_service_tokenizes
     assert error.code() == grpc.StatusCode.INVALID_ARGUMENT, error
     assert error.details().startswith("items[0].response:"), error.details()
     assert growth < ALLOWED_GROWTH, f"{growth / MIB:.0f} MiB"
+
+
+@pytest.fixture(scope="module")
+def roomy_generator(tiny_model_dir, service_logs):
+    """A generator with its default KV budget, where n = 0 means its whole batch limit of rows."""
+    from common.local_stack import Service
+
+    service = Service("generator_service", "--model", str(tiny_model_dir), "--compile", "off", log_dir=service_logs)
+    yield service
+    service.stop()
+
+
+def test_as_many_candidates_as_fit_decode_without_a_copy_of_the_vocabulary_per_row(roomy_generator):
+    start = generator_pb2.SessionCommand(start=generator_pb2.StartSession(
+        messages=[common_pb2.Message(role="user", content="Say hello.")], n=0, max_new_tokens=24,
+        sampling=generator_pb2.SamplingParams(temperature=1, seed=1)))
+    advance = generator_pb2.SessionCommand(advance=generator_pb2.Advance(until_tokens=0))
+    pid = roomy_generator.process.pid
+    with grpc.insecure_channel(roomy_generator.address) as channel:
+        stub = generator_pb2_grpc.GeneratorStub(channel)
+        list(stub.Session(iter([start, advance]), timeout=120))  # the first session's one-time costs
+        pathlib.Path(f"/proc/{pid}/clear_refs").write_text("5")
+        before = memory_bytes(pid, "VmRSS")
+        started, advanced = list(stub.Session(iter([start, advance]), timeout=120))
+    growth = memory_bytes(pid, "VmHWM") - before
+    assert started.started.n > 100 and len(advanced.advanced.sequences) == started.started.n
+    assert growth < ALLOWED_GROWTH, f"{growth / MIB:.0f} MiB for {started.started.n} candidates"

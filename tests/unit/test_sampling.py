@@ -1,7 +1,8 @@
 """Batch-invariant sampling: a row's draw depends only on (seed, index, position)."""
+import pytest
 import torch
 
-from generator_service.sampling import SamplingParams, sample, uniforms
+from generator_service.sampling import SAMPLE_BLOCK_ROWS, SamplingParams, sample, uniforms
 
 
 def test_uniforms_are_a_pure_function_of_seed_index_and_position():
@@ -53,3 +54,14 @@ def test_a_row_samples_the_same_token_alone_or_in_a_batch():
         batch = sample(logits, uniforms(9, index, 2), params)
         alone = torch.stack([sample(logits[i : i + 1], uniforms(9, index[i : i + 1], 2), params)[0] for i in range(32)])
         assert torch.equal(batch, alone)
+
+
+@pytest.mark.parametrize("params", [SamplingParams(seed=3), SamplingParams(top_p=0.9, seed=4),
+                                    SamplingParams(top_k=20, seed=5)])
+def test_many_rows_sample_what_each_row_samples_alone(params):
+    """Rows are sampled in blocks to bound memory; a row's token does not depend on its block."""
+    logits = torch.randn(3 * SAMPLE_BLOCK_ROWS + 5, 1000, generator=torch.Generator().manual_seed(0))
+    rows = torch.arange(logits.shape[0])
+    together = sample(logits, uniforms(params.seed, rows, 7), params)
+    alone = [sample(logits[i:i + 1], uniforms(params.seed, rows[i:i + 1], 7), params).item() for i in range(len(rows))]
+    assert together.tolist() == alone
