@@ -16,15 +16,18 @@ class RetryHint:
     def __init__(self, initial_seconds: float = 1.0, floor_seconds: float = 0.05, ceiling_seconds: float = 60.0):
         self.floor_seconds, self.ceiling_seconds = floor_seconds, ceiling_seconds
         self.seconds_per_unit = initial_seconds  # until work has been seen
-        self._seen = False
+        self._mean_seconds = self._mean_size = 0.0
         self._lock = threading.Lock()
 
     def observe(self, seconds: float, size: float = 1.0) -> None:
         """One piece of work of `size` units (a request, a session) took `seconds` from start to end."""
-        rate = seconds / max(size, 1e-9)
         with self._lock:
-            self.seconds_per_unit += (_SMOOTHING if self._seen else 1.0) * (rate - self.seconds_per_unit)
-            self._seen = True
+            share = _SMOOTHING if self._mean_size else 1.0
+            self._mean_seconds += share * (seconds - self._mean_seconds)
+            self._mean_size += share * (size - self._mean_size)
+            # A ratio of means, not a mean of ratios: small work's fixed costs (prefill, scoring
+            # calls) would otherwise price every unit of the large work behind it.
+            self.seconds_per_unit = self._mean_seconds / max(self._mean_size, 1e-9)
 
     def seconds(self, queued: float, running: float, pieces: int, parallel: int) -> float:
         """The hint for a caller with `queued` units of work waiting before it and `running` units
