@@ -180,7 +180,6 @@ class ScoringEngine:
             if result is not None:
                 job.future.set_result(Scored(result.scores, result.tokens, seconds))
                 continue
-            reason = "deadline" if job.expired() and not job.future.abandoned.is_set() else "cancelled"
-            metrics.ABANDONED.labels(metrics.SERVICE, reason).inc()
+            metrics.ABANDONED.labels(metrics.SERVICE).inc()
             job.future.set_exception(DeadlineExceeded("the deadline passed while the request was scored")
-                                     if reason == "deadline" else Cancelled("the caller went away"))
+                                     if job.expired() else Cancelled("the caller went away"))

@@ -10,6 +10,9 @@ SCORE_SECONDS = prom.Histogram("specrej_reward_score_seconds",
                                buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30))
 SEQUENCES = prom.Counter("specrej_reward_sequences_total", "Responses scored.", ["service"])
 TOKENS = prom.Counter("specrej_reward_tokens_total", "Tokens read by the reward model.", ["service"])
+ABANDONED = prom.Counter("specrej_reward_abandoned_total",
+                        "Score calls whose model work stopped before their end: the caller went away or the "
+                        "deadline passed.", ["service"])
 CACHE_BYTES = prom.Gauge("specrej_reward_session_cache_bytes",
                          "Keys/values kept for scoring sessions between their rounds.", ["service"])
 CACHE_SESSIONS = prom.Gauge("specrej_reward_session_cache_sessions",
@@ -30,5 +33,5 @@ def observe_cache(sessions) -> None:
 
 
 # Series at zero from start-up, so rate() counts the first request (see coordinator/metrics.py).
-for _metric in (BATCH_SIZE, SCORE_SECONDS, SEQUENCES, TOKENS, CACHE_BYTES, CACHE_SESSIONS):
+for _metric in (BATCH_SIZE, SCORE_SECONDS, SEQUENCES, TOKENS, ABANDONED, CACHE_BYTES, CACHE_SESSIONS):
     _metric.labels(SERVICE)

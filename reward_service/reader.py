@@ -26,11 +26,13 @@ class SequenceKV:
     """Keys/values and final hidden states of one token sequence, in buffers that grow by doubling.
 
     `keys_values` is [layer, k/v, kv_head, position, head_dim]; `hidden` is [position, hidden_size]
-    (after the final norm, ready for the output head). Positions [0, length) hold real tokens."""
+    (after the final norm, ready for the output head). Positions [0, length) hold real tokens.
+    Without `keys_values` (a sequence read in one pass and never extended) only the hidden states are
+    kept: writing every layer's keys/values of every response would cost memory traffic for nothing."""
 
-    def __init__(self, reader: "CausalReader", capacity: int = 16):
+    def __init__(self, reader: "CausalReader", capacity: int = 16, keys_values: bool = True):
         self._reader = reader
-        self.keys_values = reader.new_keys_values(capacity)
+        self.keys_values = reader.new_keys_values(capacity) if keys_values else None
         self.hidden = reader.new_hidden(capacity)
         self.length = 0
 
@@ -39,18 +41,21 @@ class SequenceKV:
         if length <= capacity:
             return
         capacity = max(length, 2 * capacity)
-        keys_values, hidden = self._reader.new_keys_values(capacity), self._reader.new_hidden(capacity)
-        keys_values[..., : self.length, :] = self.keys_values[..., : self.length, :]
+        hidden = self._reader.new_hidden(capacity)
         hidden[: self.length] = self.hidden[: self.length]
-        self.keys_values, self.hidden = keys_values, hidden
+        if self.keys_values is not None:
+            keys_values = self._reader.new_keys_values(capacity)
+            keys_values[..., : self.length, :] = self.keys_values[..., : self.length, :]
+            self.keys_values = keys_values
+        self.hidden = hidden
 
     def truncate(self, length: int) -> None:
         self.length = min(self.length, length)
 
     @property
     def nbytes(self) -> int:
-        return (self.keys_values.numel() * self.keys_values.element_size()
-                + self.hidden.numel() * self.hidden.element_size())
+        kept = self.keys_values.numel() * self.keys_values.element_size() if self.keys_values is not None else 0
+        return kept + self.hidden.numel() * self.hidden.element_size()
 
 
 @dataclass
@@ -90,8 +95,8 @@ class CausalReader:
 
     @torch.inference_mode()
     def read(self, pieces: list[Piece]) -> None:
-        """Read each piece's tokens; their keys/values and final hidden states land in the piece's
-        `kv`, whose `length` then grows by `count`."""
+        """Read each piece's tokens; their keys/values (where `kv` keeps them) and final hidden states
+        land in the piece's `kv`, whose `length` then grows by `count`."""
         starts = [p.kv.length for p in pieces]
         offsets = [p.prefix.length if p.prefix is not None else 0 for p in pieces]
         ids = [t for p, start in zip(pieces, starts) for t in p.ids[start : start + p.count]]
@@ -107,6 +112,7 @@ class CausalReader:
         cos, sin = self.rotary(hidden, positions.to(self.device).unsqueeze(0))
         cos, sin = cos[0], sin[0]
         total = hidden.shape[0]
+        keeping = [p.kv.keys_values is not None for p in pieces]
         new_keys_values = []  # per layer [k/v, token, kv_head, head_dim], written to the pieces after the pass
         for index, layer in enumerate(self.layers):
             attention = layer.self_attn
@@ -118,17 +124,21 @@ class CausalReader:
                 q, k = attention.q_norm(q), attention.k_norm(k)
             q, k = apply_rotary_pos_emb(q, k, cos, sin, unsqueeze_dim=1)
             new = torch.stack((k, v))
-            new_keys_values.append(new)
+            if any(keeping):
+                new_keys_values.append(new)
             attended = torch.empty((total, self.num_heads * self.head_dim), dtype=hidden.dtype, device=self.device)
+            q = q * self.scale
             for group in groups:
-                group.attend(self, index, q * self.scale, new, attended)
+                group.attend(self, index, q, new, attended)
             hidden = hidden + attention.o_proj(attended)
             hidden = hidden + layer.mlp(layer.post_attention_layernorm(hidden))
         final = self.norm(hidden)
-        # [layer, k/v, token, kv_head, head_dim] -> each piece's [layer, k/v, kv_head, position, head_dim]
-        new_keys_values = torch.stack(new_keys_values).transpose(2, 3)
-        for piece, start, (a, b) in zip(pieces, starts, spans):
-            piece.kv.keys_values[:, :, :, start : start + b - a] = new_keys_values[:, :, :, a:b]
+        if new_keys_values:
+            # [layer, k/v, token, kv_head, head_dim] -> each piece's [layer, k/v, kv_head, position, head_dim]
+            new_keys_values = torch.stack(new_keys_values).transpose(2, 3)
+        for piece, start, (a, b), keeps in zip(pieces, starts, spans, keeping):
+            if keeps:
+                piece.kv.keys_values[:, :, :, start : start + b - a] = new_keys_values[:, :, :, a:b]
             piece.kv.hidden[start : start + b - a] = final[a:b]
             piece.kv.length = start + b - a
 
@@ -175,7 +185,7 @@ class _Group:
         own = new.new_zeros((rows, length, 2, kv_heads, dim))
         if len(self.cached_rows):
             cached = torch.cat([p.kv.keys_values[layer, :, :, :s].permute(2, 0, 1, 3)
-                                for p, s in zip(self.pieces, self.starts)])
+                                for p, s in zip(self.pieces, self.starts) if s])
             own[self.cached_rows, self.cached_positions] = cached
         own[self.new_rows, self.new_positions] = new[:, self.token[self.valid]].transpose(0, 1)
         own = own.permute(2, 3, 0, 1, 4)  # [k/v, kv_head, piece, position, head_dim]
@@ -191,14 +201,17 @@ class _Group:
         else:
             prefix = self.prefix.keys_values[layer, :, :, : self.prefix.length]
             queries = queries.reshape(kv_heads, rows * group * width, dim)
-            # Scores are the largest tensors here ([kv_head, queries, prefix + own]): one of them, made
-            # into weights in place, and the prefix's and own parts used as views of it.
-            scores = torch.cat(((queries @ prefix[0].transpose(-1, -2)).float(),
-                                scores.view(kv_heads, rows * group * width, length)), dim=-1)
-            scores.sub_(scores.amax(dim=-1, keepdim=True)).exp_()
-            weights = scores.div_(scores.sum(dim=-1, keepdim=True)).to(q.dtype)
-            out = weights[..., : self.prefix.length] @ prefix[1]
-            own_weights = weights[..., self.prefix.length :].view(kv_heads, rows, group * width, length)
-            out = out.view(kv_heads, rows, group * width, dim) + own_weights @ own[1]
+            # One softmax over the prefix's scores and the piece's own, kept as two tensors (joining
+            # them would copy the largest tensors here): both shifted by the same maximum, the
+            # weighted sums added, and divided once by the sum of both parts' weights.
+            prefix_scores = (queries @ prefix[0].transpose(-1, -2)).float()
+            own_scores = scores.view(kv_heads, rows * group * width, length)
+            top = torch.maximum(prefix_scores.amax(dim=-1, keepdim=True), own_scores.amax(dim=-1, keepdim=True))
+            prefix_scores.sub_(top).exp_()
+            own_scores.sub_(top).exp_()
+            total = prefix_scores.sum(dim=-1, keepdim=True) + own_scores.sum(dim=-1, keepdim=True)
+            out = (prefix_scores.to(q.dtype) @ prefix[1]).view(kv_heads, rows, group * width, dim)
+            out += own_scores.to(q.dtype).view(kv_heads, rows, group * width, length) @ own[1]
+            out = out.view(kv_heads, rows * group * width, dim).div_(total.to(q.dtype))
         out = out.view(kv_heads, rows, group, width, dim).permute(1, 3, 0, 2, 4).reshape(rows, width, -1)
         attended[self.token[self.valid]] = out[self.valid]

@@ -7,6 +7,7 @@ response without copies, and, within a session, only the response tokens added s
 call (the judge also the question that follows the response). Other classifiers are recomputed from
 scratch by their own Hugging Face forward pass."""
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -32,6 +33,8 @@ class Request:
     bodies: list[list[int]]
     candidates: list[int]
     session: str = ""
+    # Asked between forward passes: once True, the rest of the request's work is dropped.
+    abandoned: Callable[[], bool] = lambda: False
 
 
 @dataclass
@@ -65,6 +68,11 @@ def conversation_tokens(tokenizer, messages: list[dict], items: list[Item]) -> t
     return ids[0][:shared], [i[shared:] for i in ids]
 
 
+def last_hidden(candidates: list[CandidateState]) -> torch.Tensor:
+    """The final hidden state of each candidate's last token read, [candidate, hidden_size]."""
+    return torch.stack([c.kv.hidden[c.kv.length - 1] for c in candidates])
+
+
 class IncrementalScorer:
     """Reads requests through a `CausalReader` in passes of at most `token_budget` tokens, and keeps
     each session's keys/values in `sessions` between its calls."""
@@ -83,20 +91,28 @@ class IncrementalScorer:
     def tokenize(self, messages: list[dict], items: list[Item]) -> tuple[list[int], list[list[int]]]:
         raise NotImplementedError
 
-    def _value(self, prompt: SequenceKV, candidate: CandidateState) -> float:
+    def _values(self, prompt: SequenceKV, candidates: list[CandidateState]) -> list[float]:
         raise NotImplementedError
 
     @torch.inference_mode()
-    def score(self, requests: list[Request], sessions: SessionCache | None = None) -> tuple[list[Scored], list[int]]:
-        """Scores of each request, and the number of sequences in each forward pass."""
+    def score(self, requests: list[Request],
+              sessions: SessionCache | None = None) -> tuple[list[Scored | None], list[int]]:
+        """Scores of each request (None for one abandoned before its end, whose session state is then
+        dropped), and the number of sequences in each forward pass."""
         plans = [self._plan(r, sessions.take(r.session) if sessions is not None and r.session else None)
                  for r in requests]
-        prompts = [piece for _, piece, _, _ in plans if piece is not None]
-        passes = self._read(prompts) + self._read([p for _, _, pieces, _ in plans for p in pieces])
+        abandoned: set[int] = set()
+        # Every prompt is read before the responses that attend to it.
+        prompts = [(number, piece) for number, (_, piece, _, _) in enumerate(plans) if piece is not None]
+        responses = [(number, p) for number, (_, _, pieces, _) in enumerate(plans) for p in pieces]
+        passes = self._read(prompts, requests, abandoned) + self._read(responses, requests, abandoned)
         results = []
-        for request, (state, _, _, tokens) in zip(requests, plans):
+        for number, (request, (state, _, _, tokens)) in enumerate(zip(requests, plans)):
+            if number in abandoned:
+                results.append(None)
+                continue
             candidates = list(state.candidates.values())
-            results.append(Scored([self._value(state.prompt, c) for c in candidates], tokens))
+            results.append(Scored(self._values(state.prompt, candidates) if candidates else [], tokens))
             for candidate in candidates:
                 candidate.kv.truncate(len(candidate.ids))
             if sessions is not None and request.session:
@@ -119,7 +135,10 @@ class IncrementalScorer:
             read = body + list(self.tail)
             candidate = previous.get(key)
             if candidate is None:
-                candidate = CandidateState(body, SequenceKV(self.reader, max(len(read), 1)))
+                # Outside a session a response's keys/values serve only its own pass, unless it is too
+                # long for one.
+                keys_values = bool(request.session) or len(read) > self.token_budget
+                candidate = CandidateState(body, SequenceKV(self.reader, max(len(read), 1), keys_values))
             else:
                 # Tokens up to the first difference keep their keys/values; a text delta may have changed
                 # the last token, and everything from there on is read again.
@@ -133,24 +152,30 @@ class IncrementalScorer:
             state.candidates[key] = candidate
         return state, prompt_piece, pieces, tokens
 
-    def _read(self, pieces: list[Piece]) -> list[int]:
-        """Read all pieces in passes of at most token_budget tokens; a longer piece is split over passes.
-        Returns the number of sequences in each pass."""
+    def _read(self, pieces: list[tuple[int, Piece]], requests: list[Request], abandoned: set[int]) -> list[int]:
+        """Read the pieces, each tagged with its request's number, in passes of at most token_budget
+        tokens: whole pieces, packed without padding in their order; a piece longer than a pass is
+        split over passes of its own. Before each pass, the pieces of requests abandoned by then
+        are dropped (their numbers join `abandoned`). Returns the number of sequences in each pass."""
         sizes = []
-        pieces = [p for p in pieces if p.count > 0]
+        pieces = [(owner, p) for owner, p in pieces if p.count > 0]
         while pieces:
+            abandoned.update(owner for owner in {owner for owner, _ in pieces} if requests[owner].abandoned())
             batch, rest, used = [], [], 0
-            for piece in pieces:
-                take = min(piece.count, self.token_budget - used)
-                if take <= 0:
-                    rest.append(piece)
+            for owner, piece in pieces:
+                if owner in abandoned:
                     continue
+                if used and used + piece.count > self.token_budget:
+                    rest.append((owner, piece))
+                    continue
+                take = min(piece.count, self.token_budget)
                 batch.append(Piece(piece.kv, piece.ids, take, piece.prefix))
                 used += take
                 if take < piece.count:
-                    rest.append(Piece(piece.kv, piece.ids, piece.count - take, piece.prefix))
-            self.reader.read(batch)
-            sizes.append(len(batch))
+                    rest.append((owner, Piece(piece.kv, piece.ids, piece.count - take, piece.prefix)))
+            if batch:
+                self.reader.read(batch)
+                sizes.append(len(batch))
             pieces = rest
         return sizes
 
@@ -170,17 +195,35 @@ class LogprobScorer(IncrementalScorer):
         bodies = self.tokenizer([i.response for i in items], add_special_tokens=False).input_ids if items else []
         return prompt, [b + [self.end_id] if item.complete else b for b, item in zip(bodies, items)]
 
-    def _value(self, prompt: SequenceKV, candidate: CandidateState) -> float:
-        body, known = candidate.ids, len(candidate.token_scores)
-        if known < len(body):
-            # Token j is predicted by the hidden state before it: the prompt's last for j = 0.
-            before = candidate.kv.hidden[max(known - 1, 0) : len(body) - 1]
-            if known == 0:
-                before = torch.cat((prompt.hidden[prompt.length - 1 : prompt.length], before))
-            logprobs = self.head(before).float().log_softmax(dim=-1)
-            targets = torch.tensor(body[known:], device=logprobs.device).unsqueeze(-1)
-            candidate.token_scores += logprobs.gather(-1, targets).squeeze(-1).tolist()
-        return sum(candidate.token_scores) / len(body) if body else 0.0
+    # Rows per product with the output head: all responses' tokens together, in pieces small enough
+    # that their logits ([rows, vocabulary]) stay a modest temporary.
+    head_rows = 512
+
+    def _values(self, prompt: SequenceKV, candidates: list[CandidateState]) -> list[float]:
+        befores, targets, unscored = [], [], []
+        for candidate in candidates:
+            body, known = candidate.ids, len(candidate.token_scores)
+            if known < len(body):
+                # Token j is predicted by the hidden state before it: the prompt's last for j = 0.
+                before = candidate.kv.hidden[max(known - 1, 0) : len(body) - 1]
+                if known == 0:
+                    before = torch.cat((prompt.hidden[prompt.length - 1 : prompt.length], before))
+                befores.append(before)
+                targets += body[known:]
+                unscored.append(candidate)
+        if unscored:
+            hidden, targets = torch.cat(befores), torch.tensor(targets, device=self.device)
+            logprobs = []
+            for start in range(0, len(targets), self.head_rows):
+                logits = self.head(hidden[start : start + self.head_rows]).float()
+                chosen = logits.gather(-1, targets[start : start + self.head_rows, None])[:, 0]
+                logprobs.append(chosen - logits.logsumexp(dim=-1))
+            logprobs = torch.cat(logprobs).tolist()
+            for candidate in unscored:
+                new = len(candidate.ids) - len(candidate.token_scores)
+                candidate.token_scores += logprobs[:new]
+                del logprobs[:new]
+        return [sum(c.token_scores) / len(c.ids) if c.ids else 0.0 for c in candidates]
 
 
 class ClassifierScorer(IncrementalScorer):
@@ -196,8 +239,8 @@ class ClassifierScorer(IncrementalScorer):
     def tokenize(self, messages: list[dict], items: list[Item]) -> tuple[list[int], list[list[int]]]:
         return conversation_tokens(self.tokenizer, messages, items)
 
-    def _value(self, prompt: SequenceKV, candidate: CandidateState) -> float:
-        return self.head(candidate.kv.hidden[candidate.kv.length - 1]).float()[0].item()
+    def _values(self, prompt: SequenceKV, candidates: list[CandidateState]) -> list[float]:
+        return self.head(last_hidden(candidates)).float()[:, 0].tolist()
 
 
 class RecomputingClassifierScorer:
@@ -219,18 +262,23 @@ class RecomputingClassifierScorer:
         return conversation_tokens(self.tokenizer, messages, items)
 
     @torch.inference_mode()
-    def score(self, requests: list[Request], sessions: SessionCache | None = None) -> tuple[list[Scored], list[int]]:
+    def score(self, requests: list[Request],
+              sessions: SessionCache | None = None) -> tuple[list[Scored | None], list[int]]:
         results, passes = [], []
         for request in requests:
             encoded = [request.prompt + body for body in request.bodies]
             scores = [0.0] * len(encoded)
             for batch in batches_by_token_budget([len(e) for e in encoded], self.token_budget):
+                if request.abandoned():
+                    results.append(None)
+                    break
                 passes.append(len(batch))
                 padded = self.tokenizer.pad({"input_ids": [encoded[i] for i in batch]}, return_tensors="pt")
                 logits = self.model(**{k: v.to(self.device) for k, v in padded.items()}).logits
                 for index, value in zip(batch, logits[:, 0].float().tolist()):
                     scores[index] = value
-            results.append(Scored(scores, sum(len(e) for e in encoded)))
+            else:
+                results.append(Scored(scores, sum(len(e) for e in encoded)))
         return results, passes
 
 
@@ -299,10 +347,10 @@ class JudgeScorer(IncrementalScorer):
         bodies = self.tokenizer(responses, add_special_tokens=False).input_ids if items else []
         return prompt, bodies
 
-    def _value(self, prompt: SequenceKV, candidate: CandidateState) -> float:
+    def _values(self, prompt: SequenceKV, candidates: list[CandidateState]) -> list[float]:
         # The log-softmax's normaliser is the same for both answers: their logits' difference is the score.
-        logits = self.head(candidate.kv.hidden[candidate.kv.length - 1]).float()
-        return (logits[self.yes] - logits[self.no]).item()
+        logits = self.head(last_hidden(candidates)).float()
+        return (logits[:, self.yes] - logits[:, self.no]).tolist()
 
 
 @dataclass(frozen=True)

@@ -24,6 +24,11 @@ def score_response(scored: Scored) -> pb.ScoreResponse:
     return pb.ScoreResponse(scores=scored.scores, scored_tokens=scored.tokens, score_seconds=scored.seconds)
 
 
+def cancel_submitted(submitting: asyncio.Future) -> None:
+    if not submitting.cancelled() and submitting.exception() is None:
+        submitting.result().cancel()
+
+
 def stream_field_error(error: FieldError) -> FieldError:
     """`error`, about a Score request's fields, named by the ScoreSession message that carried them."""
     if error.field == "messages":
@@ -53,7 +58,14 @@ class RewardServicer(reward_pb2_grpc.RewardServicer):
         remaining = context.time_remaining()
         deadline = None if remaining is None else time.monotonic() + remaining
         # Tokenizing runs here, on a thread, so a long conversation never stalls the event loop.
-        future = await asyncio.to_thread(engine.submit, messages, items, session=session, deadline=deadline)
+        submitting = asyncio.ensure_future(
+            asyncio.to_thread(engine.submit, messages, items, session=session, deadline=deadline))
+        try:
+            future = await asyncio.shield(submitting)
+        except asyncio.CancelledError:
+            # The thread queues the request all the same: cancelled once queued, it costs no model work.
+            submitting.add_done_callback(cancel_submitted)
+            raise
         # A caller that goes away cancels this wait and, through it, the future: still queued, it is skipped.
         return score_response(await asyncio.wrap_future(future))
 
