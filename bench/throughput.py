@@ -31,6 +31,7 @@ class EngineRun:
     prune_seconds: float  # dropping half the rows afterwards
     kv_bytes_before_prune: int
     kv_bytes_after_prune: int
+    sequences: tuple[list[int], ...] = ()  # each row's tokens
 
 
 def engine_run(engine, prompt_ids: list[int], batch_size: int, new_tokens: int, sampling: SamplingParams) -> EngineRun:
@@ -50,7 +51,8 @@ def engine_run(engine, prompt_ids: list[int], batch_size: int, new_tokens: int, 
         advanced = session.advance(new_tokens).result()
         _synchronize(engine.device)
         seconds = time.perf_counter() - began
-        decoded = sum(len(sequence.tokens) for sequence in session.sequences)
+        sequences = tuple(list(sequence.tokens) for sequence in session.sequences)
+        decoded = sum(len(tokens) for tokens in sequences)
         before = advanced.kv_cache_bytes
         pruned = session.prune(list(range(0, batch_size, 2))).result()
         _synchronize(engine.device)
@@ -60,7 +62,7 @@ def engine_run(engine, prompt_ids: list[int], batch_size: int, new_tokens: int, 
     if decoded != batch_size * new_tokens:
         raise RuntimeError(f"the engine decoded {decoded} tokens, not {batch_size} x {new_tokens}")
     step = sum(advanced.step_seconds) / max(len(advanced.step_seconds), 1)
-    return EngineRun(seconds, step, prune_seconds, before, after)
+    return EngineRun(seconds, step, prune_seconds, before, after, sequences)
 
 
 @torch.inference_mode()
