@@ -4,6 +4,7 @@ reward model is reachable, run the pipeline over a generator session, and accoun
 turns them into statuses."""
 import asyncio
 import dataclasses
+import logging
 import time
 
 import grpc
@@ -21,7 +22,11 @@ from .request import Limits, plan_request
 
 tracer = trace.get_tracer(__name__)
 
+log = logging.getLogger(__name__)
+
 _NO_DEADLINE = 10**7  # seconds; without a client deadline gRPC reports a time far in the future
+# Runs of one request: a second one when the first lost its generator or reward replica.
+_ATTEMPTS = 2
 
 
 class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServicer):
@@ -36,19 +41,21 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServicer):
 
     async def Generate(self, request, context):
         response = None
-        async for event in self._events(request, context):
+        async for event in self._events(request, context, rounds_reach_client=False):
             response = event
         return response
 
     async def GenerateStream(self, request, context):
-        async for event in self._events(request, context):
+        async for event in self._events(request, context, rounds_reach_client=True):
             if isinstance(event, pb.Round):
                 yield pb.GenerateEvent(round=event)
             else:
                 yield pb.GenerateEvent(result=event)
 
-    async def _events(self, request, context):
-        """Run one request; yields its Rounds, then its GenerateResponse."""
+    async def _events(self, request, context, rounds_reach_client: bool):
+        """Run one request; yields its Rounds, then its GenerateResponse. A request whose upstream
+        replica was lost (UNAVAILABLE) runs again from the start on another while nothing of it has
+        reached the client: the same seed gives the same candidates there."""
         method = metrics.method_name(request.method)
         call_log = requestlog.current()
         call_log.add(n=request.n, method_name=method)
@@ -66,21 +73,32 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServicer):
                 async with self.admission.slot(work=max(plan.n, 1) * plan.max_new_tokens):
                     # Fail before any decoding when the reward model could not rank the candidates.
                     await self.reward.check_reachable()
-                    timeout, capped = self._timeout(context, began)
-                    async with self.generator.session(timeout, call_log.metadata) as session, \
-                            self.reward.for_request(timeout, call_log.metadata) as reward:
-                        pipeline = Pipeline(plan, session, reward, self.score_ahead_tokens)
-                        metrics.QUEUED.labels(metrics.SERVICE).inc()
+                    for attempt in range(1, _ATTEMPTS + 1):
+                        timeout, capped = self._timeout(context, began)
+                        reached_client = False
                         try:
-                            await pipeline.start()
-                        finally:
-                            metrics.QUEUED.labels(metrics.SERVICE).dec()
-                        async for event in pipeline.events():
-                            if isinstance(event, pb.Round):
-                                metrics.observe_round(event)
-                            else:
-                                metrics.observe_result(event)
-                            yield event
+                            async with self.generator.session(timeout, call_log.metadata) as session, \
+                                    self.reward.for_request(timeout, call_log.metadata) as reward:
+                                pipeline = Pipeline(plan, session, reward, self.score_ahead_tokens)
+                                metrics.QUEUED.labels(metrics.SERVICE).inc()
+                                try:
+                                    await pipeline.start()
+                                finally:
+                                    metrics.QUEUED.labels(metrics.SERVICE).dec()
+                                async for event in pipeline.events():
+                                    if isinstance(event, pb.Round):
+                                        metrics.observe_round(event)
+                                    else:
+                                        metrics.observe_result(event)
+                                    if rounds_reach_client or not isinstance(event, pb.Round):
+                                        reached_client = True
+                                    yield event
+                            break
+                        except errors.Unavailable as error:
+                            if reached_client or attempt == _ATTEMPTS:
+                                raise
+                            log.warning("request %s lost an upstream replica (%s); running it again",
+                                        call_log.request_id, error)
         except errors.ServiceError as error:
             code = error.code
             if capped and isinstance(error, errors.DeadlineExceeded):
