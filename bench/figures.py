@@ -1,5 +1,6 @@
-"""Where the small benchmark scripts leave their figures: OUT/NAME.json, with the command that
-produced them and the machine they ran on, so a README can cite committed numbers."""
+"""Where the benchmarks leave their figures: the small scripts OUT/NAME.json, with the command that
+produced them and the machine they ran on; the load and fleet parts a folder with results.json and
+results.md; so a README can cite committed numbers."""
 import json
 import os
 import platform
@@ -17,3 +18,12 @@ def write_figures(name: str, figures: dict, out_dir: str) -> Path:
     path.write_text(json.dumps(record, indent=1))
     print(f"wrote {path}")
     return path
+
+
+def write_results(results: dict, markdown: str, out_dir: str | Path) -> Path:
+    """OUT/results.json and OUT/results.md (the report); returns the report's path."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "results.json").write_text(json.dumps(results, indent=1))
+    (out / "results.md").write_text(markdown)
+    return out / "results.md"

@@ -9,7 +9,6 @@ The harness talks to the services only over gRPC; every loop is bounded in reque
 """
 from __future__ import annotations
 
-import json
 import signal
 import subprocess
 import tempfile
@@ -23,6 +22,7 @@ from pathlib import Path
 import grpc
 from prometheus_client.parser import text_string_to_metric_families
 
+from bench.figures import write_results
 from bench.load import generate_request
 from common.local_stack import Service, free_port
 from specrej.v1 import coordinator_pb2_grpc
@@ -341,8 +341,4 @@ def run_fleet_part(args, command: str) -> Path:
 
 
 def write(results: dict, out_dir: str | Path) -> Path:
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "results.json").write_text(json.dumps(results, indent=1))
-    (out / "results.md").write_text(report(results))
-    return out / "results.md"
+    return write_results(results, report(results), out_dir)

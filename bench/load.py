@@ -6,7 +6,6 @@ Traffic goes to loopback only, every loop is bounded in requests and seconds, an
 from __future__ import annotations
 
 import ipaddress
-import json
 import socket
 import statistics
 import threading
@@ -18,6 +17,7 @@ from pathlib import Path
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from bench.figures import write_results
 from specrej.v1 import coordinator_pb2 as pb
 from specrej.v1 import coordinator_pb2_grpc
 
@@ -327,8 +327,4 @@ def _seconds(value) -> str:
 
 
 def write(results: dict, out_dir: str | Path) -> Path:
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "results.json").write_text(json.dumps(results, indent=1))
-    (out / "results.md").write_text(report(results))
-    return out / "results.md"
+    return write_results(results, report(results), out_dir)

@@ -174,7 +174,7 @@ def test_a_call_refused_before_its_servicer_ran_is_retried_on_the_other_replica(
 
 def test_a_session_that_has_had_an_answer_is_not_replayed_on_another_replica():
     async def scenario():
-        (failing, failing_replica), (other, other_replica) = (
+        (failing, _), (other, other_replica) = (
             await start_replica(0, fail_after_first_event=True), await start_replica(1))
         client = GeneratorClient(target(failing, other))
         try:

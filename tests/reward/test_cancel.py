@@ -13,7 +13,7 @@ from reward_service.scorers import Item, load_scorer
 from reward_service.servicer import RewardServicer
 from reward_service.sessions import SessionCache
 from tests.reward.conftest import reference_scores
-from tests.reward.test_servicer import AS_DICTS, MESSAGES, LoopbackReward, whole
+from tests.reward.test_servicer import AS_DICTS, LoopbackReward, whole
 
 BUDGET = 16  # tokens per forward pass: a large call takes hundreds of passes
 LARGE = [f"Response {n}: apples, pears and figs grow on trees in warm places and taste sweet when ripe."
