@@ -316,7 +316,14 @@ def rows() -> list[tuple[str, list[dict]]]:
                         "bytes {{instance}} {{pod}}"),
                  target(f"sum by (pod, instance) (specrej_reward_session_cache_sessions{rew})",
                         "sessions {{instance}} {{pod}}")],
-                "bytes", width=24),
+                "bytes", width=12),
+            timeseries(
+                "Scoring abandoned",
+                "Score calls per second whose model work stopped part-way because the caller went away "
+                "or its deadline passed, per pod. Sustained, callers give up before scoring ends.",
+                [target(f"sum by (pod, instance) (rate(specrej_reward_abandoned_total{rew}[{RATE}]))",
+                        "{{instance}} {{pod}}")],
+                "reqps", width=12),
         ]),
         ("Admission", [
             timeseries(

@@ -53,7 +53,7 @@ COUNTERS = {
     "specrej_requests_total", "specrej_candidates_ranked_total", "specrej_candidates_rejected_total",
     "specrej_candidates_kept_total", "specrej_decoded_tokens_total", "specrej_stage_seconds_total",
     "specrej_generator_tokens_total", "specrej_reward_sequences_total", "specrej_reward_tokens_total",
-    "specrej_grpc_server_handled_total", "specrej_admission_rejected_total",
+    "specrej_grpc_server_handled_total", "specrej_admission_rejected_total", "specrej_reward_abandoned_total",
 }
 GAUGES = {
     "specrej_requests_in_flight", "specrej_requests_queued",
@@ -876,6 +876,16 @@ def test_gpu_overlay_puts_each_model_service_on_its_own_gpu():
     assert "cuda" not in container(coordinator)["image"]
 
 
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_model_services_take_one_thread_per_core_of_their_limit(overlay):
+    objects = render_overlay(overlay)
+    for component in ("generator", "reward"):
+        d = deployment(objects, component)
+        thread_source = next(e for e in container(d)["env"] if e["name"] == "OMP_NUM_THREADS")
+        assert thread_source["valueFrom"]["resourceFieldRef"]["resource"] == "limits.cpu", component
+        assert container(d)["resources"]["limits"]["cpu"], component
+
+
 def test_cpu_overlay_needs_no_gpu_and_no_operator():
     objects = render_overlay("cpu")
     assert "nvidia.com" not in json.dumps(objects)
@@ -885,7 +895,6 @@ def test_cpu_overlay_needs_no_gpu_and_no_operator():
         env = environment(objects, d)
         assert env["SPECREJ_DEVICE"] == "cpu" and env["SPECREJ_DTYPE"] == "float32", component
         assert "SPECREJ_MODEL" not in env, "the cpu overlay serves the embedded default model"
-        assert "OMP_NUM_THREADS" in env
         assert c["resources"]["limits"]["cpu"], component
         volumes = {v["name"]: v for v in d["spec"]["template"]["spec"]["volumes"]}
         assert volumes["model-cache"]["emptyDir"]["sizeLimit"] == "4Gi"  # the JSON patch hit it
