@@ -41,6 +41,10 @@ class FleetConfig:
     max_requests: int = 2000
     coordinator_head_start: float = 20.0
     first_success_timeout: float = 180.0
+    # The start-up phase asks with a small request, so the time to its answer is the time until the
+    # coordinator could serve, not the length of the request.
+    probe_n: int = 2
+    probe_max_new_tokens: int = 8
     model: str | None = None  # unset = the embedded default model
 
 
@@ -84,7 +88,7 @@ class Replica:
             text = response.read().decode()
         return {f"{sample.labels['grpc_method']} {sample.labels['grpc_code']}": int(sample.value)
                 for family in text_string_to_metric_families(text) if family.name == "specrej_grpc_server_handled"
-                for sample in family.samples if sample.name.endswith("_total")}
+                for sample in family.samples if sample.name.endswith("_total") and sample.value}
 
 
 def replicas(config: FleetConfig, log_dir: Path) -> list[Replica]:
@@ -245,7 +249,7 @@ def first_success(config: FleetConfig, log_dir: Path) -> dict:
             while not stop.is_set():
                 seed += 1
                 sent = time.monotonic() - began
-                code, _ = send(stub, generate_request(config.n, config.max_new_tokens, seed,
+                code, _ = send(stub, generate_request(config.probe_n, config.probe_max_new_tokens, seed,
                                                       config.decision_every_tokens), config.request_timeout)
                 answers.append((sent, time.monotonic() - began, code))
                 if code == "OK":
@@ -314,7 +318,8 @@ def report(results: dict) -> str:
     lines += ["", f"All {total['requests']} requests in {rolling['seconds']:.0f} s: {_codes(total['codes'])}; "
                   f"the reward replicas read **{_ratio(total['scored_over_generated'])}** tokens per token decoded or "
                   "prefilled (requests that succeeded).", "",
-              "Calls each replica answered after its last start (its `specrej_grpc_server_handled_total`), which "
+              "Calls each replica answered after its last start, by status (its `specrej_grpc_server_handled_total`, "
+              "codes with none left out), which "
               "show whether round robin sends work to a restarted replica again:", "",
               *[f"- {name}: {_codes(calls)}" for name, calls in rolling["calls_since_last_start"].items()], "",
               "## First success once the upstreams come up", "",
@@ -322,8 +327,9 @@ def report(results: dict) -> str:
               f"{first['upstreams_started_s']:.1f} s later and were all SERVING at {first['all_serving_s']:.1f} s. "
               + ("No request succeeded within the time allowed."
                  if first["first_ok_s"] is None else
-                 f"The first request succeeded **{first['first_ok_after_serving_s']:.1f} s** after that (that "
-                 f"request itself took {first['first_ok_request_s']:.1f} s)."),
+                 f"The first request (n = {config['probe_n']}, {config['probe_max_new_tokens']} tokens) succeeded "
+                 f"**{first['first_ok_after_serving_s']:.1f} s** after that (that request itself took "
+                 f"{first['first_ok_request_s']:.1f} s)."),
               f"Statuses before all were SERVING: {_codes(first['codes_before_serving'])}; "
               f"after: {_codes(first['codes_after_serving'])}."]
     return "\n".join(lines) + "\n"
