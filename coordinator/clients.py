@@ -54,6 +54,21 @@ def translate(error: grpc.aio.AioRpcError, service: str, target: str) -> errors.
     return errors.Upstream(code, details or f"the {service} service failed with {code.name}")
 
 
+async def write_then_read(call: grpc.aio.StreamStreamCall, messages: list, ended_early: str):
+    """Write `messages` on a bidirectional stream, then read its answer to them. A stream that ended
+    between two messages (its deadline, an upstream failure) takes no more writes: reading says how it
+    ended (AioRpcError); an answer-less end is an INTERNAL error with the `ended_early` message."""
+    try:
+        for message in messages:
+            await call.write(message)
+    except asyncio.InvalidStateError:
+        pass
+    answer = await call.read()
+    if answer is grpc.aio.EOF:
+        raise errors.Upstream(grpc.StatusCode.INTERNAL, ended_early)
+    return answer
+
+
 class _Upstream:
     """A channel to one service's replicas (over TLS when given, following its certificate files),
     its stub and its health stub. `stub` and `health` belong to the channel new calls go over."""
@@ -121,16 +136,9 @@ class GeneratorSession:
 
     async def _send(self, command: generator_pb2.SessionCommand) -> generator_pb2.SessionEvent:
         try:
-            try:
-                await self._call.write(command)
-            except asyncio.InvalidStateError:
-                pass  # the call ended between two commands (its deadline, a generator failure): reading says how
-            event = await self._call.read()
+            return await write_then_read(self._call, [command], "the generator ended the session early")
         except grpc.aio.AioRpcError as error:
             raise self._client._error(error) from None
-        if event is grpc.aio.EOF:
-            raise errors.Upstream(grpc.StatusCode.INTERNAL, "the generator ended the session early")
-        return event
 
     async def start(self, start: generator_pb2.StartSession) -> generator_pb2.SessionStarted:
         return (await self._send(generator_pb2.SessionCommand(start=start))).started
@@ -219,17 +227,6 @@ class RewardCalls:
                                                 complete=item.complete))
         return [*opening, reward_pb2.ScoreSessionRequest(round=reward_pb2.ScoreRound(items=deltas))]
 
-    async def _exchange(self, outgoing: list[reward_pb2.ScoreSessionRequest]) -> reward_pb2.ScoreResponse:
-        try:
-            for message in outgoing:
-                await self._call.write(message)
-        except asyncio.InvalidStateError:
-            pass  # the stream already ended: reading says how
-        response = await self._call.read()
-        if response is grpc.aio.EOF:
-            raise errors.Upstream(grpc.StatusCode.INTERNAL, "the reward service ended the scoring stream early")
-        return response
-
     def _abandon(self) -> None:
         """Cancel the stream, if any: its replica frees what it held, and the next round opens a new one."""
         if self._call is not None:
@@ -242,7 +239,9 @@ class RewardCalls:
         async with self._rounds:
             for attempt in range(1, _STREAM_ATTEMPTS + 1):
                 try:
-                    response = await self._exchange(self._outgoing(request))
+                    outgoing = self._outgoing(request)  # first: it opens the stream when there is none
+                    response = await write_then_read(self._call, outgoing,
+                                                     "the reward service ended the scoring stream early")
                 except grpc.aio.AioRpcError as error:
                     self._abandon()
                     if error.code() == grpc.StatusCode.UNAVAILABLE and attempt < _STREAM_ATTEMPTS:
