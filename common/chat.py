@@ -16,10 +16,9 @@ def prompt_token_ids(tokenizer, messages: list[dict]) -> list[int]:
         raise PromptError("at least one message is required")
     if tokenizer.chat_template:
         try:
-            ids = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
+            return tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True).input_ids
         except Exception as error:  # the template's own complaint (roles out of order, ...) goes to the caller
             raise PromptError(f"the chat template rejected the conversation: {error}") from error
-        return list(ids["input_ids"] if isinstance(ids, dict) or hasattr(ids, "keys") else ids)
     # Base models without a template continue the plain text of the conversation.
     return tokenizer("\n\n".join(m["content"] for m in messages), add_special_tokens=True).input_ids
 

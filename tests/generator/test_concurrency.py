@@ -164,7 +164,7 @@ def test_a_chunked_prefill_decodes_what_hugging_face_generate_does(tiny_model_di
     finally:
         engine.shutdown()
     model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
-    prompt = engine.tokenizer.apply_chat_template(LONG, add_generation_prompt=True, return_tensors="pt")
+    prompt = engine.tokenizer.apply_chat_template(LONG, add_generation_prompt=True, return_tensors="pt").input_ids
     expected = model.generate(prompt, max_new_tokens=10, do_sample=False, eos_token_id=None)[0, prompt.shape[1]:]
     assert session.sequences[0].tokens == expected.tolist()
 

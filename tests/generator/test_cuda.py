@@ -22,7 +22,7 @@ def test_decoder_logits_match_hugging_face_on_cuda_in_bfloat16(tiny_model_dir):
     model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.bfloat16).to("cuda").eval()
     tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
     decoder = CausalDecoder(model, row_block=32)
-    prompt = tokenizer.apply_chat_template(POEM, add_generation_prompt=True, return_tensors="pt")[0].to("cuda")
+    prompt = tokenizer.apply_chat_template(POEM, add_generation_prompt=True, return_tensors="pt").input_ids[0].to("cuda")
     prefix = decoder.new_prefix(prompt.shape[0])
     first = decoder.prefill_chunk(prompt[:20], prefix, 0)  # two chunks: the second attends to the first
     first = decoder.prefill_chunk(prompt[20:], prefix, 20)

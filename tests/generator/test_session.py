@@ -71,7 +71,7 @@ def test_greedy_decoding_matches_hugging_face_generate(engine, tiny_model_dir):
 
     tokens, *_ = run(engine, n=2, max_new_tokens=12, temperature=0)
     model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
-    prompt = engine.tokenizer.apply_chat_template(MESSAGES, add_generation_prompt=True, return_tensors="pt")
+    prompt = engine.tokenizer.apply_chat_template(MESSAGES, add_generation_prompt=True, return_tensors="pt").input_ids
     expected = model.generate(prompt, max_new_tokens=12, do_sample=False, eos_token_id=None)[0, prompt.shape[1]:]
     assert tokens[0] == tokens[1] == expected.tolist()
 

@@ -21,7 +21,7 @@ def classifier(tiny_classifier_dir):
 @torch.inference_mode()
 def reference_mean_logprob(scorer, messages, response: str, complete: bool) -> float:
     tokenizer, model = scorer.tokenizer, scorer.model
-    prompt = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
+    prompt = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True).input_ids
     body = tokenizer(response, add_special_tokens=False).input_ids + ([tokenizer.eos_token_id] if complete else [])
     if not body:
         return 0.0

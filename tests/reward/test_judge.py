@@ -31,8 +31,7 @@ def direct_judge_score(model, tokenizer, template_text: str, conversation: str, 
     """log P(Yes) - log P(No) at the last position of the whole question, read by the model's own forward."""
     question = template_text.format(conversation=conversation, response=response)
     ids = tokenizer.apply_chat_template([{"role": "user", "content": question}], add_generation_prompt=True,
-                                        tokenize=True)
-    ids = list(ids["input_ids"] if hasattr(ids, "keys") else ids)
+                                        tokenize=True).input_ids
     logprobs = model(torch.tensor([ids])).logits[0, -1].float().log_softmax(-1)
     # SmolLM2's template opens the assistant's turn with "<|im_start|>assistant\n": no space before the answer.
     yes, no = (tokenizer(word, add_special_tokens=False).input_ids[0] for word in ("Yes", "No"))

@@ -20,7 +20,7 @@ def test_logprob_is_the_mean_log_probability_of_the_response(logprob):
     assert scored.scores == pytest.approx(reference_scores(logprob, MESSAGES, RESPONSES, complete), abs=1e-4)
     assert scored.scores[1] != scored.scores[0]
     # The prompt is read once, however many responses share it.
-    prompt = logprob.tokenizer.apply_chat_template(MESSAGES, add_generation_prompt=True, tokenize=True)
+    prompt = logprob.tokenizer.apply_chat_template(MESSAGES, add_generation_prompt=True, tokenize=True).input_ids
     bodies = [len(logprob.tokenizer(r, add_special_tokens=False).input_ids) + d for r, d in zip(RESPONSES, complete)]
     assert scored.tokens == len(prompt) + sum(bodies)
 
