@@ -11,9 +11,9 @@ import logging
 import shlex
 import sys
 
-from bench.config import PAIRED_PRESETS, PRESETS, parse_schedule
 from bench.driver import DEFAULT_PARTS, PAIRED, PARTS, Options, run_bench
-from bench.prompts import DEFAULT_PROMPTS
+from bench.shared.config import PAIRED_PRESETS, PRESETS, parse_schedule
+from bench.shared.prompts import DEFAULT_PROMPTS
 from generator_service.decoder import DEFAULT_ROW_BLOCK
 from common.flags import parse_bytes
 
@@ -117,13 +117,13 @@ def main(argv=None):
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     command = shlex.join(["python", "-m", "bench", *(sys.argv[1:] if argv is None else argv)])
     if args.parts == ("load",):
-        from bench.load_run import run_load_part
+        from bench.load.load_run import run_load_part
 
         path = run_load_part(args, command)
         print(f"wrote {path}", file=sys.stderr)
         return None
     if args.parts == ("fleet",):
-        from bench.fleet import run_fleet_part
+        from bench.load.fleet import run_fleet_part
 
         path = run_fleet_part(args, command)
         print(f"wrote {path}", file=sys.stderr)

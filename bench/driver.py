@@ -9,13 +9,14 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from bench.config import EVERY, MEMORY, BenchConfig, Schedule
-from bench.efficiency import jobs, request, run_efficiency, schedule_arguments
-from bench.journal import Journal
-from bench.paired import PairedResults, PairedRun, pairs_asked, pool_target
-from bench.paired import jobs as paired_jobs
-from bench.prompts import Prompt, load_prompts
-from bench.records import BenchResults
+from bench.efficiency.experiment import jobs, run_efficiency
+from bench.paired.experiment import PairedResults, PairedRun, pairs_asked, pool_target
+from bench.paired.experiment import jobs as paired_jobs
+from bench.run_results import BenchResults
+from bench.shared.config import EVERY, MEMORY, BenchConfig, Schedule
+from bench.shared.journal import Journal
+from bench.shared.prompts import Prompt, load_prompts
+from bench.shared.requests import request, schedule_arguments
 from generator_service.decoder import DEFAULT_ROW_BLOCK
 
 EFFICIENCY, THROUGHPUT, OVERHEAD, PAIRED = "efficiency", "throughput", "overhead", "paired"
@@ -167,7 +168,7 @@ def write(results: BenchResults, out_dir: str | Path) -> list[Path]:
 
 
 def _backend(options: Options, local: "LocalModels | None"):
-    from bench.ports import GrpcBackend
+    from bench.shared.ports import GrpcBackend
 
     if options.over_grpc:
         return GrpcBackend(options.generator, options.reward)
@@ -178,7 +179,7 @@ class LocalModels:
     """The generator engine and reward scorer in this process, made once and reused by every run."""
 
     def __init__(self, config: BenchConfig, options: Options):
-        from bench.ports import InProcessBackend
+        from bench.shared.ports import InProcessBackend
         from common.models import resolve_model
         from generator_service.engine import GeneratorEngine
         from reward_service.scorers import load_scorer
@@ -214,7 +215,7 @@ class LocalModels:
             .to(self.engine.device).eval()
 
     def throughput(self, prompt: Prompt, step):
-        from bench.throughput import measure_throughput
+        from bench.throughput.decoding import measure_throughput
         from common.chat import prompt_token_ids
 
         tokenizer = self.engine.tokenizer
@@ -227,8 +228,8 @@ class LocalModels:
         """The same Speculative Rejection request in process and over gRPC: through `remote` when
         given (the services of --generator/--reward), else through the real servicers wrapped around
         this process's own engine and scorer on loopback ports."""
-        from bench.ports import GrpcBackend, LoopbackServices
-        from bench.throughput import measure_overhead
+        from bench.shared.ports import GrpcBackend, LoopbackServices
+        from bench.throughput.decoding import measure_overhead
         from specrej.v1 import coordinator_pb2 as pb
 
         config = self.config

@@ -13,9 +13,10 @@ import numpy as np
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator, NullFormatter, StrMethodFormatter
 
-from bench.equivalence import BestOfNReference, best_of_n_reference, compare_with_best_of_n
-from bench.records import BEST_OF_N, SPECULATIVE_REJECTION, BenchResults, RunRecord, ThroughputRow
 from bench.report import ConfigSummary, summarize
+from bench.run_results import BenchResults
+from bench.shared.records import BEST_OF_N, SPECULATIVE_REJECTION, RunRecord, ThroughputRow
+from bench.stats.equivalence import BestOfNReference, best_of_n_reference, compare_with_best_of_n
 
 # Sequence counts read better as 64 than as 2^6.
 PLAIN_NUMBER = StrMethodFormatter("{x:g}")

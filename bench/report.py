@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import json
-import math
 from collections import Counter, defaultdict
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
@@ -10,7 +9,11 @@ from pathlib import Path
 
 import numpy as np
 
-from bench.equivalence import (
+from bench.paired.report import paired_payload, paired_section
+from bench.run_results import BenchResults
+from bench.shared.formatting import fmt
+from bench.shared.records import SPECULATIVE_REJECTION, OverheadRow, RunRecord, ThroughputRow
+from bench.stats.equivalence import (
     ABOVE_CAP,
     AT_LEAST_M,
     AT_MOST_ONE,
@@ -20,7 +23,6 @@ from bench.equivalence import (
     compare_with_best_of_n,
     spread,
 )
-from bench.records import SPECULATIVE_REJECTION, BenchResults, OverheadRow, RunRecord, ThroughputRow
 
 
 @dataclass(frozen=True)
@@ -98,8 +100,6 @@ def write_report(results: BenchResults, out_dir: str | Path) -> tuple[Path, Path
     }
     paired_text = ""
     if results.paired is not None:
-        from bench.paired_report import paired_payload, paired_section
-
         payload["paired"], paired_summaries, adaptive = paired_payload(results.paired)
         paired_text = paired_section(results.paired, paired_summaries, adaptive)
     json_path = out_dir / "results.json"
@@ -151,10 +151,10 @@ def _configuration_table(summaries: Sequence[ConfigSummary], results: BenchResul
         all_lower_bounds = "≥" if s.at_least_m == s.prompts else ""
         lines.append(
             f"| {s.method} | {s.n} | {s.rejection_rate:g} | {s.schedule} | {s.prompts} "
-            f"| {_fmt(s.mean_reward, 4)} | {_fmt(s.mean_decoded_tokens)} | {_fmt(s.mean_scored_tokens)} "
-            f"| {_fmt(s.mean_wall_seconds)} | {lower_bound}{_fmt(s.equivalent_n.geo_mean)} "
-            f"| {lower_bound}{_fmt(s.equivalent_n.median)} "
-            f"| {all_lower_bounds}{_fmt(s.equivalent_n.min)}–{lower_bound}{_fmt(s.equivalent_n.max)} "
+            f"| {fmt(s.mean_reward, 4)} | {fmt(s.mean_decoded_tokens)} | {fmt(s.mean_scored_tokens)} "
+            f"| {fmt(s.mean_wall_seconds)} | {lower_bound}{fmt(s.equivalent_n.geo_mean)} "
+            f"| {lower_bound}{fmt(s.equivalent_n.median)} "
+            f"| {all_lower_bounds}{fmt(s.equivalent_n.min)}–{lower_bound}{fmt(s.equivalent_n.max)} "
             f"| {s.at_most_one} / {s.above_n} / {s.at_least_m} "
             f"| {_ratio(s.token_cost_ratio, lower_bound)} | {_ratio(s.wall_cost_ratio, lower_bound)} |"
         )
@@ -189,7 +189,7 @@ def _decision_points_table(runs: Sequence[RunRecord]) -> str:
 
 
 def _ratio(summary: Spread, lower_bound: str) -> str:
-    return f"{lower_bound}{_fmt(summary.geo_mean)} [{_fmt(summary.q1)}–{_fmt(summary.q3)}]"
+    return f"{lower_bound}{fmt(summary.geo_mean)} [{fmt(summary.q1)}–{fmt(summary.q3)}]"
 
 
 def _throughput_table(rows: Sequence[ThroughputRow]) -> str:
@@ -204,9 +204,9 @@ def _throughput_table(rows: Sequence[ThroughputRow]) -> str:
     ]
     for row in sorted(rows, key=lambda r: r.batch_size):
         lines.append(
-            f"| {row.batch_size} | {row.prompt_tokens} | {row.new_tokens} | {_fmt(row.engine_tokens_per_second)} "
-            f"| {_fmt(row.hf_generate_tokens_per_second)} | {_fmt(row.speedup)}× "
-            f"| {_fmt(row.decode_step_seconds * 1e3)} | {_fmt(row.prune_seconds * 1e3)} "
+            f"| {row.batch_size} | {row.prompt_tokens} | {row.new_tokens} | {fmt(row.engine_tokens_per_second)} "
+            f"| {fmt(row.hf_generate_tokens_per_second)} | {fmt(row.speedup)}× "
+            f"| {fmt(row.decode_step_seconds * 1e3)} | {fmt(row.prune_seconds * 1e3)} "
             f"| {row.kv_bytes_before_prune:,} → {row.kv_bytes_after_prune:,} |"
         )
     return "\n".join(lines) + "\n\n*Prune half*: dropping half the rows from the KV cache after the run (their " \
@@ -220,14 +220,6 @@ def _overhead_table(rows: Sequence[OverheadRow]) -> str:
     lines = [header, "| workload | in-process s | gRPC s | ratio |", "|---|---:|---:|---:|"]
     for row in rows:
         lines.append(
-            f"| {row.label} | {_fmt(row.in_process_seconds)} | {_fmt(row.grpc_seconds)} | {_fmt(row.ratio)}× |"
+            f"| {row.label} | {fmt(row.in_process_seconds)} | {fmt(row.grpc_seconds)} | {fmt(row.ratio)}× |"
         )
     return "\n".join(lines) + "\n"
-
-
-def _fmt(value: float, digits: int = 3) -> str:
-    """`digits` significant digits, never in scientific notation (token counts reach the millions)."""
-    if value == 0 or not math.isfinite(value):
-        return f"{value:g}"
-    decimals = max(0, digits - 1 - math.floor(math.log10(abs(value))))
-    return f"{value:,.{decimals}f}"

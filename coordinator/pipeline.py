@@ -1,7 +1,7 @@
 """One request, start to end: open a generator session, decode to each decision point, score,
 rank, prune, and return the best finished candidate. The decisions come from `schedule`; the
 generator and reward model are reached through two small async ports, so the same pipeline runs
-over gRPC (coordinator.clients) or, in the benchmark, in process (bench.ports).
+over gRPC (coordinator.clients) or, in the benchmark, in process (bench.shared.ports).
 
 With `score_ahead_tokens`, the candidates' text is also sent to the reward model every that many
 tokens between decision points, while decoding goes on: the reward stream then already holds

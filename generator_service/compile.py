@@ -6,7 +6,7 @@ padded row count compiles once. On CUDA they run as CUDA graphs (mode "reduce-ov
 is where a decode step of a small model spends most of its time: launching kernels. `auto` turns
 compilation on only there: on CPU (SmolLM2-135M, float32, a shared 2-core machine, one thread)
 inductor was no faster than eager (eager/compiled 1.07, 0.91 and 1.02 at 8, 32 and 128 rows:
-noise; `python -m bench.compiled_step`), since the step's time goes to the matrix products."""
+noise; `python -m bench.throughput.compiled_step`), since the step's time goes to the matrix products."""
 import logging
 
 import torch

@@ -2,7 +2,8 @@
 import numpy as np
 import pytest
 
-from bench.records import BEST_OF_N, SPECULATIVE_REJECTION, BenchResults, OverheadRow, Pool, RunRecord, ThroughputRow
+from bench.run_results import BenchResults
+from bench.shared.records import BEST_OF_N, SPECULATIVE_REJECTION, OverheadRow, Pool, RunRecord, ThroughputRow
 
 POOL_SIZE = 16
 

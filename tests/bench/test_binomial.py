@@ -3,7 +3,7 @@ import math
 
 import pytest
 
-from bench.binomial import clopper_pearson
+from bench.stats.binomial import clopper_pearson
 
 
 @pytest.mark.parametrize("successes, trials, low, high", [

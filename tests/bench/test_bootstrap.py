@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from bench.bootstrap import clustered_indices, mean_interval, ratio_of_sums_interval, resample_indices
+from bench.stats.bootstrap import clustered_indices, mean_interval, ratio_of_sums_interval, resample_indices
 
 
 def test_the_same_seed_gives_the_same_interval():

@@ -2,10 +2,10 @@ import json
 
 import pytest
 
-from bench.config import DOUBLE, EVERY, MEMORY, PRESETS, QUICK, Schedule, parse_schedule
-from bench.efficiency import schedule_arguments
-from bench.paired import variants
-from bench.prompts import DEFAULT_PROMPTS, load_prompts
+from bench.shared.config import DOUBLE, EVERY, MEMORY, PRESETS, QUICK, Schedule, parse_schedule
+from bench.efficiency.experiment import schedule_arguments
+from bench.paired.experiment import variants
+from bench.shared.prompts import DEFAULT_PROMPTS, load_prompts
 from coordinator.request import DEFAULT_REJECTION_RATE
 from coordinator.schedule import DEFAULT_FIRST_DECISION_TOKENS
 

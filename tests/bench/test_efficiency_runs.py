@@ -1,8 +1,8 @@
 """The efficiency experiment's bookkeeping, against a fake backend (no model)."""
-from bench.config import EVERY, MEMORY, POOL_SEED_BASE, QUICK, Schedule
-from bench.efficiency import build_pool, jobs, run_efficiency
-from bench.prompts import Prompt
-from bench.records import BEST_OF_N, SPECULATIVE_REJECTION
+from bench.shared.config import EVERY, MEMORY, POOL_SEED_BASE, QUICK, Schedule
+from bench.efficiency.experiment import build_pool, jobs, run_efficiency
+from bench.shared.prompts import Prompt
+from bench.shared.records import BEST_OF_N, SPECULATIVE_REJECTION
 from common.errors import FieldError
 from specrej.v1 import coordinator_pb2 as pb
 

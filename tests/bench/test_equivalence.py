@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from bench.equivalence import (
+from bench.stats.equivalence import (
     AT_LEAST_M,
     AT_MOST_ONE,
     WITHIN,
@@ -10,7 +10,7 @@ from bench.equivalence import (
     equivalent_n,
     spread,
 )
-from bench.records import SPECULATIVE_REJECTION, Pool, RunRecord
+from bench.shared.records import SPECULATIVE_REJECTION, Pool, RunRecord
 
 CURVE = [1.0, 2.0, 4.0, 4.5]  # Best-of-1 .. Best-of-4
 
@@ -82,7 +82,7 @@ def test_reference_averages_prompts_up_to_the_smallest_pool():
 
 def test_above_best_of_n0_is_capped_at_n0_and_called_noise_not_a_lower_bound():
     curve = np.linspace(1.0, 2.0, 256)  # a pool of 256 samples, n0 = 128
-    from bench.equivalence import ABOVE_CAP
+    from bench.stats.equivalence import ABOVE_CAP
 
     above_everything = equivalent_n(curve, 5.0, cap=128)
     assert (above_everything.n, above_everything.bound) == (128.0, ABOVE_CAP)  # not ">= 256"

@@ -3,7 +3,7 @@ import signal
 
 import pytest
 
-from bench.fleet import FleetConfig, Outcome, report, run_fleet, tally, windows
+from bench.load.fleet import FleetConfig, Outcome, report, run_fleet, tally, windows
 
 
 def test_requests_fall_in_the_window_they_were_answered_in():

@@ -1,7 +1,7 @@
 """The load benchmark's guard rails and report; one short run against the real services."""
 import pytest
 
-from bench.load import LoadConfig, check_loopback, percentile, report, run_load, speedups
+from bench.load.traffic import LoadConfig, check_loopback, percentile, report, run_load, speedups
 
 
 def test_load_refuses_targets_off_this_machine():

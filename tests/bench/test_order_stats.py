@@ -3,7 +3,7 @@ import itertools
 import numpy as np
 import pytest
 
-from bench.order_stats import expected_cost, expected_max_curve
+from bench.stats.order_stats import expected_cost, expected_max_curve
 
 
 def brute_force_curve(scores):

@@ -2,10 +2,10 @@
 import numpy as np
 import pytest
 
-from bench.paired import Outcome, Pair, PairedResults, Variant
-from bench.paired_report import paired_payload, paired_section
-from bench.paired_summary import candidates_that_fit, summarize_pairs
-from bench.records import Pool
+from bench.paired.experiment import Outcome, Pair, PairedResults, Variant
+from bench.paired.report import paired_payload, paired_section
+from bench.paired.summary import candidates_that_fit, summarize_pairs
+from bench.shared.records import Pool
 
 N0 = 8
 FIXED = Variant("double-4", 0.5)
@@ -89,15 +89,15 @@ def test_the_same_results_give_the_same_intervals(results):
     (-0.1, 0.1, 2.5, "no detectable reward difference"),
 ])
 def test_the_verdict_weighs_reward_against_compute(low, high, adaptive_ratio, verdict):
-    from bench.bootstrap import Interval
-    from bench.paired_summary import AdaptiveComparison
+    from bench.stats.bootstrap import Interval
+    from bench.paired.summary import AdaptiveComparison
 
     comparison = AdaptiveComparison(N0, ADAPTIVE, FIXED, Interval((low + high) / 2, low, high), adaptive_ratio, 1.8)
     assert comparison.verdict == verdict
 
 
 def test_the_paper_s_reading_places_sr_on_the_best_of_n_curve(results):
-    from bench.order_stats import expected_max_curve
+    from bench.stats.order_stats import expected_max_curve
 
     greedy = {s.variant: s for s in summarize_pairs(results, resamples=200)}[GREEDY]
     # Above Best-of-8's expectation: the equivalent N is capped at 8, so Best-of-N decodes 8 x 100 tokens to SR's 200.
@@ -130,8 +130,8 @@ def test_a_pair_is_placed_on_a_curve_without_its_own_seed_s_candidates(results):
 def test_partial_rewards_are_compared_with_the_same_candidates_final_rewards():
     from dataclasses import replace
 
-    from bench.paired_report import _agreement_section
-    from bench.partial_agreement import partial_agreement
+    from bench.paired.report import _agreement_section
+    from bench.paired.partial_agreement import partial_agreement
 
     finals = [0.1, 0.9, 0.5, 0.3]
     points = [{"token_position": 4, "candidates": [[0, 0.0, False, False], [1, 3.0, False, True],
@@ -150,7 +150,7 @@ def test_partial_rewards_are_compared_with_the_same_candidates_final_rewards():
 
 
 def test_a_decision_point_s_kept_candidates_are_those_scored_again():
-    from bench.paired import partial_scores
+    from bench.paired.experiment import partial_scores
 
     calls = [[(0, False, 0.1), (1, False, 0.7), (2, True, 0.4)], [(1, False, 0.8), (2, True, 0.4)], [(1, True, 0.9)]]
     assert partial_scores(calls, [4, 8]) == [

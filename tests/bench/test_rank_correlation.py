@@ -5,7 +5,7 @@ import math
 import numpy as np
 import pytest
 
-from bench.rank_correlation import kendall_tau
+from bench.stats.rank_correlation import kendall_tau
 
 
 def brute_force_tau_b(x, y):

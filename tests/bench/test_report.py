@@ -1,7 +1,7 @@
 import json
 
 from bench.report import summarize, write_report
-from bench.equivalence import compare_with_best_of_n
+from bench.stats.equivalence import compare_with_best_of_n
 
 
 def test_summaries_cover_every_configuration(synthetic_results):

@@ -8,7 +8,7 @@ import zlib
 import pytest
 import torch
 
-from bench.ports import InProcessSession
+from bench.shared.ports import InProcessSession
 from coordinator.pipeline import Pipeline
 from coordinator.request import Limits, plan_request
 from generator_service.engine import GeneratorEngine

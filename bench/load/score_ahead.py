@@ -1,4 +1,4 @@
-"""python -m bench.score_ahead: how long a request waits for the reward model, scoring ahead or not,
+"""python -m bench.load.score_ahead: how long a request waits for the reward model, scoring ahead or not,
 on the real services with the embedded default models.
 
 Starts the generator and reward services on loopback (each with its share of the cores, as bin/demo
@@ -15,7 +15,7 @@ import tempfile
 
 import grpc
 
-from bench.figures import write_figures
+from bench.shared.figures import write_figures
 from common.local_stack import Service, Stack
 from coordinator.demo import PROMPTS
 from specrej.v1 import coordinator_pb2 as pb
@@ -44,7 +44,7 @@ def summary(responses: list[pb.GenerateResponse]) -> dict:
 
 
 def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m bench.score_ahead", description=__doc__,
+    parser = argparse.ArgumentParser(prog="python -m bench.load.score_ahead", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--score-ahead", type=int, nargs="+", default=[0, 16, 8],
                         help="--score-ahead-tokens of each coordinator (0 = score only at decision points)")
@@ -87,7 +87,7 @@ def main(argv=None) -> None:
               f"{figures['score_share']:.1%} of it; scored / (decoded + prompt) tokens "
               f"{figures['scored_tokens'] / figures['decoded_plus_prompt_tokens']:.3f}")
     print(f"same best response in every setting for every seed: {same_responses}")
-    write_figures("score_ahead", {
+    write_figures("bench.load.score_ahead", {
         "request": {"prompt_index": args.prompt_index, "n": args.n, "max_new_tokens": args.max_new_tokens,
                     "seeds": args.seeds, "schedule": "the coordinator's default"},
         "same_best_response_every_setting": same_responses,

@@ -17,7 +17,7 @@ from pathlib import Path
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from bench.figures import write_results
+from bench.shared.figures import write_results
 from specrej.v1 import coordinator_pb2 as pb
 from specrej.v1 import coordinator_pb2_grpc
 

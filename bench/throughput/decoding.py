@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import torch
 
-from bench.records import OverheadRow, ThroughputRow
+from bench.shared.records import OverheadRow, ThroughputRow
 from generator_service.sampling import SamplingParams
 
 _WARM_UP = (2, 4)  # batch size, new tokens: first calls pay for lazy initialisation

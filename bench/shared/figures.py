@@ -9,10 +9,11 @@ import sys
 from pathlib import Path
 
 
-def write_figures(name: str, figures: dict, out_dir: str) -> Path:
-    path = Path(out_dir) / f"{name}.json"
+def write_figures(module: str, figures: dict, out_dir: str) -> Path:
+    """OUT/NAME.json for the script `python -m MODULE`, NAME being the module's last part."""
+    path = Path(out_dir) / f"{module.rpartition('.')[2]}.json"
     path.parent.mkdir(parents=True, exist_ok=True)
-    record = {"command": shlex.join(["python", "-m", f"bench.{name}", *sys.argv[1:]]),
+    record = {"command": shlex.join(["python", "-m", module, *sys.argv[1:]]),
               "machine": f"{platform.machine()}, {os.cpu_count()} cores, {platform.processor() or platform.system()}",
               **figures}
     path.write_text(json.dumps(record, indent=1))

@@ -22,8 +22,8 @@ from pathlib import Path
 import grpc
 from prometheus_client.parser import text_string_to_metric_families
 
-from bench.figures import write_results
-from bench.load import generate_request
+from bench.load.traffic import generate_request
+from bench.shared.figures import write_results
 from common.local_stack import Service, free_port
 from specrej.v1 import coordinator_pb2_grpc
 

@@ -1,4 +1,4 @@
-"""python -m bench.reward_sessions: what keeping candidates' keys/values between decision points saves
+"""python -m bench.throughput.reward_sessions: what keeping candidates' keys/values between decision points saves
 the reward service. One Speculative-Rejection-like request (n responses, scored at 4 decision points
 as they grow to 32/64/128/256 tokens) through the scoring engine twice in the same process: once
 within a session (each call reads only new tokens) and once recomputed from scratch at every call.
@@ -6,7 +6,7 @@ within a session (each call reads only new tokens) and once recomputed from scra
 import argparse
 import time
 
-from bench.figures import write_figures
+from bench.shared.figures import write_figures
 from common.models import choose_device, choose_dtype, resolve_model
 from reward_service.engine import ScoringEngine
 from reward_service.scorers import Item, load_scorer
@@ -40,7 +40,7 @@ def run(engine, tokenizer, bodies, lengths) -> dict[str, tuple[int, float]]:
 
 
 def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m bench.reward_sessions", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m bench.throughput.reward_sessions", description=__doc__)
     parser.add_argument("--model", default=None, help="reward model; unset = the embedded SmolLM2-135M-Instruct")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--dtype", default="auto")
@@ -61,7 +61,7 @@ def main(argv=None) -> None:
     print(f"recomputed every call: {full_tokens} tokens read, {full_seconds:.2f} s")
     print(f"within a session:      {kept_tokens} tokens read, {kept_seconds:.2f} s")
     print(f"ratio: {full_tokens / kept_tokens:.2f}x fewer tokens, {full_seconds / kept_seconds:.2f}x less time")
-    write_figures("reward_sessions", {
+    write_figures("bench.throughput.reward_sessions", {
         "scorer": scorer.name, "device": str(device), "n": args.n, "decision_points": lengths,
         "recomputed": {"tokens": full_tokens, "seconds": full_seconds},
         "session": {"tokens": kept_tokens, "seconds": kept_seconds},

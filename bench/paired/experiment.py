@@ -16,7 +16,7 @@ same candidates can be compared. Pairs journaled before runs were timed together
 against one Best-of-n0 run per prompt and seed) are read back and marked so.
 
 A pool of at least 4 x n0 complete samples per prompt gives the Best-of-N curve on which mean rewards
-are placed (`bench/paired_summary.py`): the Best-of-n0 runs' own candidates (one seed's are
+are placed (`bench/paired/summary.py`): the Best-of-n0 runs' own candidates (one seed's are
 independent of another's) and fresh samples with seeds no run uses. Each sample's run seed is kept,
 so that a pair is placed on a curve without its own seed's candidates.
 """
@@ -28,11 +28,11 @@ from collections.abc import Callable, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, replace
 
-from bench.config import BenchConfig, Schedule
-from bench.efficiency import build_pool, request, schedule_arguments
-from bench.journal import Journal
-from bench.prompts import Prompt
-from bench.records import Pool
+from bench.shared.config import BenchConfig, Schedule
+from bench.shared.journal import Journal
+from bench.shared.prompts import Prompt
+from bench.shared.records import Pool
+from bench.shared.requests import build_pool, request, schedule_arguments
 from specrej.v1 import coordinator_pb2 as pb
 
 POOL_FACTOR = 4  # pools hold at least this many times n0, so Best-of-n0's curve is well estimated

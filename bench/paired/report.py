@@ -4,13 +4,13 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import asdict
 
-from bench.bootstrap import LEVEL, RESAMPLES, Interval
-from bench.equivalence import ABOVE_CAP, AT_MOST_ONE
-from bench.paired import PairedResults
-from bench.paired_summary import AdaptiveComparison, EquivalentNInterval, VariantSummary, compare_adaptive, \
+from bench.paired.experiment import PairedResults
+from bench.paired.partial_agreement import DecisionPointAgreement, partial_agreement
+from bench.paired.summary import AdaptiveComparison, EquivalentNInterval, VariantSummary, compare_adaptive, \
     summarize_pairs, token_costs
-from bench.partial_agreement import DecisionPointAgreement, partial_agreement
-from bench.report import _fmt
+from bench.shared.formatting import fmt
+from bench.stats.bootstrap import LEVEL, RESAMPLES, Interval
+from bench.stats.equivalence import ABOVE_CAP, AT_MOST_ONE
 
 
 def paired_payload(results: PairedResults) -> tuple[dict, list[VariantSummary], list[AdaptiveComparison]]:
@@ -39,8 +39,8 @@ def paired_section(results: PairedResults, summaries: Sequence[VariantSummary],
     level = f"{LEVEL:.0%}"
     pool_sizes = sorted({pool.size for pool in results.pools})
     costs = {n0: token_costs([p for p in results.pairs if p.n0 == n0]) for n0 in sorted({s.n0 for s in summaries})}
-    cost_text = "; ".join(f"n0 = {n0}: {_fmt(c.decode_seconds * 1e3)} ms per decoded token, "
-                          f"{_fmt(c.score_seconds * 1e3)} ms per scored token" for n0, c in costs.items())
+    cost_text = "; ".join(f"n0 = {n0}: {fmt(c.decode_seconds * 1e3)} ms per decoded token, "
+                          f"{fmt(c.score_seconds * 1e3)} ms per scored token" for n0, c in costs.items())
     seeds = summaries[0].pairs // summaries[0].prompts
     shared = sum(s.pairs - s.timed_together for s in summaries)
     timing = ("Every pair's Best-of-n0 ran right before or right after its SR run (SR first on every other pair), "
@@ -89,8 +89,8 @@ def paired_section(results: PairedResults, summaries: Sequence[VariantSummary],
             f"| {_interval(s.reward_gap, 3)} "
             f"| {_interval(s.decoded_ratio)} | {_interval(s.token_compute_ratio)} "
             f"| {_interval(s.weighted_compute_ratio)} | {_interval(s.wall_ratio)} "
-            f"| {_fmt(s.sr_mean_decoded)} + {_fmt(s.sr_mean_scored)} | {_equivalent(s.equivalent_n, s.n0)} "
-            f"| {_equivalent(s.bon_equivalent_n, s.n0)} | {s.n_fit} | {_fmt(s.devices_at_equal_latency)} | {points} |"
+            f"| {fmt(s.sr_mean_decoded)} + {fmt(s.sr_mean_scored)} | {_equivalent(s.equivalent_n, s.n0)} "
+            f"| {_equivalent(s.bon_equivalent_n, s.n0)} | {s.n_fit} | {fmt(s.devices_at_equal_latency)} | {points} |"
         )
     lines += [
         "",
@@ -102,7 +102,7 @@ def paired_section(results: PairedResults, summaries: Sequence[VariantSummary],
         "| n0 | schedule | rule | pairs | SR decoded | ratio at equal reward | gain at equal compute |",
         "|---:|---|---|---:|---:|---:|---:|",
     ]
-    lines += [f"| {s.n0} | {s.variant.schedule} | {_rule(s)} | {s.pairs} | {_fmt(s.sr_mean_decoded)} "
+    lines += [f"| {s.n0} | {s.variant.schedule} | {_rule(s)} | {s.pairs} | {fmt(s.sr_mean_decoded)} "
               f"| {_interval(s.ratio_at_equal_reward)} | {_interval(s.gain_at_equal_compute, 3)} |" for s in summaries]
     lines += [
         "",
@@ -130,7 +130,7 @@ def paired_section(results: PairedResults, summaries: Sequence[VariantSummary],
         ]
         for c in comparisons:
             lines.append(f"| {c.n0} | {c.adaptive.label} | {c.fixed.label} | {_interval(c.reward_difference, 3)} "
-                         f"| {_fmt(c.adaptive_compute_ratio)} / {_fmt(c.fixed_compute_ratio)} | {c.verdict} |")
+                         f"| {fmt(c.adaptive_compute_ratio)} / {fmt(c.fixed_compute_ratio)} | {c.verdict} |")
         lines.append("")
     return "\n".join(lines) + "\n"
 
@@ -154,14 +154,14 @@ def _agreement_section(agreements: Sequence[DecisionPointAgreement]) -> str:
         "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
     lines += [f"| {a.reward_scorer} | {a.n0} | {a.variant.label} | {a.token_position} | {a.decision_points} "
-              f"| {_fmt(a.mean_live)} | {_interval(a.kendall_tau) if a.kendall_tau else 'none (all tied)'} "
+              f"| {fmt(a.mean_live)} | {_interval(a.kendall_tau) if a.kendall_tau else 'none (all tied)'} "
               f"| {a.winner_live_share:.0%} "
               f"| {a.winner_running_share:.0%} | {a.winner_kept_share:.0%} |" for a in agreements]
     return "\n".join(lines) + "\n"
 
 
 def _interval(interval: Interval, digits: int = 3) -> str:
-    return f"{_fmt(interval.estimate, digits)} [{_fmt(interval.low, digits)}, {_fmt(interval.high, digits)}]"
+    return f"{fmt(interval.estimate, digits)} [{fmt(interval.low, digits)}, {fmt(interval.high, digits)}]"
 
 
 def _share(interval: Interval) -> str:
@@ -179,11 +179,11 @@ def equivalent_n_text(value: float, bound: str, n0: int) -> str:
         return f">{n0} (noise)"
     if bound == AT_MOST_ONE:
         return "≤1"
-    return _fmt(value)
+    return fmt(value)
 
 
 def _bound_text(value: float, n0: int) -> str:
     """Interval ends are capped values: n0 stands for `n0 or above (noise)`, 1 for `1 or below`."""
     if value >= n0:
         return f"{n0}+"
-    return "≤1" if value <= 1 else _fmt(value)
+    return "≤1" if value <= 1 else fmt(value)

@@ -15,9 +15,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from bench.bootstrap import Interval, clustered_indices, mean_interval
-from bench.paired import Pair, Variant
-from bench.rank_correlation import kendall_tau
+from bench.paired.experiment import Pair, Variant
+from bench.stats.bootstrap import Interval, clustered_indices, mean_interval
+from bench.stats.rank_correlation import kendall_tau
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,4 @@
-"""python -m bench.compiled_step: one decode step, eager against torch.compile'd dense parts.
+"""python -m bench.throughput.compiled_step: one decode step, eager against torch.compile'd dense parts.
 
 Times decoder.decode_step for one session of 8, 32 and 128 rows (after warm-up, median of
 `--repeats`), with the model's dense parts eager and then compiled (generator_service.compile),
@@ -9,7 +9,7 @@ import time
 
 import torch
 
-from bench.figures import write_figures
+from bench.shared.figures import write_figures
 from common.models import choose_device, choose_dtype, resolve_model
 from generator_service.compile import compile_dense_parts
 from generator_service.decoder import CausalDecoder, Segment
@@ -40,7 +40,7 @@ def step_seconds(decoder: CausalDecoder, rows: int, repeats: int) -> float:
 
 
 def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m bench.compiled_step", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m bench.throughput.compiled_step", description=__doc__)
     parser.add_argument("--model", default=None, help="unset = the embedded SmolLM2-135M-Instruct")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--dtype", default="auto")
@@ -67,7 +67,8 @@ def main(argv=None) -> None:
               f"{STEPS_BEFORE + 2} warm-up steps, compiling included, {compiling:.0f} s)", flush=True)
         timings[rows] = {"eager_ms": eager[rows] * 1000, "compiled_ms": compiled[rows] * 1000,
                          "eager_over_compiled": eager[rows] / compiled[rows], "compile_s": compiling}
-    write_figures("compiled_step", {"device": str(device), "dtype": str(dtype), "rows": timings}, args.out)
+    write_figures("bench.throughput.compiled_step", {"device": str(device), "dtype": str(dtype), "rows": timings},
+                  args.out)
 
 
 if __name__ == "__main__":

@@ -1,12 +1,12 @@
 """`python -m bench --parts load`: start the three services as processes on loopback (or use a running
-coordinator on loopback), run bench.load against them, and write OUT/load/results.{json,md}."""
+coordinator on loopback), run bench.load.traffic against them, and write OUT/load/results.{json,md}."""
 from __future__ import annotations
 
 import dataclasses
 import tempfile
 from pathlib import Path
 
-from bench.load import LoadConfig, run_load, write
+from bench.load.traffic import LoadConfig, run_load, write
 
 # Small admission limits so that the flood finds the queue's end within a bounded number of requests.
 COORDINATOR_LIMITS = ("--max-concurrent", "32", "--max-queued", "32")

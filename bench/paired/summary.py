@@ -23,12 +23,12 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from bench.binomial import clopper_pearson
-from bench.bootstrap import Interval, bootstrap, clustered_indices, mean_interval, percentile_interval, \
+from bench.paired.experiment import Pair, PairedResults, Variant
+from bench.stats.binomial import clopper_pearson
+from bench.stats.bootstrap import Interval, bootstrap, clustered_indices, mean_interval, percentile_interval, \
     ratio_of_sums_interval, resample_indices
-from bench.equivalence import ABOVE_CAP, AT_MOST_ONE, EquivalentN, equivalent_n
-from bench.order_stats import expected_cost, expected_max_curve
-from bench.paired import Pair, PairedResults, Variant
+from bench.stats.equivalence import ABOVE_CAP, AT_MOST_ONE, EquivalentN, equivalent_n
+from bench.stats.order_stats import expected_cost, expected_max_curve
 
 
 @dataclass(frozen=True)

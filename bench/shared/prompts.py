@@ -5,7 +5,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 # The AlpacaFarm prompts the paper evaluates on: in the repository, else in the shared folder beside it.
 DEFAULT_PROMPTS = next(
     (path for path in (REPO / "data" / "alpaca_farm_100.json", REPO.parent / "shared" / "data" / "alpaca_farm_100.json")

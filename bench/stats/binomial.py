@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 
-from bench.bootstrap import LEVEL, Interval
+from bench.stats.bootstrap import LEVEL, Interval
 
 _BISECTIONS = 60  # halves [0, 1] to about 1e-18, below float resolution
 

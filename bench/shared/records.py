@@ -2,10 +2,6 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
-
-if TYPE_CHECKING:
-    from bench.paired import PairedResults
 
 SPECULATIVE_REJECTION = "sr"
 BEST_OF_N = "bon"
@@ -104,15 +100,3 @@ class OverheadRow:
     @property
     def ratio(self) -> float:
         return self.grpc_seconds / self.in_process_seconds
-
-
-@dataclass
-class BenchResults:
-    """Everything one benchmark produced; `metadata` holds free-form context (models, device, date)."""
-
-    runs: list[RunRecord]
-    pools: list[Pool]
-    throughput: list[ThroughputRow] = field(default_factory=list)
-    overhead: list[OverheadRow] = field(default_factory=list)
-    metadata: dict = field(default_factory=dict)
-    paired: "PairedResults | None" = None  # the paired part (bench.paired), when it ran

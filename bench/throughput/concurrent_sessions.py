@@ -1,4 +1,4 @@
-"""python -m bench.concurrent_sessions: what decoding sessions together buys, on the real model.
+"""python -m bench.throughput.concurrent_sessions: what decoding sessions together buys, on the real model.
 
 1. Eight sessions (n=8, 32 tokens each) opened at once against the same eight one after another:
    total wall time, and whether every session's tokens are the same both ways (they should be).
@@ -8,7 +8,7 @@ Takes about three minutes on a 2-core CPU with the default model."""
 import argparse
 import time
 
-from bench.figures import write_figures
+from bench.shared.figures import write_figures
 from generator_service.engine import GeneratorEngine
 from generator_service.sampling import SamplingParams
 
@@ -85,7 +85,7 @@ def small_beside_big(engine, big_n: int, big_tokens: int) -> dict:
 
 
 def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m bench.concurrent_sessions", description=__doc__,
+    parser = argparse.ArgumentParser(prog="python -m bench.throughput.concurrent_sessions", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default=None, help="unset = the embedded SmolLM2-135M-Instruct")
     parser.add_argument("--device", default="auto")
@@ -100,7 +100,7 @@ def main(argv=None) -> None:
                    "small_beside_big": small_beside_big(engine, args.big_n, args.big_tokens)}
     finally:
         engine.shutdown()
-    write_figures("concurrent_sessions", figures, args.out)
+    write_figures("bench.throughput.concurrent_sessions", figures, args.out)
 
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-"""python -m bench.scoring_throughput: scoring outside a session against generating, side by side.
+"""python -m bench.throughput.scoring_throughput: scoring outside a session against generating, side by side.
 
 The generator engine samples n responses of --max-new-tokens tokens to one AlpacaFarm prompt (end of
 sequence ignored, so exactly n x tokens are decoded), and the reward engine, in the same process,
@@ -11,9 +11,9 @@ import argparse
 import time
 from dataclasses import dataclass, field
 
-from bench.figures import write_figures
-from bench.prompts import DEFAULT_PROMPTS, load_prompts
-from bench.throughput import engine_run
+from bench.shared.figures import write_figures
+from bench.shared.prompts import DEFAULT_PROMPTS, load_prompts
+from bench.throughput.decoding import engine_run
 from common.chat import prompt_token_ids
 from common.models import resolve_model
 from generator_service.engine import GeneratorEngine
@@ -56,7 +56,7 @@ class Totals:
 
 
 def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m bench.scoring_throughput", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m bench.throughput.scoring_throughput", description=__doc__)
     parser.add_argument("--model", default=None,
                         help="generator and likelihood reward model; unset = the embedded SmolLM2-135M-Instruct")
     parser.add_argument("--device", default="auto")
@@ -104,7 +104,7 @@ def main(argv=None) -> None:
           f"({read} tokens read)")
     print(f"scoring / generating: {scoring_rate / generation_rate:.2f}; tokens read / response tokens: "
           f"{read / scored_tokens:.3f}")
-    write_figures("scoring_throughput", {
+    write_figures("bench.throughput.scoring_throughput", {
         "scorer": scorer.name, "device": str(generator.device), "dtype": str(scorer.dtype).removeprefix("torch."),
         "prompt_id": prompt.id, "prompt_tokens": prompt_tokens, "responses": args.responses,
         "max_new_tokens": args.max_new_tokens, "repeats": args.repeats, "token_budget": args.token_budget,

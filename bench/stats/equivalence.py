@@ -13,8 +13,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from bench.order_stats import expected_cost, expected_max_curve
-from bench.records import Pool, RunRecord
+from bench.shared.records import Pool, RunRecord
+from bench.stats.order_stats import expected_cost, expected_max_curve
 
 # Where the reward fell relative to the Best-of-N curve of its prompt.
 WITHIN = "within"  # interpolated between two sizes of the pool

@@ -1,0 +1,1 @@
+"""Statistics of the studies, plain Python and numpy. Imports no study."""
