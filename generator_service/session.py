@@ -11,7 +11,7 @@ import torch
 
 from common.errors import FieldError
 from .decoder import CausalDecoder
-from .detokenizer import TextStream
+from .detokenizer import IncrementalDetokenizer
 from .kv_cache import RowKVCache
 from .planner import MemoryPlanner
 from .sampling import SamplingParams, sample, uniforms
@@ -78,9 +78,9 @@ class Pruned:
 
 @dataclass
 class _Sequence:
+    detokenizer: IncrementalDetokenizer  # has taken every token already reported, the ending EOS excepted
     tokens: list[int] = field(default_factory=list)
     finish_reason: str = ""
-    stream: TextStream = field(default_factory=TextStream)
     finish_reported: bool = False  # the client was told how it ended (or ended it by a prune)
 
 
@@ -111,7 +111,7 @@ class Session:
     tokens depend neither on this session's other rows nor on other sessions."""
 
     def __init__(self, request: SessionRequest, decoder: CausalDecoder, tokenizer, eos_ids: set[int], loop):
-        self.decoder, self.tokenizer, self.loop = decoder, tokenizer, loop
+        self.decoder, self.loop = decoder, loop
         self.n, self.max_new_tokens, self.sampling = request.n, request.max_new_tokens, request.sampling
         self.prompt_ids = torch.tensor(request.prompt_ids, dtype=torch.long)
         self.prompt_length = len(request.prompt_ids)
@@ -122,7 +122,8 @@ class Session:
         self.admitted = False
         self.arrived = time.perf_counter()
         self.admitted_at = 0.0
-        self.sequences = [_Sequence() for _ in range(self.n)]
+        self.sequences = [_Sequence(IncrementalDetokenizer(tokenizer, skip_special_tokens=True))
+                          for _ in range(self.n)]
         self.prefix: torch.Tensor | None = None  # the prompt's keys/values, shared by the rows
         self.prefilled = 0  # prompt tokens prefilled so far
         self.cache = RowKVCache.for_decoder(decoder)
@@ -333,12 +334,14 @@ class Session:
                     sequence.finish_reason = "length"
 
     def _updates(self, indices: list[int]) -> list[SequenceUpdate]:
-        sequences = [self.sequences[i] for i in indices]
-        bodies = [s.tokens[:-1] if s.finish_reason == "stop" else s.tokens for s in sequences]
-        texts = self.tokenizer.batch_decode(bodies, skip_special_tokens=True)
-        for sequence in sequences:
+        updates = []
+        for index in indices:
+            sequence = self.sequences[index]
+            detokenizer = sequence.detokenizer
+            body_end = len(sequence.tokens) - (sequence.finish_reason == "stop")
+            delta = detokenizer.add(sequence.tokens[detokenizer.token_count:body_end])
+            if sequence.finish_reason:
+                delta += detokenizer.finish()
             sequence.finish_reported = bool(sequence.finish_reason)
-        return [
-            SequenceUpdate(i, s.stream.delta(text, final=bool(s.finish_reason)), len(s.tokens), s.finish_reason)
-            for i, s, text in zip(indices, sequences, texts)
-        ]
+            updates.append(SequenceUpdate(index, delta, len(sequence.tokens), sequence.finish_reason))
+        return updates

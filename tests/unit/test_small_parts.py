@@ -1,10 +1,9 @@
-"""Batching, memory planning, text deltas and flag parsing."""
+"""Batching, memory planning and flag parsing."""
 import argparse
 
 import pytest
 
 from common.flags import add_flag, parse_bytes
-from generator_service.detokenizer import TextStream
 from generator_service.planner import MemoryPlanner
 from reward_service.batching import batches_by_token_budget
 
@@ -26,15 +25,6 @@ def test_planner_shares_the_prompt_and_divides_the_rest():
     assert planner.max_rows(prompt_tokens=200, tokens_per_row=10) == 64  # the batch limit
     assert planner.max_rows(prompt_tokens=200, tokens_per_row=100) == 8
     assert planner.max_rows(prompt_tokens=2000, tokens_per_row=1) == 0
-
-
-def test_text_deltas_hold_back_a_cut_character_until_it_is_whole():
-    stream = TextStream()
-    assert stream.delta("caf", final=False) == "caf"
-    assert stream.delta("caf\ufffd", final=False) == ""
-    assert stream.delta("café!", final=False) == "é!"
-    assert stream.delta("café! ok", final=True) == " ok"
-    assert stream.sent == "café! ok"
 
 
 def test_sizes_and_environment_fallbacks(monkeypatch):
