@@ -12,8 +12,14 @@ def parse_args(argv=None) -> argparse.Namespace:
     from .compile import MODES as COMPILE_MODES
     from .decoder import DEFAULT_ROW_BLOCK
 
+    from .backend import BACKENDS
+
     parser = argparse.ArgumentParser(prog="python -m generator_service", description=__doc__)
     add_model_service_flags(parser, default_port=50051, default_metrics_port=9101)
+    add_flag(parser, "backend", env="SPECREJ_BACKEND", default="vllm", choices=BACKENDS,
+             help="decoding engine: vllm (vLLM's engine: fastest; a candidate's text may depend on what decodes "
+                  "beside it) or native (this project's engine: batch-invariant, so Speculative Rejection with "
+                  "alpha 0 equals Best-of-N token for token)")
     add_flag(parser, "kv-cache-budget", env="SPECREJ_KV_CACHE_BUDGET", default=None, type=parse_bytes,
              help="bytes of KV cache for all sessions (e.g. 2GiB); unset = free CUDA memory less 10%% on GPU, 2GiB on CPU")
     add_flag(parser, "max-batch-size", env="SPECREJ_MAX_BATCH_SIZE", default=256, type=int,
@@ -24,17 +30,17 @@ def parse_args(argv=None) -> argparse.Namespace:
              help="requests waiting for KV-cache memory or a decoding place; beyond that RESOURCE_EXHAUSTED at once "
                   "(with a retry hint)")
     add_flag(parser, "row-block", env="SPECREJ_ROW_BLOCK", default=DEFAULT_ROW_BLOCK, type=int,
-             help="rows per matrix product in batch-invariant mode, so a candidate's text never depends on "
+             help="native backend: rows per matrix product in batch-invariant mode, so a candidate's text never depends on "
                   "which others, of any request, are decoding beside it; 0 = one product over the whole batch "
                   "(faster, not invariant)")
     add_flag(parser, "prefill-chunk-tokens", env="SPECREJ_PREFILL_CHUNK_TOKENS", default=256, type=int,
-             help="prompt tokens prefilled per decode-loop turn, between other requests' decode steps; "
+             help="native backend: prompt tokens prefilled per decode-loop turn, between other requests' decode steps; "
                   "0 = a whole prompt at once")
     add_flag(parser, "max-prompt-bytes", env="SPECREJ_MAX_PROMPT_BYTES", default="1MiB", type=parse_bytes,
              help="most UTF-8 bytes of message content per request, checked before tokenizing")
     add_flag(parser, "compile", env="SPECREJ_COMPILE", default="auto", choices=COMPILE_MODES,
-             help="torch.compile the decode step's dense parts (CUDA graphs on GPU); auto = on CUDA only, "
-                  "where it is faster")
+             help="compile the model: vllm backend: torch.compile and CUDA graphs, auto = on; native backend: "
+                  "torch.compile the decode step's dense parts, auto = on CUDA only, where it is faster")
     return parser.parse_args(argv)
 
 
@@ -46,13 +52,15 @@ def main(argv=None) -> None:
 
 
 async def serve(args) -> None:
+    import torch
+
     from common import metrics as common_metrics
     from common.models import set_cpu_threads
     from common.receive_limit import receive_limited
     from common.server import Server, ServerOptions
     from specrej.v1 import generator_pb2, generator_pb2_grpc
     from . import metrics
-    from .engine import GeneratorEngine, InputLimits
+    from .backend import load_backend
     from .servicer import GeneratorServicer
 
     server = Server("generator", [generator_pb2.DESCRIPTOR.services_by_name["Generator"].full_name],
@@ -62,20 +70,17 @@ async def serve(args) -> None:
     await server.start()
     set_cpu_threads(args.cpu_threads)
     # Loading takes seconds to minutes; health keeps answering NOT_SERVING meanwhile.
-    engine = await asyncio.to_thread(
-        GeneratorEngine, args.model, device=args.device, dtype=args.dtype, kv_cache_budget=args.kv_cache_budget,
-        max_batch_size=args.max_batch_size, max_sessions=args.max_sessions, max_queued=args.max_queued,
-        row_block=args.row_block, prefill_chunk_tokens=args.prefill_chunk_tokens, compile=args.compile,
-        limits=InputLimits(max_messages=args.max_messages, max_prompt_bytes=args.max_prompt_bytes,
-                           max_prompt_tokens=args.max_prompt_tokens),
-        model_cache=args.model_cache)
-    servicer.engine = engine
-    metrics.bind(engine)
-    common_metrics.set_build_info("generator", engine.model_name, str(engine.dtype).removeprefix("torch."),
-                                  str(engine.device))
-    common_metrics.register_device_metrics("generator", engine.device)
+    backend = await asyncio.to_thread(load_backend, args)
+    servicer.backend = backend
+    metrics.bind(backend)
+    info = backend.info
+    common_metrics.set_build_info("generator", info.model, info.dtype, info.device)
+    common_metrics.register_device_metrics("generator", torch.device(info.device))
     await server.mark_serving()
-    await server.serve_until_signalled()
+    try:
+        await server.serve_until_signalled()
+    finally:
+        backend.shutdown()
 
 
 if __name__ == "__main__":

@@ -1,11 +1,11 @@
-"""specrej.v1 messages in and out of sessions: the one adapter from a StartSession to a session,
-shared by the gRPC servicer and in-process callers (the benchmark)."""
+"""specrej.v1 messages in and out of sessions: the one place that converts between protobuf and
+the backend contract (backend.py), shared by the gRPC servicer and in-process callers (the benchmark)."""
 from common.chat import message_dicts
 from common.errors import FieldError
 from specrej.v1 import generator_pb2 as pb
-from .engine import GeneratorEngine
+from .backend import AdvanceResult, Pruned, Started
+from .request_plan import SessionRequest
 from .sampling import SamplingParams
-from .session import AdvanceResult, Pruned, Session, SessionRequest, Started
 
 
 def sampling_params(params: pb.SamplingParams) -> SamplingParams:
@@ -29,18 +29,19 @@ def check_start(start: pb.StartSession) -> None:
         raise FieldError("sampling.top_p", "must be in (0, 1] (0 means 1)")
 
 
-def prepare_start(engine: GeneratorEngine, start: pb.StartSession,
-                  kv_budget_tokens: int | None = None) -> SessionRequest:
-    """Validate and tokenize `start` (no model work; may take a moment for a long prompt)."""
+def prepare_start(backend, start: pb.StartSession, kv_budget_tokens: int | None = None) -> SessionRequest:
+    """Validate and tokenize `start` for a backend, or the native engine itself (no model work; may
+    take a moment for a long prompt)."""
     check_start(start)
-    return engine.prepare(
+    options = {} if kv_budget_tokens is None else {"kv_budget_tokens": kv_budget_tokens}
+    return backend.prepare(
         message_dicts(start.messages), n=start.n, max_new_tokens=start.max_new_tokens,
         sampling=sampling_params(start.sampling), min_tokens_before_full=start.min_tokens_before_full,
-        kv_budget_tokens=kv_budget_tokens,
+        **options,
     )
 
 
-def open_from_start(engine: GeneratorEngine, start: pb.StartSession, kv_budget_tokens: int | None = None) -> Session:
+def open_from_start(engine, start: pb.StartSession, kv_budget_tokens: int | None = None):
     """prepare_start, then admission (or Overloaded)."""
     return engine.admit(prepare_start(engine, start, kv_budget_tokens))
 

@@ -21,13 +21,14 @@ KV_CACHE_USAGE = prom.Gauge("specrej_generator_kv_cache_usage_ratio", "KV-cache 
 TOKENS = prom.Counter("specrej_generator_tokens_total", "Tokens decoded, summed over sequences.", ["service"])
 
 
-def bind(engine) -> None:
-    """Gauges that read the engine's state at scrape time."""
-    SESSIONS_ACTIVE.labels(SERVICE).set_function(lambda: engine.admission.active)
-    SEQUENCES_ACTIVE.labels(SERVICE).set_function(engine.running_sequences)
-    KV_CACHE_BYTES.labels(SERVICE).set_function(engine.kv_cache_bytes)
-    KV_CACHE_BUDGET_BYTES.labels(SERVICE).set(engine.budget_bytes)
-    KV_CACHE_USAGE.labels(SERVICE).set_function(lambda: engine.kv_cache_bytes() / max(engine.budget_bytes, 1))
+def bind(backend) -> None:
+    """Gauges that read the backend's state at scrape time."""
+    budget = backend.info.kv_cache_budget_bytes
+    SESSIONS_ACTIVE.labels(SERVICE).set_function(backend.active_sessions)
+    SEQUENCES_ACTIVE.labels(SERVICE).set_function(backend.running_sequences)
+    KV_CACHE_BYTES.labels(SERVICE).set_function(backend.kv_cache_bytes)
+    KV_CACHE_BUDGET_BYTES.labels(SERVICE).set(budget)
+    KV_CACHE_USAGE.labels(SERVICE).set_function(lambda: backend.kv_cache_bytes() / max(budget, 1))
 
 
 # Series at zero from start-up, so rate() counts the first request (see coordinator/metrics.py).

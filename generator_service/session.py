@@ -10,70 +10,17 @@ from dataclasses import dataclass, field
 import torch
 
 from common.errors import FieldError
+from .backend import AdvanceResult, Pruned, SequenceUpdate, Started
 from .decoder import CausalDecoder
 from .detokenizer import IncrementalDetokenizer
 from .kv_cache import RowKVCache
 from .planner import MemoryPlanner
+from .request_plan import SessionRequest
 from .sampling import SamplingParams, sample, uniforms
 
 
 class SessionCancelled(RuntimeError):
     """The session was closed (its client went away) before the answer was ready."""
-
-
-@dataclass(frozen=True)
-class SessionRequest:
-    """A validated, tokenized request (GeneratorEngine.prepare); no memory held yet."""
-
-    prompt_ids: list[int]
-    n: int
-    max_new_tokens: int
-    sampling: SamplingParams
-    # KV-cache tokens (prompt included) reserved from the shared pool at admission: enough for
-    # every row to reach the first decision point. The session's memory-driven decision points
-    # come when its rows fill this, whatever else runs, so they never depend on the load.
-    reservation_tokens: int
-    stop_at_eos: bool = True
-
-
-@dataclass(frozen=True)
-class Started:
-    n: int
-    prompt_tokens: int
-    kv_cache_budget_bytes: int
-    kv_cache_bytes: int
-    prefill_seconds: float  # from admission to the first tokens, chunks of other sessions' decoding included
-    capacity_tokens: int
-
-
-@dataclass(frozen=True)
-class SequenceUpdate:
-    index: int
-    text_delta: str
-    num_tokens: int
-    finish_reason: str  # "" while running, else "stop" or "length"
-
-
-@dataclass
-class AdvanceResult:
-    updates: list[SequenceUpdate] = field(default_factory=list)
-    steps: int = 0
-    decoded_tokens: int = 0
-    decode_seconds: float = 0.0
-    memory_full: bool = False
-    position: int = 0
-    kv_cache_bytes: int = 0
-    capacity_tokens: int = 0
-    step_seconds: list[float] = field(default_factory=list)  # of the shared steps this session took part in
-    step_rows: list[int] = field(default_factory=list)  # this session's rows in each
-
-
-@dataclass(frozen=True)
-class Pruned:
-    running: int
-    kv_cache_bytes: int
-    prune_seconds: float
-    capacity_tokens: int
 
 
 @dataclass

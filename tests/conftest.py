@@ -1,10 +1,15 @@
 """Shared fixtures: tiny random models with the real tokenizer, and the real services started as
 processes on loopback ports."""
+import os
 import pathlib
 
 import pytest
 
 from common.local_stack import Stack
+
+# Generator services started by tests decode on the native backend (it starts in seconds and is
+# batch-invariant, which exact comparisons need) unless a test asks for vLLM with --backend vllm.
+os.environ.setdefault("SPECREJ_BACKEND", "native")
 
 
 @pytest.fixture(scope="session")

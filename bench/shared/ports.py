@@ -202,6 +202,7 @@ class LoopbackServices:
 
     def __init__(self, engine, scorer, model_name: str = ""):
         from common.server import Server, ServerOptions
+        from generator_service.native_backend import NativeBackend
         from generator_service.servicer import GeneratorServicer
         from reward_service.servicer import RewardServicer
         from specrej.v1 import generator_pb2_grpc, reward_pb2_grpc
@@ -216,7 +217,7 @@ class LoopbackServices:
 
         self.servers = [run_async(start(*spec)) for spec in (
             ("generator", generator_pb2.DESCRIPTOR.services_by_name["Generator"],
-             generator_pb2_grpc.add_GeneratorServicer_to_server, GeneratorServicer(engine)),
+             generator_pb2_grpc.add_GeneratorServicer_to_server, GeneratorServicer(NativeBackend(engine))),
             ("reward", reward_pb2.DESCRIPTOR.services_by_name["Reward"],
              reward_pb2_grpc.add_RewardServicer_to_server, RewardServicer(scoring_engine(scorer), model_name=model_name)),
         )]

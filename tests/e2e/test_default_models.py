@@ -12,8 +12,9 @@ from common.local_stack import Stack
 
 @pytest.fixture(scope="module")
 def default_stack(service_logs):
-    # A small KV budget makes memory-driven decision points come early on a CPU.
-    with Stack(service_logs, generator_args=("--kv-cache-budget", "24MiB")) as stack:
+    # The default backend (vLLM), uncompiled to start sooner. A small KV budget makes memory-driven
+    # decision points come early on a CPU.
+    with Stack(service_logs, generator_args=("--backend", "vllm", "--compile", "off", "--kv-cache-budget", "24MiB")) as stack:
         yield stack
 
 

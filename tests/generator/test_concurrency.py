@@ -9,7 +9,9 @@ import pytest
 from common import metrics
 from common.errors import FieldError, Overloaded, RETRY_PUSHBACK_KEY, status_of
 from generator_service.decoder import DEFAULT_ROW_BLOCK
-from generator_service.engine import GeneratorEngine, InputLimits
+from generator_service.engine import GeneratorEngine
+from generator_service.native_backend import NativeBackend
+from generator_service.request_plan import InputLimits
 from generator_service.sampling import SamplingParams
 from generator_service.servicer import GeneratorServicer
 from generator_service.session import SessionCancelled
@@ -188,7 +190,7 @@ def test_sessions_closed_mid_advance_fail_their_answer_and_free_their_memory(eng
 
 
 def test_a_client_that_cancels_closes_its_session_through_the_servicer(engine):
-    servicer = GeneratorServicer(engine)
+    servicer = GeneratorServicer(NativeBackend(engine))
 
     def start_message(seed):
         return pb.SessionCommand(start=pb.StartSession(

@@ -9,6 +9,7 @@ import pytest
 from common.errors import RETRY_PUSHBACK_KEY
 from common.server import Server, ServerOptions
 from generator_service.engine import GeneratorEngine
+from generator_service.native_backend import NativeBackend
 from generator_service.servicer import GeneratorServicer
 from specrej.v1 import common_pb2
 from specrej.v1 import generator_pb2 as pb
@@ -30,7 +31,7 @@ def serve(engine, scenario) -> None:
     async def main():
         server = Server("generator", [pb.DESCRIPTOR.services_by_name["Generator"].full_name],
                         ServerOptions(host="127.0.0.1", port=0, metrics_port=0))
-        generator_pb2_grpc.add_GeneratorServicer_to_server(GeneratorServicer(engine), server.grpc)
+        generator_pb2_grpc.add_GeneratorServicer_to_server(GeneratorServicer(NativeBackend(engine)), server.grpc)
         await server.start()
         await server.mark_serving()
         try:
