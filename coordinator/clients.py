@@ -143,12 +143,9 @@ class GeneratorSession:
     async def start(self, start: generator_pb2.StartSession) -> generator_pb2.SessionStarted:
         return (await self._send(generator_pb2.SessionCommand(start=start))).started
 
-    async def advance(self, until_tokens: int) -> generator_pb2.Advanced:
-        command = generator_pb2.SessionCommand(advance=generator_pb2.Advance(until_tokens=until_tokens))
+    async def advance(self, until_tokens: int, keep: list[int]) -> generator_pb2.Advanced:
+        command = generator_pb2.SessionCommand(advance=generator_pb2.Advance(until_tokens=until_tokens, keep=keep))
         return (await self._send(command)).advanced
-
-    async def prune(self, keep: list[int]) -> generator_pb2.Pruned:
-        return (await self._send(generator_pb2.SessionCommand(prune=generator_pb2.Prune(keep=keep)))).pruned
 
     async def close(self) -> None:
         """End the stream and wait for the generator to free the session."""

@@ -28,8 +28,8 @@ class GeneratorPort(Protocol):
     """One generator session."""
 
     async def start(self, start: generator_pb2.StartSession) -> generator_pb2.SessionStarted: ...
-    async def advance(self, until_tokens: int) -> generator_pb2.Advanced: ...
-    async def prune(self, keep: list[int]) -> generator_pb2.Pruned: ...
+    async def advance(self, until_tokens: int, keep: list[int]) -> generator_pb2.Advanced:
+        """Decode to `until_tokens`; a non-empty `keep` first drops every other running candidate."""
 
 
 class RewardPort(Protocol):
@@ -104,6 +104,7 @@ class Pipeline:
         self.scored_tokens = 0
         self.started: generator_pb2.SessionStarted | None = None
         self.candidates: dict[int, _Candidate] = {}
+        self._keep: list[int] = []  # running candidates a decision point kept, for the next advance
 
     @property
     def decoded_tokens(self) -> int:
@@ -173,7 +174,9 @@ class Pipeline:
             while True:
                 stop = plan.schedule.next_stop(position, plan.max_new_tokens)
                 with tracer.start_as_current_span("decode"):
-                    advanced = await self._timed_generator(self.generator.advance, self._advance_to(position, stop))
+                    advanced = await self._timed_generator(self.generator.advance, self._advance_to(position, stop),
+                                                           self._keep)
+                self._keep = []
                 position = advanced.position
                 for update in advanced.sequences:
                     candidate = self.candidates[update.index]
@@ -211,7 +214,8 @@ class Pipeline:
             if not candidate.finished:
                 candidate.finish_reason = "rejected"
         if any(not c.finished for c in decision.rejected):
-            await self._timed_generator(self.generator.prune, [c.index for c in decision.kept if not c.finished])
+            # The prune rides on the next advance: one round trip per decision point.
+            self._keep = [c.index for c in decision.kept if not c.finished]
         record = pb.Round(
             token_position=position, active_before=len(ranked), kept=len(decision.kept),
             rejected=len(decision.rejected), cutoff_score=decision.cutoff_score,

@@ -16,7 +16,7 @@ from common.chat import message_dicts
 from coordinator.clients import GeneratorClient, RewardClient
 from coordinator.pipeline import Pipeline
 from coordinator.request import Limits, plan_request
-from generator_service.messages import advanced_message, open_from_start, pruned_message, started_message
+from generator_service.messages import advanced_message, open_from_start, started_message
 from reward_service.engine import ScoringEngine
 from reward_service.servicer import score_items, score_response
 from reward_service.sessions import SessionCache
@@ -51,11 +51,10 @@ class InProcessSession:
         self.session = open_from_start(self.engine, start, self.kv_budget_tokens)
         return started_message(await asyncio.wrap_future(self.session.start()))
 
-    async def advance(self, until_tokens: int) -> generator_pb2.Advanced:
+    async def advance(self, until_tokens: int, keep: list[int]) -> generator_pb2.Advanced:
+        if keep:
+            await asyncio.wrap_future(self.session.prune(list(keep)))
         return advanced_message(await asyncio.wrap_future(self.session.advance(until_tokens)))
-
-    async def prune(self, keep: list[int]) -> generator_pb2.Pruned:
-        return pruned_message(await asyncio.wrap_future(self.session.prune(list(keep))))
 
     def close(self) -> None:
         if self.session is not None:

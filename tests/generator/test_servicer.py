@@ -87,6 +87,32 @@ def test_a_prompt_over_the_limits_is_invalid_argument_naming_the_field(engine):
     serve(engine, scenario)
 
 
+def test_an_advance_carrying_a_keep_list_prunes_first_in_the_same_round_trip(engine):
+    def advance(until, keep=()):
+        return pb.SessionCommand(advance=pb.Advance(until_tokens=until, keep=keep))
+
+    seen = {}
+
+    async def scenario(stub):
+        call = stub.Session()
+        await call.write(start(n=4, max_new_tokens=40))
+        await call.read()
+        await call.write(advance(8))
+        first = (await call.read()).advanced
+        seen["running"] = [u.index for u in first.sequences if not u.finish_reason]
+        await call.write(advance(16, seen["running"][:1]))
+        seen["second"] = (await call.read()).advanced
+        await call.write(advance(24, [99]))
+        with pytest.raises(grpc.aio.AioRpcError) as error:
+            await call.read()
+        seen["error"] = error.value
+
+    serve(engine, scenario)
+    second, error = seen["second"], seen["error"]
+    assert [u.index for u in second.sequences] == seen["running"][:1]
+    assert second.sequences[0].num_tokens == 16 or second.sequences[0].finish_reason
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT and error.details().startswith("keep:")
+
 
 def handled(code: str) -> float:
     from prometheus_client import REGISTRY

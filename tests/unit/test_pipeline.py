@@ -27,7 +27,10 @@ class ScriptedGenerator:
         self.commands.append(("start", start.n, start.min_tokens_before_full))
         return generator_pb2.SessionStarted(n=len(self.lengths), prompt_tokens=7, prefill_seconds=0.01)
 
-    async def advance(self, until_tokens: int) -> generator_pb2.Advanced:
+    async def advance(self, until_tokens: int, keep: list[int]) -> generator_pb2.Advanced:
+        if keep:
+            self.commands.append(("prune", sorted(keep)))
+            self.running &= set(keep)
         self.commands.append(("advance", until_tokens))
         await asyncio.sleep(0)  # as a call over the network does, let other tasks run
         target = until_tokens or self.memory_full_at or max(self.lengths)
@@ -46,11 +49,6 @@ class ScriptedGenerator:
                 self.running.discard(index)
         return generator_pb2.Advanced(sequences=updates, position=self.position, steps=self.position - began,
                                       memory_full=until_tokens == 0)
-
-    async def prune(self, keep: list[int]) -> generator_pb2.Pruned:
-        self.commands.append(("prune", sorted(keep)))
-        self.running &= set(keep)
-        return generator_pb2.Pruned(running=len(self.running))
 
 
 class IndexReward:
