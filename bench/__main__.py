@@ -46,7 +46,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--stop-after-minutes", type=float, default=None,
                         help="paired part: start no new run after this long and write the results of the pairs done; "
                              "every finished run is kept in OUT/paired-journal.jsonl, so the same command goes on "
-                             "from there [default: run to the end]")
+                             "from there; 0 runs nothing and only reports the journal [default: run to the end]")
 
     where = parser.add_argument_group("where the engines are")
     where.add_argument("--in-process", action="store_true", help="engines in this process (the default)")

@@ -23,14 +23,18 @@ EFFICIENCY, THROUGHPUT, OVERHEAD, PAIRED = "efficiency", "throughput", "overhead
 PARTS = (EFFICIENCY, THROUGHPUT, OVERHEAD, PAIRED)
 DEFAULT_PARTS = (EFFICIENCY, THROUGHPUT, OVERHEAD)  # the paired part runs when asked for, or by its presets
 
-SEEDS_NOTE = (
-    "pools use seeds 2^40 + chunk, runs use seeds 1..{seeds}: the generator's sampling is a pure function of "
-    "(seed, sequence index, position), so a run never re-samples the efficiency part's pool that estimates "
-    "Best-of-N (the paired part's pools hold its Best-of-n0 runs' own candidates, and each pair is placed on "
-    "a curve without its own seed's); all "
-    "configurations share the run seeds (same initial candidates per prompt and seed), and each configuration's "
-    "rewards are averaged over seeds before being placed on the prompt's Best-of-N curve"
-)
+SEEDS_NOTES = {
+    EFFICIENCY: (
+        "efficiency: pools use seeds 2^40 + chunk, runs use seeds 1..{seeds}: the generator's sampling is a pure "
+        "function of (seed, sequence index, position), so no run re-samples the pool that estimates Best-of-N; all "
+        "configurations share the run seeds (same initial candidates per prompt and seed), and each configuration's "
+        "rewards are averaged over seeds before being placed on the prompt's Best-of-N curve"),
+    PAIRED: (
+        "paired: runs use seeds 1..{seeds}, a pair's SR and Best-of-n0 the same seed (the same n0 initial "
+        "candidates); a prompt's pool holds the candidates of its Best-of-n0 runs at the largest n0, one run per "
+        "seed, and fresh samples with seeds 2^40 + chunk, and each pair is placed on the curve of that pool without "
+        "its own seed's candidates"),
+}
 SCHEDULES_NOTE = (
     "memory-B: memory-driven decision points with a KV budget of B response tokens beyond the shared prompt "
     "(first at B/n tokens, then wherever the survivors fill it again); memory: the generator's own budget; "
@@ -119,8 +123,9 @@ def run_bench(config: BenchConfig, options: Options, out_dir: str | Path) -> Ben
                 asked = pairs_asked(config, len(prompts))
                 if options.stop_after_seconds == 0:
                     run_notes["paired runs"] = (
-                        f"a report of the existing journal {journal.path.name}: {len(paired.pairs)} pairs of the "
-                        f"{asked} asked for, read back from it; --stop-after-minutes 0 ran nothing")
+                        f"report only: this run re-read the journal {journal.path.name} and ran nothing "
+                        f"(--stop-after-minutes 0); {len(paired.pairs)} pairs of the {asked} asked for; "
+                        + _journal_span(journal))
                 elif paired.complete:
                     run_notes["paired runs"] = f"{len(paired.pairs)} pairs, all asked for"
                 else:
@@ -150,6 +155,16 @@ def run_bench(config: BenchConfig, options: Options, out_dir: str | Path) -> Ben
 
 
 PAIRED_JOURNAL = "paired-journal.jsonl"
+
+
+def _journal_span(journal: Journal) -> str:
+    """When the journal's units were written, as far as their lines say (lines of older runs carry no time)."""
+    if not journal.times:
+        return f"its {len(journal)} units carry no time (journaled before its lines were timestamped)"
+    first, last = (datetime.datetime.fromisoformat(time).strftime("%Y-%m-%d %H:%M UTC")
+                   for time in (min(journal.times), max(journal.times)))
+    timed = "its units" if len(journal.times) >= len(journal) else f"{len(journal.times)} of its {len(journal)} units"
+    return f"{timed} were journaled from {first} to {last}"
 
 
 def _journal_settings(config: BenchConfig, options: Options, description: dict) -> dict:
@@ -268,6 +283,7 @@ def _metadata(config: BenchConfig, options: Options, prompts: list[Prompt], desc
     import torch
     import transformers
 
+    seeds = "; ".join(note.format(seeds=config.seeds) for part, note in SEEDS_NOTES.items() if part in parts)
     metadata = {
         "preset": options.preset or "custom",
         "command": options.command,
@@ -283,7 +299,7 @@ def _metadata(config: BenchConfig, options: Options, prompts: list[Prompt], desc
         "rejection rates": list(config.rejection_rates),
         "schedules": [s.name for s in config.schedules],
         "schedule names": SCHEDULES_NOTE,
-        "seeds": SEEDS_NOTE.format(seeds=config.seeds),
+        **({"seeds": seeds} if seeds else {}),
         "live Best-of-N sizes (a check on the pool curve)": list(config.best_of_n),
         "adaptive rule's least rates (paired part)": list(config.adaptive_rates),
         "sampling": f"temperature {config.temperature:g}, top_p {config.top_p:g}, top_k {config.top_k}",

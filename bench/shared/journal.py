@@ -18,6 +18,7 @@ class Journal:
         settings = json.loads(json.dumps(settings))  # as it reads back: tuples become lists
         self.settings = settings
         self._done: dict[str, object] = {}
+        self.times: list[str] = []  # the UTC times of the units' lines that carry one, in file order
         text = self.path.read_text() if self.path.exists() else ""
         if not text:
             self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -40,6 +41,12 @@ class Journal:
             except json.JSONDecodeError:
                 continue
             self._done[entry["key"]] = entry["value"]
+            if "time" in entry:
+                self.times.append(entry["time"])
+
+    def __len__(self) -> int:
+        """How many units it holds."""
+        return len(self._done)
 
     def get(self, key: str):
         return self._done.get(key)
@@ -49,3 +56,4 @@ class Journal:
         with self.path.open("a") as journal:
             written = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="milliseconds")
             journal.write(json.dumps({"key": key, "value": value, "time": written}, allow_nan=False) + "\n")
+        self.times.append(written)

@@ -40,6 +40,7 @@ def test_quick_preset_in_process_writes_every_file(tiny_model_dir, prompts_file,
     assert len(sr) == 2 * 2 * 3 * 2  # prompts x seeds x rejection rates x schedules
     assert len(payload["runs"]) == len(sr) + 2 * 2  # and Best-of-4 per prompt and seed
     assert {run["seed"] for run in payload["runs"]} == {1, 2}  # never a pool seed (2^40 and up)
+    assert payload["metadata"]["seeds"].startswith("efficiency: pools use seeds 2^40 + chunk, runs use seeds 1..2")
     for run in sr:
         assert 0 < run["decoded_tokens"] <= 4 * 16 and run["scored_tokens"] > 0 and run["wall_seconds"] > 0
         if run["schedule"] == "memory-16":

@@ -1,4 +1,5 @@
 """`python -m bench --parts paired` on the tiny random model: pairs really share their initial candidates."""
+import datetime
 import json
 
 import pytest
@@ -17,8 +18,12 @@ def test_paired_part_pairs_sr_with_best_of_n0_from_the_same_candidates(tiny_mode
           "--schedules", "double-4,every-8", "--rejection-rates", "0.5,0", "--adaptive-rates", "0.5",
           "--no-progress"])
 
-    paired = json.loads((out / "results.json").read_text())["paired"]
+    results = json.loads((out / "results.json").read_text())
+    paired = results["paired"]
     assert [len(pool["scores"]) for pool in paired["pools"]] == [16, 16]  # at least 4 x n0
+    # Only the paired part ran: its pools hold the Best-of-n0 runs' candidates, and the note says so.
+    assert results["metadata"]["seeds"].startswith("paired: runs use seeds 1..1")
+    assert "Best-of-n0 runs at the largest n0" in results["metadata"]["seeds"]
     pairs = paired["pairs"]
     # prompts x seeds x (the first schedule with both rates and the adaptive rule, the other with the first rate)
     assert len(pairs) == 2 * 1 * 4
@@ -77,7 +82,10 @@ def test_a_stopped_paired_run_goes_on_where_it_stopped(tiny_model_dir, tmp_path)
     (stopped / "paired-journal.jsonl").write_text("\n".join(units[:5]) + "\n" + units[5][: len(units[5]) // 2])
     results = _small_paired_run(tiny_model_dir, tmp_path, stopped, "--stop-after-minutes", "0")
     assert len(results["paired"]["pairs"]) == 1
-    assert results["metadata"]["paired runs"].startswith("a report of the existing journal")
+    note = results["metadata"]["paired runs"]
+    assert note.startswith("report only: this run re-read the journal paired-journal.jsonl and ran nothing")
+    assert "1 pairs of the 4 asked for" in note and "its units were journaled from " in note
+    assert "total wall seconds" not in results["metadata"]
 
     results = _small_paired_run(tiny_model_dir, tmp_path, stopped)
     assert _choices(results) == _choices(whole_results)
@@ -105,12 +113,18 @@ def test_a_stopped_run_reports_every_pair_its_journal_holds_whatever_the_variant
     missing = next(line for line in units[1:] if json.loads(line)["key"].endswith("α=0.5"))
     stopped = tmp_path / "stopped"
     stopped.mkdir()
-    (stopped / "paired-journal.jsonl").write_text("\n".join(u for u in units if u != missing) + "\n")
+    # Its lines carry no time, as in journals written before units were timestamped.
+    untimed = [json.dumps({key: value for key, value in json.loads(line).items() if key != "time"})
+               for line in units if line != missing]
+    (stopped / "paired-journal.jsonl").write_text("\n".join(untimed) + "\n")
     results = _small_paired_run(tiny_model_dir, tmp_path, stopped, "--rejection-rates", "0.5,0.8",
                                 "--stop-after-minutes", "0")
     assert len(results["paired"]["pairs"]) == len(whole_results["paired"]["pairs"]) - 1 == 7
     assert sorted(s["pairs"] for s in results["paired"]["summaries"]) == [3, 4]
     assert "3 pairs" not in results["metadata"]["paired runs"] and "7 pairs of the 8" in results["metadata"]["paired runs"]
+    untimed_units = len(units) - 2  # less the settings and the missing pair
+    assert results["metadata"]["paired runs"].endswith(
+        f"its {untimed_units} units carry no time (journaled before its lines were timestamped)")
 
 
 def test_a_pair_times_both_runs_together_and_records_partial_rewards(tiny_model_dir, tmp_path):
@@ -147,5 +161,9 @@ def test_a_pair_times_both_runs_together_and_records_partial_rewards(tiny_model_
 
     report_only = _small_paired_run(tiny_model_dir, tmp_path, out, "--rejection-rates", "0.5",
                                     "--stop-after-minutes", "0")
-    assert report_only["metadata"]["paired runs"].startswith("a report of the existing journal")
+    assert report_only["metadata"]["paired runs"].startswith("report only: this run re-read the journal")
     assert "total wall seconds" not in report_only["metadata"]
+    # The journal's own span: from its first unit's line to its last one's.
+    first, last = (datetime.datetime.fromisoformat(time).strftime("%Y-%m-%d %H:%M UTC")
+                   for time in (lines[0]["time"], lines[-1]["time"]))
+    assert report_only["metadata"]["paired runs"].endswith(f"its units were journaled from {first} to {last}")
