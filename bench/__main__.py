@@ -41,7 +41,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                              "process; efficiency over gRPC; paired with the paired presets]; or `load`: concurrent clients against the three services "
                              "started as processes on loopback (results in OUT/load/); or `fleet`: two replicas of "
                              "each model service behind one coordinator, restarted in turn under load (results in "
-                             "OUT/fleet/)")
+                             "OUT/fleet/); or `engines`: decoding tokens/s of the generator's vllm and native "
+                             "backends, plain vLLM and Hugging Face generate() side by side (OUT/engines.json; "
+                             "more options: python -m bench.throughput.engines --help)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.add_argument("--stop-after-minutes", type=float, default=None,
                         help="paired part: start no new run after this long and write the results of the pairs done; "
@@ -127,6 +129,11 @@ def main(argv=None):
 
         path = run_fleet_part(args, command)
         print(f"wrote {path}", file=sys.stderr)
+        return None
+    if args.parts == ("engines",):
+        from bench.throughput.engines import run_engines_part
+
+        run_engines_part(args)
         return None
     import transformers
 

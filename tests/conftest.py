@@ -1,7 +1,9 @@
 """Shared fixtures: tiny random models with the real tokenizer, and the real services started as
 processes on loopback ports."""
+import asyncio
 import os
 import pathlib
+import threading
 
 import pytest
 
@@ -43,6 +45,67 @@ def tiny_model_dir(tmp_path_factory, tokenizer_dir):
     model.save_pretrained(folder)
     tokenizer.save_pretrained(folder)
     return folder
+
+
+@pytest.fixture(scope="session")
+def vllm_model_dir(tmp_path_factory, tokenizer_dir) -> pathlib.Path:
+    """A tiny random Llama whose attention heads have 64 dimensions, the fewest vLLM's CPU kernels take."""
+    import torch
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
+    torch.manual_seed(0)
+    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=128, intermediate_size=256, num_hidden_layers=2,
+                         num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=1024,
+                         bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+                         pad_token_id=tokenizer.pad_token_id)
+    folder = tmp_path_factory.mktemp("vllm-llama")
+    LlamaForCausalLM(config).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+# The backends the tests share: 4 MiB of KV cache, two sessions decoding at once and one more
+# waiting, at most 16 candidates a request.
+BACKEND_SETTINGS = dict(kv_cache_budget=4 * 1024**2, max_batch_size=16, max_sessions=2, max_queued=1)
+WAIT = 300
+
+
+@pytest.fixture(scope="session")
+def event_loop_thread():
+    """One event loop for the whole run: vLLM's engine answers on the loop that first asked it."""
+    loop = asyncio.new_event_loop()
+    thread = threading.Thread(target=loop.run_forever, daemon=True)
+    thread.start()
+    yield loop
+
+    async def cancel_the_rest():
+        for task in asyncio.all_tasks() - {asyncio.current_task()}:
+            task.cancel()
+
+    asyncio.run_coroutine_threadsafe(cancel_the_rest(), loop).result(10)
+    loop.call_soon_threadsafe(loop.stop)
+    thread.join(10)
+
+
+@pytest.fixture
+def run(event_loop_thread):
+    """Run a coroutine on the shared event loop and return its result."""
+    def run(coroutine):
+        return asyncio.run_coroutine_threadsafe(coroutine, event_loop_thread).result(WAIT)
+    return run
+
+
+@pytest.fixture(scope="session")
+def vllm_backend(vllm_model_dir, event_loop_thread):
+    """One vLLM engine (uncompiled: it starts sooner) on the tiny model, started once for every test
+    that needs it; used on `event_loop_thread` only (and stopped before it)."""
+    pytest.importorskip("vllm")
+    from generator_service.vllm_backend import VllmBackend
+
+    backend = VllmBackend(str(vllm_model_dir), compile="off", **BACKEND_SETTINGS)
+    yield backend
+    backend.shutdown()
 
 
 @pytest.fixture(scope="session")

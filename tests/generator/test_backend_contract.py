@@ -1,73 +1,29 @@
 """The generator backend contract (generator_service/backend.py), the same tests against both
 backends: vLLM's engine and the native one, on one tiny random Llama with the real tokenizer."""
 import asyncio
-import pathlib
-import threading
 
 import pytest
 
 from common.errors import FieldError, Overloaded
-from generator_service.request_plan import InputLimits
 from generator_service.sampling import SamplingParams
+from tests.conftest import BACKEND_SETTINGS, WAIT
 
 MESSAGES = [{"role": "user", "content": "Write a few words about the sea."}]
-WAIT = 120
 
 
 @pytest.fixture(scope="module")
-def contract_model_dir(tmp_path_factory, tokenizer_dir) -> pathlib.Path:
-    """Attention heads of 64 dimensions: the smallest vLLM's CPU kernels take."""
-    import torch
-    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+def native_backend(vllm_model_dir):
+    from generator_service.engine import GeneratorEngine
+    from generator_service.native_backend import NativeBackend
 
-    tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
-    torch.manual_seed(0)
-    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=128, intermediate_size=256, num_hidden_layers=2,
-                         num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=1024,
-                         bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
-                         pad_token_id=tokenizer.pad_token_id)
-    folder = tmp_path_factory.mktemp("contract-llama")
-    LlamaForCausalLM(config).save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
-    return folder
-
-
-@pytest.fixture(scope="module")
-def event_loop_thread():
-    """One event loop for the module: vLLM's engine answers on the loop that first asked it."""
-    loop = asyncio.new_event_loop()
-    thread = threading.Thread(target=loop.run_forever, daemon=True)
-    thread.start()
-    yield loop
-    loop.call_soon_threadsafe(loop.stop)
-    thread.join(10)
-
-
-# Two sessions decode at once, one more may wait; a request holds at most 16 candidates.
-LIMITS = dict(max_batch_size=16, max_sessions=2, max_queued=1, limits=InputLimits())
-
-
-@pytest.fixture(scope="module", params=["native", "vllm"])
-def backend(request, contract_model_dir):
-    if request.param == "native":
-        from generator_service.engine import GeneratorEngine
-        from generator_service.native_backend import NativeBackend
-
-        made = NativeBackend(GeneratorEngine(str(contract_model_dir), kv_cache_budget=4 * 1024**2, **LIMITS))
-    else:
-        pytest.importorskip("vllm")
-        from generator_service.vllm_backend import VllmBackend
-
-        made = VllmBackend(str(contract_model_dir), kv_cache_budget=4 * 1024**2, compile="off", **LIMITS)
+    made = NativeBackend(GeneratorEngine(str(vllm_model_dir), **BACKEND_SETTINGS))
     yield made
     made.shutdown()
 
 
-@pytest.fixture
-def run(event_loop_thread):
-    def run(coroutine):
-        return asyncio.run_coroutine_threadsafe(coroutine, event_loop_thread).result(WAIT)
-    return run
+@pytest.fixture(params=["native", "vllm"])
+def backend(request):
+    return request.getfixturevalue(f"{request.param}_backend")
 
 
 def sampling(seed=1, temperature=1.0):
@@ -216,3 +172,88 @@ def test_requests_that_cannot_fit_are_refused_naming_the_field(backend):
     assert too_long.value.field == "max_new_tokens"
     most = backend.prepare(MESSAGES, n=0, max_new_tokens=8, sampling=sampling(), min_tokens_before_full=8)
     assert most.n == 16  # n = 0: as many as the batch limit and memory allow
+
+
+async def branch_session(backend, *, seed=7, temperature=1.0, fork=True, reserve=24):
+    """Four candidates advanced to 8 tokens; then two kept and, with `fork`, two branches of the best
+    kept one made, all advanced to 16. Returns what start and both advances said, and the kept."""
+    session = backend.admit(backend.prepare(MESSAGES, n=4, max_new_tokens=24, sampling=sampling(seed, temperature),
+                                            min_tokens_before_full=reserve))
+    try:
+        started = await session.start()
+        first = await session.advance(8)
+        keep = [u.index for u in first.updates if not u.finish_reason][:2]
+        second = await session.advance(16, keep, [keep[0], keep[0]] if fork else [])
+        return started, first, keep, second
+    finally:
+        session.close()
+
+
+def texts_by_index(*results):
+    texts = {}
+    for result in results:
+        for update in result.updates:
+            texts[update.index] = texts.get(update.index, "") + update.text_delta
+    return texts
+
+
+def test_a_branch_continues_its_parents_text_as_a_new_candidate_with_its_own_stream(backend, run):
+    _, first, keep, second = run(branch_session(backend))
+    parent = keep[0]
+    updates = {u.index: u for u in second.updates}
+    assert sorted(updates) == sorted([*keep, 4, 5])  # the new candidates take the next indices
+    for branch in (4, 5):
+        # The count includes the 8 inherited tokens; the text is only what was written after them.
+        assert updates[branch].num_tokens == 16 or updates[branch].finish_reason == "stop"
+        assert updates[branch].text_delta and texts_by_index(first)[parent]
+    assert len({updates[i].text_delta for i in (parent, 4, 5)}) == 3  # each its own random stream
+
+
+def test_a_greedy_branch_writes_exactly_what_its_parent_writes_after_the_fork(backend, run):
+    # The branch decodes from the parent's own keys/values (native) or its tokens as a prompt (vLLM):
+    # under greedy decoding its continuation is the parent's, token for token.
+    _, first, keep, second = run(branch_session(backend, temperature=0.0))
+    updates = {u.index: u for u in second.updates}
+    assert updates[4].text_delta == updates[5].text_delta == updates[keep[0]].text_delta
+    assert updates[4].num_tokens == updates[keep[0]].num_tokens == 16
+    texts = texts_by_index(first, second)
+    assert texts[4] == updates[4].text_delta and texts[keep[0]].endswith(texts[4])
+    assert len(texts[keep[0]]) > len(texts[4])  # the parent's text before the fork is not sent again
+
+
+def test_the_same_seed_gives_the_same_branches(backend, run):
+    first = run(branch_session(backend, seed=21))
+    again = run(branch_session(backend, seed=21))
+    assert texts_by_index(first[1], first[3]) == texts_by_index(again[1], again[3])
+
+
+def test_branches_hold_their_rows_of_kv_cache_within_the_session_reservation(backend, run):
+    started, _, _, alone = run(branch_session(backend, fork=False))
+    _, _, _, branched = run(branch_session(backend))
+    assert branched.kv_cache_bytes > alone.kv_cache_bytes
+    assert branched.kv_cache_bytes <= started.kv_cache_budget_bytes
+    if type(backend).__name__ == "NativeBackend":
+        # Two more rows, each with room for the whole response.
+        row_bytes = branched.capacity_tokens * backend.info.kv_cache_bytes_per_token
+        assert branched.kv_cache_bytes - alone.kv_cache_bytes == 2 * row_bytes
+
+
+@pytest.mark.parametrize("case", ["not running", "beyond n", "beyond the reservation"])
+def test_branches_that_cannot_be_made_are_refused_naming_fork_from(backend, run, case):
+    async def scenario():
+        reserve = 8 if case == "beyond the reservation" else 24
+        session = backend.admit(backend.prepare(MESSAGES, n=4, max_new_tokens=24, sampling=sampling(seed=3),
+                                                min_tokens_before_full=reserve))
+        try:
+            await session.start()
+            first = await session.advance(8)
+            running = [u.index for u in first.updates if not u.finish_reason]
+            keep, fork_from = running[:2], {"not running": [running[-1]], "beyond n": [running[0]] * 3,
+                                            "beyond the reservation": [running[0]] * 2}[case]
+            with pytest.raises(FieldError) as refused:
+                await session.advance(16, keep, fork_from)
+            return refused.value
+        finally:
+            session.close()
+
+    assert run(scenario()).field == "fork_from"

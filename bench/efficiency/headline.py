@@ -1,0 +1,150 @@
+"""python -m bench.efficiency.headline: what a user gets, end to end, against plain vLLM Best-of-N.
+
+The three services start as the README starts them (every flag at its default) on loopback. For each
+AlpacaFarm prompt and seed, in alternating order:
+- Speculative Rejection: one Generate call to the coordinator (n0 candidates, max_new_tokens, seed),
+  timed at the client from the call to the answer;
+- plain vLLM Best-of-n0: n0 requests of the prompt to a vLLM engine in this process, at vLLM's own
+  defaults on this machine beside the same KV-cache size as the generator's, stopping at end of
+  sequence, then one Score call with the n0 finished responses to the stack's reward service; the
+  best is the highest score; timed from the first request to the scores.
+Both answers are scored by the same reward service, so the reward gap (SR's best minus Best-of-n0's
+best) compares like with like. Intervals bootstrap over prompts (a prompt's seeds are not
+independent draws); the time ratio is Best-of-n0's total seconds over SR's."""
+import argparse
+import asyncio
+import json
+import os
+import pathlib
+import tempfile
+import time
+
+from bench.shared.figures import write_figures
+from bench.shared.prompts import DEFAULT_PROMPTS, load_prompts
+from bench.stats.bootstrap import clustered_indices, mean_interval, ratio_of_sums_interval
+from common.chat import prompt_token_ids
+from common.local_stack import Stack
+from common.models import resolve_model
+
+
+async def plain_best_of_n(engine, prompt_ids: list[int], n: int, tokens: int, seed: int, tag: str) -> list[list[int]]:
+    from vllm import SamplingParams
+
+    async def one(index: int) -> list[int]:
+        params = SamplingParams(temperature=1.0, seed=seed * 1000 + index, max_tokens=tokens, detokenize=False)
+        final = None
+        async for output in engine.generate({"prompt_token_ids": prompt_ids}, params, request_id=f"{tag}-{index}"):
+            final = output
+        return list(final.outputs[0].token_ids)
+
+    return await asyncio.gather(*(one(i) for i in range(n)))
+
+
+def plain_engine(path: str, kv_cache_bytes: int):
+    from vllm.engine.arg_utils import AsyncEngineArgs
+    from vllm.v1.engine.async_llm import AsyncLLM
+
+    os.environ.setdefault("VLLM_NO_USAGE_STATS", "1")
+    return AsyncLLM.from_engine_args(AsyncEngineArgs(model=path, kv_cache_memory_bytes=kv_cache_bytes,
+                                                     enable_prefix_caching=True))
+
+
+async def run(args, plain=None) -> dict:
+    """The pairs and their summary; `plain`: a vLLM AsyncLLM already started on args.model (else one
+    is started here, after the services)."""
+    import grpc
+
+    from specrej.v1 import common_pb2, coordinator_pb2, coordinator_pb2_grpc, reward_pb2, reward_pb2_grpc
+    from transformers import AutoTokenizer
+
+    path = resolve_model(args.model)
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    eos = {tokenizer.eos_token_id}
+    prompts = load_prompts(args.prompts)[args.first_prompt:args.first_prompt + args.prompt_count]
+    logs = pathlib.Path(tempfile.mkdtemp(prefix="specrej-headline-"))
+    pairs = []
+    model_args = ("--model", args.model) if args.model else ()
+    with Stack(logs, generator_args=model_args, reward_args=model_args) as stack:
+        reward = reward_pb2_grpc.RewardStub(grpc.insecure_channel(stack.reward.address))
+        coordinator = coordinator_pb2_grpc.CoordinatorStub(stack.channel)
+        engine = plain or plain_engine(path, args.kv_cache_bytes)
+        try:
+            for turn, (prompt, seed) in enumerate((p, s) for p in prompts for s in args.seeds):
+                messages = [{"role": "user", "content": prompt.text}]
+                prompt_ids = prompt_token_ids(tokenizer, messages)
+
+                async def speculative_rejection():
+                    began = time.perf_counter()
+                    answer = await asyncio.to_thread(
+                        coordinator.Generate, coordinator_pb2.GenerateRequest(
+                            prompt=prompt.text, n=args.n, max_new_tokens=args.max_new_tokens, seed=seed),
+                        timeout=3600)
+                    return {"seconds": time.perf_counter() - began, "score": answer.best.score,
+                            "decoded": answer.stats.generated_tokens, "text": answer.best.text}
+
+                async def best_of_n():
+                    began = time.perf_counter()
+                    rows = await plain_best_of_n(engine, prompt_ids, args.n, args.max_new_tokens, seed,
+                                                 f"bon-{turn}")
+                    generated = time.perf_counter() - began
+                    texts = [tokenizer.decode([t for t in row if t not in eos], skip_special_tokens=True)
+                             for row in rows]
+                    scored = await asyncio.to_thread(reward.Score, reward_pb2.ScoreRequest(
+                        messages=[common_pb2.Message(role="user", content=prompt.text)],
+                        items=[reward_pb2.ScoreItem(response=text, complete=True) for text in texts]), timeout=3600)
+                    best = max(range(len(texts)), key=lambda i: scored.scores[i])
+                    return {"seconds": time.perf_counter() - began, "generate_seconds": generated,
+                            "score": scored.scores[best], "decoded": sum(len(r) for r in rows), "text": texts[best]}
+
+                sides = {"sr": speculative_rejection, "bon": best_of_n}
+                order = ["sr", "bon"] if turn % 2 == 0 else ["bon", "sr"]
+                result = {"prompt": prompt.id, "seed": seed, "order": order}
+                for side in order:
+                    result[side] = await sides[side]()
+                pairs.append(result)
+                print(f"prompt {prompt.id} seed {seed}: SR {result['sr']['seconds']:.1f} s "
+                      f"(score {result['sr']['score']:.4f}, {result['sr']['decoded']} tokens), Best-of-{args.n} "
+                      f"{result['bon']['seconds']:.1f} s (generate {result['bon']['generate_seconds']:.1f} s, score "
+                      f"{result['bon']['score']:.4f}, {result['bon']['decoded']} tokens)", flush=True)
+        finally:
+            if plain is None:
+                engine.shutdown()
+    clusters = [p["prompt"] for p in pairs]
+    indices = clustered_indices(clusters)
+    speedup = ratio_of_sums_interval([p["bon"]["seconds"] for p in pairs], [p["sr"]["seconds"] for p in pairs], indices)
+    generate_only = ratio_of_sums_interval([p["bon"]["generate_seconds"] for p in pairs],
+                                           [p["sr"]["seconds"] for p in pairs], indices)
+    gap = mean_interval([p["sr"]["score"] - p["bon"]["score"] for p in pairs], indices)
+    decoded = ratio_of_sums_interval([p["bon"]["decoded"] for p in pairs], [p["sr"]["decoded"] for p in pairs], indices)
+    summary = {"prompts": len(prompts), "seeds": list(args.seeds), "n": args.n, "max_new_tokens": args.max_new_tokens,
+               "best_of_n_plus_scoring_over_sr_seconds": speedup.__dict__,
+               "best_of_n_generation_alone_over_sr_seconds": generate_only.__dict__,
+               "reward_gap_sr_minus_best_of_n": gap.__dict__, "decoded_tokens_best_of_n_over_sr": decoded.__dict__}
+    print(json.dumps(summary, indent=1))
+    return {**summary, "pairs": pairs}
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m bench.efficiency.headline", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default=None,
+                        help="the model of both services and of plain vLLM [default: the embedded SmolLM2-135M-Instruct]")
+    parser.add_argument("--prompts", default=str(DEFAULT_PROMPTS))
+    parser.add_argument("--first-prompt", type=int, default=0)
+    parser.add_argument("--prompt-count", type=int, default=10)
+    parser.add_argument("--seeds", type=lambda text: [int(s) for s in text.split(",")], default=[0, 1, 2])
+    parser.add_argument("--n", type=int, default=128, help="n0 of both sides [default 128]")
+    parser.add_argument("--max-new-tokens", type=int, default=256)
+    parser.add_argument("--kv-cache-bytes", type=int, default=2 * 1024**3,
+                        help="plain vLLM's KV cache, the generator's default budget [default 2 GiB]")
+    parser.add_argument("--out", default="bench/results")
+    return parser.parse_args(argv)
+
+
+def main(argv=None) -> None:
+    args = parse_args(argv)
+    write_figures("bench.efficiency.headline", asyncio.run(run(args)), args.out)
+
+
+if __name__ == "__main__":
+    main()

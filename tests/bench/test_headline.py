@@ -1,0 +1,24 @@
+"""python -m bench.efficiency.headline on the tiny model: Speculative Rejection through the three
+services against plain vLLM Best-of-N plus scoring, paired by prompt and seed."""
+import json
+
+from bench.efficiency.headline import parse_args, run as run_headline
+from bench.shared.figures import write_figures
+
+
+def test_each_prompt_and_seed_gives_a_timed_pair_scored_by_the_same_reward(vllm_backend, vllm_model_dir, run,
+                                                                          tmp_path):
+    args = parse_args(["--model", str(vllm_model_dir), "--prompt-count", "2", "--seeds", "0,1", "--n", "4",
+                       "--max-new-tokens", "16", "--out", str(tmp_path)])
+    write_figures("bench.efficiency.headline", run(run_headline(args, plain=vllm_backend.engine)), args.out)
+    written = json.loads((tmp_path / "headline.json").read_text())
+    pairs = written["pairs"]
+    assert [(p["prompt"], p["seed"]) for p in pairs] == [(pairs[0]["prompt"], 0), (pairs[0]["prompt"], 1),
+                                                         (pairs[2]["prompt"], 0), (pairs[2]["prompt"], 1)]
+    assert [p["order"] for p in pairs] == [["sr", "bon"], ["bon", "sr"]] * 2
+    for pair in pairs:
+        for side in ("sr", "bon"):
+            assert pair[side]["seconds"] > 0 and pair[side]["score"] < 0 and 4 <= pair[side]["decoded"] <= 4 * 16
+    ratio = written["best_of_n_plus_scoring_over_sr_seconds"]
+    assert ratio["low"] <= ratio["estimate"] <= ratio["high"]
+    assert written["prompts"] == 2 and written["n"] == 4
