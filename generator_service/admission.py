@@ -63,6 +63,18 @@ class Admission:
             self.free_tokens += session.reservation_tokens - tokens
             session.reservation_tokens = tokens
 
+    def grow(self, session, tokens: int) -> None:
+        """Raise an admitted session's reservation to `tokens` from what is free (its branches need
+        it), or raise Overloaded."""
+        with self._lock:
+            extra = tokens - session.reservation_tokens
+            if extra > self.free_tokens:
+                raise Overloaded(f"fork_from: the branches need {extra} more tokens of KV cache; "
+                                 f"{self.free_tokens} are free")
+            if extra > 0:
+                self.free_tokens -= extra
+                session.reservation_tokens = tokens
+
     def leave(self, session) -> None:
         """A closed session: out of the queue, or its reservation back to the pool."""
         with self._lock:

@@ -2,9 +2,13 @@
 
 A backend knows its model (ModelInfo), checks and tokenizes a request (prepare), and opens a
 session for it (admit, or Overloaded). A session holds one request's n candidates of one prompt:
-start() prefills and samples the first tokens, advance(until) decodes until every running
-candidate has `until` response tokens (0: until the session's share of the KV cache is full),
-prune(keep) drops the other running candidates and frees their memory, close() frees everything.
+start() prefills and samples the first tokens, advance(until, keep, fork_from) first drops the
+running candidates not in `keep` (when given), then branches a new candidate from each running one
+`fork_from` names (refill: it continues its parent's tokens, takes the session's next index and its
+own random stream), then decodes until every running candidate has `until` response tokens (0: until
+the session's share of the KV cache is full); prune(keep) drops alone, freeing the rejected ones'
+memory; close() frees everything. Doing a decision point's prune and branches in one command keeps
+the memory the prune frees for the branches.
 Two backends serve it: `vllm` (vLLM's engine, the default) and `native` (this project's own
 batch-invariant engine, for exact pairing)."""
 import argparse
@@ -58,6 +62,7 @@ class AdvanceResult:
     capacity_tokens: int = 0
     step_seconds: list[float] = field(default_factory=list)  # of the shared steps this session took part in
     step_rows: list[int] = field(default_factory=list)  # this session's rows in each
+    prune_seconds: float = 0.0  # of the prune that `keep` asked for
 
 
 @dataclass(frozen=True)
@@ -68,11 +73,11 @@ class Pruned:
     capacity_tokens: int
 
 
-
 class BackendSession(Protocol):
     async def start(self) -> Started: ...
 
-    async def advance(self, until_tokens: int) -> AdvanceResult: ...
+    async def advance(self, until_tokens: int, keep: list[int] = (), fork_from: list[int] = ()) -> AdvanceResult:
+        """Raises FieldError naming `keep` or `fork_from`, or Overloaded when branches need memory that is not free."""
 
     async def prune(self, keep: list[int]) -> Pruned: ...
 

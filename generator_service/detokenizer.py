@@ -7,6 +7,7 @@ adds to the text of `tokens[prefix_offset:read_offset]` (the tokens already sent
 offsets move only to a token after which the text is whole; a cut character ("\\ufffd" at the end)
 waits for its other bytes, and the tokens before it are sent. Each call decodes the new tokens and
 the last delta's tokens, never the whole sequence."""
+import copy
 
 _INCOMPLETE = "\ufffd"  # what a tokenizer prints for a UTF-8 sequence cut in the middle
 _LOOK_BACK = 4  # a character's bytes come in at most four tokens
@@ -52,6 +53,13 @@ class IncrementalDetokenizer:
             if not text.endswith(_INCOMPLETE):
                 return self._send(text, end)
         return ""
+
+    def branch(self) -> "IncrementalDetokenizer":
+        """A detokenizer at this one's point that then goes on alone: a branch's text continues the
+        text its parent had sent, held-back tokens included."""
+        twin = copy.copy(self)
+        twin._window = list(self._window)
+        return twin
 
     def finish(self) -> str:
         """The text held back, cut characters included; call once, after the last tokens."""

@@ -15,8 +15,8 @@ class NativeSession:
     async def start(self) -> Started:
         return await asyncio.wrap_future(self.session.start())
 
-    async def advance(self, until_tokens: int) -> AdvanceResult:
-        return await asyncio.wrap_future(self.session.advance(until_tokens))
+    async def advance(self, until_tokens: int, keep: list[int] = (), fork_from: list[int] = ()) -> AdvanceResult:
+        return await asyncio.wrap_future(self.session.advance(until_tokens, keep, fork_from))
 
     async def prune(self, keep: list[int]) -> Pruned:
         return await asyncio.wrap_future(self.session.prune(keep))

@@ -51,12 +51,15 @@ class GeneratorServicer(generator_pb2_grpc.GeneratorServicer):
             async for command in request_iterator:
                 kind = command.WhichOneof("command")
                 if kind == "advance":
-                    if command.advance.keep:
-                        await self._prune(session, command.advance.keep)
-                    result = await session.advance(command.advance.until_tokens)
+                    advance = command.advance
+                    result = await session.advance(advance.until_tokens, list(advance.keep), list(advance.fork_from))
+                    if advance.keep:
+                        metrics.PRUNE_SECONDS.labels(metrics.SERVICE).observe(result.prune_seconds)
                     yield pb.SessionEvent(advanced=advanced_message(result))
                 elif kind == "prune":
-                    yield pb.SessionEvent(pruned=pruned_message(await self._prune(session, command.prune.keep)))
+                    pruned = await session.prune(list(command.prune.keep))
+                    metrics.PRUNE_SECONDS.labels(metrics.SERVICE).observe(pruned.prune_seconds)
+                    yield pb.SessionEvent(pruned=pruned_message(pruned))
                 else:
                     raise FieldError("command", f"`{kind}` is only allowed first")
         except asyncio.CancelledError:
@@ -64,9 +67,3 @@ class GeneratorServicer(generator_pb2_grpc.GeneratorServicer):
             raise
         finally:
             session.close()
-
-    @staticmethod
-    async def _prune(session, keep):
-        pruned = await session.prune(list(keep))
-        metrics.PRUNE_SECONDS.labels(metrics.SERVICE).observe(pruned.prune_seconds)
-        return pruned

@@ -11,6 +11,7 @@ import torch
 
 from common.errors import FieldError
 from .backend import AdvanceResult, Pruned, SequenceUpdate, Started
+from .branching import fork_reservation
 from .decoder import CausalDecoder
 from .detokenizer import IncrementalDetokenizer
 from .kv_cache import RowKVCache
@@ -29,6 +30,10 @@ class _Sequence:
     tokens: list[int] = field(default_factory=list)
     finish_reason: str = ""
     finish_reported: bool = False  # the client was told how it ended (or ended it by a prune)
+
+    def branch(self) -> "_Sequence":
+        """A new sequence that continues this one's tokens and the text already reported."""
+        return _Sequence(self.detokenizer.branch(), list(self.tokens))
 
 
 @dataclass
@@ -66,6 +71,7 @@ class Session:
         self._eos_tensor = torch.tensor(sorted(self.eos_ids), dtype=torch.long, device=decoder.device)
         self.bytes_per_token = decoder.kv_bytes_per_token()
         self.reservation_tokens = request.reservation_tokens  # kept by admission.Admission
+        self.initial_reservation_tokens = request.reservation_tokens  # what branches may grow back to
         self.admitted = False
         self.arrived = time.perf_counter()
         self.admitted_at = 0.0
@@ -89,11 +95,14 @@ class Session:
         """Answered once the session is admitted, its prompt prefilled and every row's first token sampled."""
         return self._started
 
-    def advance(self, until_tokens: int = 0) -> "Future[AdvanceResult]":
-        """Decode until the running rows hold `until_tokens` tokens (0: until the reservation is
-        full), every row has finished, or max_new_tokens is reached."""
+    def advance(self, until_tokens: int = 0, keep: list[int] = (), fork_from: list[int] = ()) -> "Future[AdvanceResult]":
+        """Drop the running sequences not in `keep` (when given), branch one new sequence from each
+        of `fork_from`, then decode until the running rows hold `until_tokens` tokens (0: until the
+        reservation is full), every row has finished, or max_new_tokens is reached. One command of
+        the loop: what the prune frees is still there for the branches."""
         future = _running_future()
-        self.loop.submit(self, lambda: self._begin_advance(until_tokens, future), future)
+        keep, fork_from = list(keep), list(fork_from)
+        self.loop.submit(self, lambda: self._begin_advance(until_tokens, keep, fork_from, future), future)
         return future
 
     def prune(self, keep: list[int]) -> "Future[Pruned]":
@@ -203,11 +212,31 @@ class Session:
         self.prefix = None
         self.cache.release()
 
-    def _begin_advance(self, until_tokens: int, future: Future) -> None:
+    def _begin_advance(self, until_tokens: int, keep: list[int], fork_from: list[int], future: Future) -> None:
         if self._advance is not None or not self._started.done():
             raise FieldError("command", "one command at a time, after the session has started")
+        began = time.perf_counter()
+        prune_seconds = self._prune(keep).prune_seconds if keep else 0.0
+        if fork_from:
+            self._fork(fork_from)
         target = min(until_tokens or self.max_new_tokens, self.max_new_tokens)
-        self._advance = _Advance(future, target, self.unreported_indices, time.perf_counter())
+        self._advance = _Advance(future, target, self.unreported_indices, began)
+        self._advance.result.prune_seconds = prune_seconds
+
+    def _fork(self, parents: list[int]) -> None:
+        """Branch a new sequence (the next index) from each running sequence in `parents`: its row
+        copies the parent's row of keys/values (the prompt's stay shared); finished rows go."""
+        running = self.running_indices
+        self.loop.admission.grow(self, fork_reservation(
+            parents, running, n=self.n, prompt_tokens=self.prompt_length, max_new_tokens=self.max_new_tokens,
+            reservation_tokens=self.reservation_tokens, initial_reservation_tokens=self.initial_reservation_tokens,
+            bytes_per_token=self.bytes_per_token, position=self.position))
+        row_of = {index: row for row, index in enumerate(self.row_index.tolist())}
+        first_new = len(self.sequences)
+        self.sequences += [self.sequences[parent].branch() for parent in parents]
+        device = self.row_index.device
+        rows = torch.tensor([row_of[i] for i in running + parents], device=device)
+        self._take_rows(rows, torch.tensor(running + list(range(first_new, len(self.sequences))), device=device))
 
     def _prune(self, keep: list[int]) -> Pruned:
         if self._advance is not None or not self._started.done():
@@ -255,13 +284,17 @@ class Session:
         survivors grow into the room of the session's reservation, and what they can never use
         (beyond max_new_tokens each) goes back to the shared pool."""
         keep = keep_mask.nonzero().flatten()
-        rows = keep.shape[0]
-        self.loop.admission.shrink(self, min(self.reservation_tokens, self.prompt_length + rows * self.max_new_tokens))
-        self.capacity = self._capacity(rows)
-        self.cache.keep(keep, max(self.position - 1, 0), self.capacity)
-        self.last_tokens = self.last_tokens[keep]
-        self.row_index = self.row_index[keep]
-        self.row_running = self.row_running[keep]
+        self._take_rows(keep, self.row_index[keep])
+
+    def _take_rows(self, rows: torch.Tensor, row_index: torch.Tensor) -> None:
+        """The rows `rows` (indices, a row may come twice) become the batch, sequences `row_index`."""
+        count = rows.shape[0]
+        self.loop.admission.shrink(self, min(self.reservation_tokens, self.prompt_length + count * self.max_new_tokens))
+        self.capacity = self._capacity(count)
+        self.cache.keep(rows, max(self.position - 1, 0), self.capacity)
+        self.last_tokens = self.last_tokens[rows]
+        self.row_index = row_index
+        self.row_running = self.row_running[rows]
 
     def _commit(self, steps: list[torch.Tensor]) -> None:
         """Append sampled tokens (one tensor per step, aligned with the rows) to the sequences and

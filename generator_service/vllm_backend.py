@@ -5,7 +5,9 @@ from (seed, index), so a run is reproducible where vLLM's kernels are; prefix ca
 prompt's KV blocks between them. vLLM decodes every candidate continuously to max_new_tokens:
 advance(until) answers once each running candidate has `until` tokens and reports exactly those,
 keeping what a candidate decoded beyond them for the next advance (candidates run ahead while
-the coordinator scores); prune aborts the rejected requests, which frees their blocks at once.
+the coordinator scores); prune aborts the rejected requests, which frees their blocks at once. A
+branch (refill) is one more request whose prompt is the prompt plus the tokens its parent had
+reported, served from the prefix cache, seeded from (seed, its new index).
 Admission and memory-driven decision points use the same per-session reservation as the native
 backend, over vLLM's own KV-cache pool."""
 import asyncio
@@ -20,6 +22,7 @@ from common.models import choose_device, choose_dtype, resolve_cpu_threads, reso
 from . import metrics
 from .admission import Admission
 from .backend import AdvanceResult, ModelInfo, Pruned, SequenceUpdate, Started
+from .branching import fork_reservation
 from .detokenizer import IncrementalDetokenizer
 from .planner import MemoryPlanner
 from .request_plan import InputLimits, RequestRules, SessionRequest
@@ -46,6 +49,7 @@ class _Candidate:
     finish_reason: str = ""  # how vLLM ended it: "stop", "length", "abort"
     reported: int = 0  # tokens the client has heard of
     reported_finish: str = ""  # the end the client has heard of ("rejected" after a prune)
+    inherited: int = 0  # a branch's first tokens, its parent's: part of its vLLM request's prompt
 
     @property
     def open(self) -> bool:
@@ -55,7 +59,7 @@ class _Candidate:
 
 class VllmSession:
     def __init__(self, backend: "VllmBackend", request: SessionRequest, session_id: int):
-        self.backend, self.request = backend, request
+        self.backend, self.request, self.session_id = backend, request, session_id
         self.n, self.max_new_tokens = request.n, request.max_new_tokens
         self.prompt_length = len(request.prompt_ids)
         # What admission.Admission reads and writes.
@@ -89,10 +93,17 @@ class VllmSession:
         finally:
             self._busy = False
 
-    async def advance(self, until_tokens: int) -> AdvanceResult:
+    async def advance(self, until_tokens: int, keep: list[int] = (), fork_from: list[int] = ()) -> AdvanceResult:
         self._begin_command(started=True)
         try:
             began = time.perf_counter()
+            if keep:
+                await self._prune(list(keep))
+            prune_seconds = time.perf_counter() - began
+            if fork_from:
+                self._fork(list(fork_from))
+            if keep or fork_from:
+                self.backend.admit_waiting()
             wanted = min(until_tokens or self.max_new_tokens, self.max_new_tokens)
             target = min(wanted, self.capacity)  # the session's reservation bounds it, as on every backend
             reporting = [i for i, c in enumerate(self.candidates) if c.open]
@@ -106,7 +117,7 @@ class VllmSession:
                 decoded_tokens=decoded, decode_seconds=time.perf_counter() - began,
                 memory_full=target < wanted and bool(running),
                 position=max((c.reported for c in running), default=target),
-                kv_cache_bytes=self.kv_cache_bytes, capacity_tokens=self.capacity)
+                kv_cache_bytes=self.kv_cache_bytes, capacity_tokens=self.capacity, prune_seconds=prune_seconds)
         finally:
             self._busy = False
 
@@ -114,20 +125,8 @@ class VllmSession:
         self._begin_command(started=True)
         try:
             began = time.perf_counter()
-            running = {i for i, c in enumerate(self.candidates) if c.open}
-            unknown = sorted(set(keep) - running)
-            if unknown:
-                raise FieldError("keep", f"indices {unknown} are not running sequences of this session")
-            rejected = sorted(running - set(keep))
-            for index in rejected:
-                self.candidates[index].reported_finish = "rejected"
-            await self._abort([self.candidates[i] for i in rejected])
-            survivors = len(running) - len(rejected)
-            if rejected:
-                self.backend.admission.shrink(self, min(self.reservation_tokens,
-                                                        self.prompt_length + survivors * self.max_new_tokens))
-                self.capacity = self._capacity(survivors)
-                self.backend.admit_waiting()
+            survivors = await self._prune(keep)
+            self.backend.admit_waiting()
             return Pruned(survivors, self.kv_cache_bytes, time.perf_counter() - began, self.capacity)
         finally:
             self._busy = False
@@ -158,6 +157,41 @@ class VllmSession:
 
     # Internals.
 
+    async def _prune(self, keep: list[int]) -> int:
+        """Abort the running candidates not in `keep` and shrink the reservation to what the
+        survivors can use (the caller lets waiting sessions in); returns how many survive."""
+        running = {i for i, c in enumerate(self.candidates) if c.open}
+        unknown = sorted(set(keep) - running)
+        if unknown:
+            raise FieldError("keep", f"indices {unknown} are not running sequences of this session")
+        rejected = sorted(running - set(keep))
+        for index in rejected:
+            self.candidates[index].reported_finish = "rejected"
+        await self._abort([self.candidates[i] for i in rejected])
+        survivors = len(running) - len(rejected)
+        if rejected:
+            self.backend.admission.shrink(self, min(self.reservation_tokens,
+                                                    self.prompt_length + survivors * self.max_new_tokens))
+            self.capacity = self._capacity(survivors)
+        return survivors
+
+    def _fork(self, parents: list[int]) -> None:
+        """A new candidate (the next index) per parent, continuing the tokens the parent reported."""
+        running = [i for i, c in enumerate(self.candidates) if c.open]
+        self.backend.admission.grow(self, fork_reservation(
+            parents, running, n=self.n, prompt_tokens=self.prompt_length, max_new_tokens=self.max_new_tokens,
+            reservation_tokens=self.reservation_tokens, initial_reservation_tokens=self.request.reservation_tokens,
+            bytes_per_token=self.backend.bytes_per_token,
+            position=max(self.candidates[i].reported for i in running)))
+        self.capacity = self._capacity(len(running) + len(parents))
+        for parent in parents:
+            index, source = len(self.candidates), self.candidates[parent]
+            branch = _Candidate(f"s{self.session_id}-{index}", source.detokenizer.branch(),
+                                tokens=source.tokens[:source.reported], reported=source.reported,
+                                inherited=source.reported)
+            self.candidates.append(branch)
+            self._tasks.append(asyncio.create_task(self._decode(branch, index)))
+
     def _begin_command(self, started: bool = False) -> None:
         if self._busy or (started and not self._tasks):
             raise FieldError("command", "one command at a time, after the session has started")
@@ -176,7 +210,7 @@ class VllmSession:
         return planner.capacity(self.prompt_length, rows, self.max_new_tokens)
 
     async def _wait_until(self, reached, indices: list[int] | None = None) -> None:
-        chosen = [self.candidates[i] for i in (range(self.n) if indices is None else indices)]
+        chosen = [self.candidates[i] for i in (range(len(self.candidates)) if indices is None else indices)]
         while True:
             self._check_open()
             if all(reached(c) for c in chosen):
@@ -200,10 +234,11 @@ class VllmSession:
 
     async def _decode(self, candidate: _Candidate, index: int) -> None:
         """Feed one vLLM request's tokens into `candidate` as they come."""
-        params = self.backend.sampling_params(self.request, index)
+        params = self.backend.sampling_params(self.request, index, candidate.inherited)
+        prompt = self.request.prompt_ids + candidate.tokens[:candidate.inherited]
         try:
             async for output in self.backend.engine.generate(
-                    {"prompt_token_ids": self.request.prompt_ids}, params, request_id=candidate.request_id):
+                    {"prompt_token_ids": prompt}, params, request_id=candidate.request_id):
                 completion = output.outputs[0]
                 candidate.tokens.extend(completion.token_ids)
                 metrics.TOKENS.labels(metrics.SERVICE).inc(len(completion.token_ids))
@@ -294,14 +329,15 @@ class VllmBackend:
         self._sessions.discard(session)
         self.admit_waiting()
 
-    def sampling_params(self, request: SessionRequest, index: int):
+    def sampling_params(self, request: SessionRequest, index: int, inherited: int):
+        """Candidate `index`'s; a branch's request writes the response tokens beyond the `inherited` ones."""
         from vllm import SamplingParams
         from vllm.sampling_params import RequestOutputKind
 
         sampling = request.sampling
         return SamplingParams(
             n=1, temperature=sampling.temperature, top_p=sampling.top_p, top_k=sampling.top_k,
-            seed=candidate_seed(sampling.seed, index), max_tokens=request.max_new_tokens,
+            seed=candidate_seed(sampling.seed, index), max_tokens=request.max_new_tokens - inherited,
             ignore_eos=not request.stop_at_eos, detokenize=False, output_kind=RequestOutputKind.DELTA)
 
     def active_sessions(self) -> int:
