@@ -143,8 +143,9 @@ class GeneratorSession:
     async def start(self, start: generator_pb2.StartSession) -> generator_pb2.SessionStarted:
         return (await self._send(generator_pb2.SessionCommand(start=start))).started
 
-    async def advance(self, until_tokens: int, keep: list[int]) -> generator_pb2.Advanced:
-        command = generator_pb2.SessionCommand(advance=generator_pb2.Advance(until_tokens=until_tokens, keep=keep))
+    async def advance(self, until_tokens: int, keep: list[int], fork_from: list[int]) -> generator_pb2.Advanced:
+        command = generator_pb2.SessionCommand(advance=generator_pb2.Advance(until_tokens=until_tokens, keep=keep,
+                                                                             fork_from=fork_from))
         return (await self._send(command)).advanced
 
     async def close(self) -> None:

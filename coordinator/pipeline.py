@@ -6,7 +6,11 @@ over gRPC (coordinator.clients) or, in the benchmark, in process (bench.shared.p
 With `score_ahead_tokens`, the candidates' text is also sent to the reward model every that many
 tokens between decision points, while decoding goes on: the reward stream then already holds
 their keys/values, and a decision point waits only for the tokens decoded since the last send. The
-decisions are the same either way; only when the reward model's work happens changes."""
+decisions are the same either way; only when the reward model's work happens changes.
+
+With `refill`, each decision point also names branches of the best running survivors
+(coordinator.refill) for the rows its rejections freed; they ride on the next advance with the
+keep list, and a branch's text begins with its parent's text at the fork."""
 import asyncio
 import logging
 import time
@@ -17,7 +21,7 @@ from opentelemetry import trace
 
 from common import errors
 from specrej.v1 import coordinator_pb2 as pb, generator_pb2, reward_pb2
-from . import schedule
+from . import refill, schedule
 from .request import Plan
 
 log = logging.getLogger(__name__)
@@ -28,8 +32,9 @@ class GeneratorPort(Protocol):
     """One generator session."""
 
     async def start(self, start: generator_pb2.StartSession) -> generator_pb2.SessionStarted: ...
-    async def advance(self, until_tokens: int, keep: list[int]) -> generator_pb2.Advanced:
-        """Decode to `until_tokens`; a non-empty `keep` first drops every other running candidate."""
+    async def advance(self, until_tokens: int, keep: list[int], fork_from: list[int]) -> generator_pb2.Advanced:
+        """Decode to `until_tokens`; a non-empty `keep` first drops every other running candidate,
+        then each index in `fork_from` gets a branch (the session's next indices, in order)."""
 
 
 class RewardPort(Protocol):
@@ -45,10 +50,16 @@ class _Candidate:
     text: str = ""
     num_tokens: int = 0
     finish_reason: str = ""
+    inherited_tokens: int = 0  # a branch's tokens from its parent, decoded once, by the parent
 
     @property
     def finished(self) -> bool:
         return bool(self.finish_reason)
+
+    @property
+    def decoded_tokens(self) -> int:
+        """Tokens decoded for this candidate alone; an initial one sampled its first at prefill."""
+        return max(self.num_tokens, 1) - self.inherited_tokens
 
 
 @dataclass
@@ -105,11 +116,12 @@ class Pipeline:
         self.started: generator_pb2.SessionStarted | None = None
         self.candidates: dict[int, _Candidate] = {}
         self._keep: list[int] = []  # running candidates a decision point kept, for the next advance
+        self._fork_from: list[int] = []  # parents of the branches a decision point made, likewise
 
     @property
     def decoded_tokens(self) -> int:
         """Tokens decoded so far over all candidates; each sampled its first token at prefill."""
-        return sum(max(c.num_tokens, 1) for c in self.candidates.values())
+        return sum(c.decoded_tokens for c in self.candidates.values())
 
     async def _timed_generator(self, call, *args):
         began = time.perf_counter()
@@ -175,8 +187,8 @@ class Pipeline:
                 stop = plan.schedule.next_stop(position, plan.max_new_tokens)
                 with tracer.start_as_current_span("decode"):
                     advanced = await self._timed_generator(self.generator.advance, self._advance_to(position, stop),
-                                                           self._keep)
-                self._keep = []
+                                                           self._keep, self._fork_from)
+                self._keep, self._fork_from = [], []
                 position = advanced.position
                 for update in advanced.sequences:
                     candidate = self.candidates[update.index]
@@ -216,15 +228,27 @@ class Pipeline:
         if any(not c.finished for c in decision.rejected):
             # The prune rides on the next advance: one round trip per decision point.
             self._keep = [c.index for c in decision.kept if not c.finished]
+        if self.plan.refill:
+            self._branch(live, [c.index for c in decision.kept if not c.finished])
         record = pb.Round(
             token_position=position, active_before=len(ranked), kept=len(decision.kept),
             rejected=len(decision.rejected), cutoff_score=decision.cutoff_score,
             finished_kept=sum(c.finished for c in decision.kept),
             trigger=schedule.MEMORY if advanced.memory_full else self.plan.schedule.trigger,
             generate_seconds=self.clock.generate - round_began[0], score_seconds=self.clock.score - round_began[1],
+            branched=len(self._fork_from),
         )
         self.rounds.append(record)
         return record
+
+    def _branch(self, live: dict, survivors: list[int]) -> None:
+        """Branches of the running `survivors` (best first) for the next advance to make: new live
+        candidates with the next indices, each starting from its parent's text and tokens."""
+        self._fork_from = refill.branch_parents(survivors, self.started.n)
+        for parent in map(self.candidates.__getitem__, self._fork_from):
+            branch = _Candidate(len(self.candidates), parent.text, parent.num_tokens,
+                                inherited_tokens=parent.num_tokens)
+            self.candidates[branch.index] = live[branch.index] = branch
 
     async def _result(self, live: dict) -> pb.GenerateResponse:
         finalists = sorted(live.values(), key=lambda c: c.index)
@@ -239,7 +263,7 @@ class Pipeline:
         latency = time.perf_counter() - self.clock.began
         return pb.GenerateResponse(best=chosen[0], ranked=chosen, stats=pb.Stats(
             initial_n=self.started.n, rounds=self.rounds,
-            generated_tokens=sum(c.num_tokens for c in candidates.values()),
+            generated_tokens=sum(c.num_tokens - c.inherited_tokens for c in candidates.values()),
             prompt_tokens=self.started.prompt_tokens, latency_seconds=latency,
             generate_seconds=self.clock.generate, score_seconds=self.clock.score,
             coordinator_seconds=max(0.0, latency - self.clock.generate - self.clock.score),

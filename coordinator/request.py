@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from common.errors import FieldError
 from specrej.v1 import common_pb2
 from specrej.v1 import coordinator_pb2 as pb
-from .schedule import DEFAULT_FIRST_DECISION_TOKENS, AdaptiveRejectionRate, DecisionSchedule
+from .schedule import DEFAULT_FIRST_DECISION_TOKENS, MEMORY, AdaptiveRejectionRate, DecisionSchedule
 
 # At a first decision point of 64 tokens, alpha 0.7 kept Best-of-n0's response on 28 of 30 paired
 # runs while decoding 2.45x fewer tokens; alpha 0.9 decoded 3.04x fewer but kept it on 23 (README,
@@ -48,6 +48,8 @@ class Plan:
     return_top: int
     # Tokens every candidate must be able to decode before the KV cache is full (the generator sizes n by it).
     min_tokens_before_full: int
+    # Branches of the best survivors refill the rows each decision point's rejections freed.
+    refill: bool = False
 
 
 def plan_request(request: pb.GenerateRequest, limits: Limits = Limits()) -> Plan:
@@ -82,11 +84,17 @@ def plan_request(request: pb.GenerateRequest, limits: Limits = Limits()) -> Plan
         raise FieldError("decision_points", "positions must be at least 1")
     first_decision_tokens = (request.first_decision_tokens if request.HasField("first_decision_tokens")
                              else limits.first_decision_tokens)
+    if request.refill and best_of_n:
+        raise FieldError("refill", "branches refill what decision points reject; BEST_OF_N has none")
     alpha = 0.0 if best_of_n else alpha
     if request.adaptive_rejection and not best_of_n:
         alpha = AdaptiveRejectionRate(alpha)
     schedule = DecisionSchedule(every_tokens=request.decision_every_tokens, points=tuple(points), enabled=not best_of_n,
                                 first_tokens=first_decision_tokens)
+    if request.refill and schedule.trigger == MEMORY:
+        # A refilled batch keeps its width, so its KV cache would be full again at once.
+        raise FieldError("refill", "needs decision points at token positions (decision_every_tokens, decision_points "
+                                   "or first_decision_tokens > 0), not memory-driven ones alone")
     return Plan(
         messages=messages,
         n=request.n,
@@ -99,8 +107,10 @@ def plan_request(request: pb.GenerateRequest, limits: Limits = Limits()) -> Plan
         seed=request.seed if request.HasField("seed") else secrets.randbits(63),
         schedule=schedule,
         return_top=max(1, request.return_top),
+        # A refilled batch stays n wide to the end, so no decision point frees memory for good.
         min_tokens_before_full=schedule.min_tokens_before_full(request.max_new_tokens, limits.memory_round_tokens,
-                                                               rejecting=alpha > 0),
+                                                               rejecting=alpha > 0 and not request.refill),
+        refill=request.refill,
     )
 
 

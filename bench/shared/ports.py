@@ -51,10 +51,8 @@ class InProcessSession:
         self.session = open_from_start(self.engine, start, self.kv_budget_tokens)
         return started_message(await asyncio.wrap_future(self.session.start()))
 
-    async def advance(self, until_tokens: int, keep: list[int]) -> generator_pb2.Advanced:
-        if keep:
-            await asyncio.wrap_future(self.session.prune(list(keep)))
-        return advanced_message(await asyncio.wrap_future(self.session.advance(until_tokens)))
+    async def advance(self, until_tokens: int, keep: list[int], fork_from: list[int]) -> generator_pb2.Advanced:
+        return advanced_message(await asyncio.wrap_future(self.session.advance(until_tokens, keep, fork_from)))
 
     def close(self) -> None:
         if self.session is not None:

@@ -14,7 +14,7 @@ from specrej.v1 import generator_pb2, reward_pb2
 
 class ScriptedGenerator:
     """Candidate i writes the letter 'a' + i once per token and finishes ("stop") after
-    `lengths[i]` tokens; records every command."""
+    `lengths[i]` tokens; a branch continues its parent's tokens and length. Records every command."""
 
     def __init__(self, lengths: list[int], memory_full_at: int | None = None):
         self.lengths, self.memory_full_at = lengths, memory_full_at
@@ -27,10 +27,17 @@ class ScriptedGenerator:
         self.commands.append(("start", start.n, start.min_tokens_before_full))
         return generator_pb2.SessionStarted(n=len(self.lengths), prompt_tokens=7, prefill_seconds=0.01)
 
-    async def advance(self, until_tokens: int, keep: list[int]) -> generator_pb2.Advanced:
+    async def advance(self, until_tokens: int, keep: list[int], fork_from: list[int]) -> generator_pb2.Advanced:
         if keep:
             self.commands.append(("prune", sorted(keep)))
             self.running &= set(keep)
+        if fork_from:
+            self.commands.append(("fork", list(fork_from)))
+            for parent in fork_from:
+                assert parent in self.running
+                self.running.add(len(self.lengths))
+                self.lengths.append(self.lengths[parent])
+                self.reported.append(self.reported[parent])
         self.commands.append(("advance", until_tokens))
         await asyncio.sleep(0)  # as a call over the network does, let other tasks run
         target = until_tokens or self.memory_full_at or max(self.lengths)
@@ -91,6 +98,38 @@ def test_each_decision_point_keeps_the_best_half_and_prunes_the_rest_on_the_gene
     # Decoded: 8 candidates to 5 tokens, 4 to 10, 2 to 15, 1 to 20.
     assert result.stats.generated_tokens == pipeline.decoded_tokens == 4 * 5 + 2 * 10 + 15 + 20
     assert result.stats.scored_tokens == sum(len(text) for call in reward.calls for text in call)
+
+
+def test_without_refill_the_generator_is_never_asked_for_branches():
+    generator = ScriptedGenerator([20] * 8)
+    _, events = run(plan(), generator, IndexReward())
+    assert not [c for c in generator.commands if c[0] == "fork"]
+    assert [r.branched for r in events[:-1]] == [0, 0, 0]
+
+
+def test_refill_branches_the_best_running_survivors_back_up_to_n():
+    generator = ScriptedGenerator([20] * 8)
+    pipeline, events = run(plan(refill=True), generator, IndexReward())
+    rounds, result = events[:-1], events[-1]
+    assert [r.branched for r in rounds] == [4, 4, 4]
+    assert [r.active_before for r in rounds] == [8, 8, 8]
+    # Round 1 keeps 7, 6, 5, 4 (best first) and branches each once: 8 to 11. A branch scores as its
+    # parent (its text begins with the parent's), ties going to the lower index: 7, 8, 6, 9 are kept.
+    forks = [c[1] for c in generator.commands if c[0] == "fork"]
+    assert forks[:2] == [[7, 6, 5, 4], [7, 8, 6, 9]]
+    assert pipeline.candidates[8].text == "h" * 5 + "i" * 15
+    assert result.best.index == 7 and result.best.text == "h" * 20
+    # Eight rows decode all the way: the branches' inherited tokens are not counted again.
+    assert result.stats.generated_tokens == pipeline.decoded_tokens == 8 * 20
+
+
+def test_finished_candidates_are_never_branched():
+    # 7 (the best) finishes at 3 tokens: the survivors it beats are branched, never it.
+    generator = ScriptedGenerator([20] * 7 + [3])
+    _, events = run(plan(refill=True), generator, IndexReward())
+    forks = [c[1] for c in generator.commands if c[0] == "fork"]
+    assert forks and all(7 not in parents for parents in forks)
+    assert forks[0] == [6, 5, 4, 6, 5]  # 8 live - 4 rejected - 1 finished = 3 running, refilled to 8
 
 
 def test_the_first_decision_point_sizes_the_session_and_best_of_n_needs_room_for_everything():
