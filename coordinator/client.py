@@ -45,6 +45,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                              "is full [default: the coordinator's]")
     parser.add_argument("--adaptive-rejection", action="store_true",
                         help="reject at least the rejection rate, more when the partial rewards stand far apart")
+    parser.add_argument("--refill", action="store_true",
+                        help="after each decision point, branch the best running survivors into the rows the "
+                             "rejected freed, up to --n running")
     parser.add_argument("--decision-points", type=int, nargs="*", default=[], help="explicit token positions")
     parser.add_argument("--return-top", type=int, default=1, help="ranked candidates to print")
     parser.add_argument("--timeout", type=float, default=600.0, help="deadline in seconds, retries included")
@@ -59,14 +62,15 @@ def request_fields(args) -> dict:
         top_k=args.top_k, decision_every_tokens=args.decision_every, decision_points=args.decision_points,
         return_top=args.return_top, rejection_rate=args.rejection_rate, temperature=args.temperature,
         top_p=args.top_p, seed=args.seed, first_decision_tokens=args.first_decision_tokens,
-        adaptive_rejection=args.adaptive_rejection,
+        adaptive_rejection=args.adaptive_rejection, refill=args.refill,
     )
 
 
 def print_round(round_: pb.Round) -> None:
     print(f"decision point at token {round_.token_position:4d} ({round_.trigger}): "
           f"{round_.active_before} ranked, {round_.kept} kept, {round_.rejected} rejected, "
-          f"cutoff {round_.cutoff_score:.4f}", flush=True)
+          f"cutoff {round_.cutoff_score:.4f}" + (f", {round_.branched} branched" if round_.branched else ""),
+          flush=True)
 
 
 def print_result(result: pb.GenerateResponse) -> None:
