@@ -3,22 +3,21 @@ parent's keys/values, and its memory comes out of the session's reservation in t
 import pytest
 import torch
 
+from common.errors import Overloaded
 from generator_service.engine import GeneratorEngine
 from generator_service.sampling import SamplingParams
 from tests.generator.scripted import POEM as MESSAGES, WAIT, close_and_wait
 
-PROMPT_FREE_BUDGET = 8 * 1024**2
-
-
 @pytest.fixture(scope="module")
 def engine(tiny_model_dir):
-    engine = GeneratorEngine(str(tiny_model_dir), device="cpu", kv_cache_budget=PROMPT_FREE_BUDGET, max_batch_size=16)
+    engine = GeneratorEngine(str(tiny_model_dir), device="cpu", kv_cache_budget=1024**2, max_batch_size=16)
     yield engine
     engine.shutdown()
 
 
-def open_session(engine, n=6, max_new_tokens=20):
-    return engine.open_session(MESSAGES, n=n, max_new_tokens=max_new_tokens, min_tokens_before_full=max_new_tokens,
+def open_session(engine, n=6, max_new_tokens=20, min_tokens_before_full=None):
+    return engine.open_session(MESSAGES, n=n, max_new_tokens=max_new_tokens,
+                               min_tokens_before_full=min_tokens_before_full or max_new_tokens,
                                sampling=SamplingParams(temperature=1.0, seed=5))
 
 
@@ -77,4 +76,22 @@ def test_branches_take_their_memory_from_the_pool_within_the_first_reservation(e
         assert session.cache.bytes <= (session.reservation_tokens - session.prompt_length) * session.bytes_per_token
     finally:
         close_and_wait(engine, session)
+    assert engine.admission.free_tokens == budget
+
+
+def test_branches_whose_memory_another_session_took_meanwhile_are_resource_exhausted(engine):
+    budget = engine.admission.budget_tokens
+    first = open_session(engine, n=8, max_new_tokens=100)
+    try:
+        first.start().result(WAIT)
+        first.advance(4).result(WAIT)
+        first.prune([0, 1]).result(WAIT)  # gives back what six rows would have used
+        room = engine.admission.free_tokens - first.prompt_length
+        second = open_session(engine, n=16, max_new_tokens=room // 16)
+        second.start().result(WAIT)
+        with pytest.raises(Overloaded, match="^fork_from: "):
+            first.advance(8, fork_from=[0, 1]).result(WAIT)
+        close_and_wait(engine, second)
+    finally:
+        close_and_wait(engine, first)
     assert engine.admission.free_tokens == budget

@@ -114,6 +114,35 @@ def test_an_advance_carrying_a_keep_list_prunes_first_in_the_same_round_trip(eng
     assert error.code() == grpc.StatusCode.INVALID_ARGUMENT and error.details().startswith("keep:")
 
 
+def test_an_advance_carrying_fork_from_branches_after_the_prune_and_refuses_a_parent_not_running(engine):
+    def advance(until, keep=(), fork_from=()):
+        return pb.SessionCommand(advance=pb.Advance(until_tokens=until, keep=keep, fork_from=fork_from))
+
+    seen = {}
+
+    async def scenario(stub):
+        call = stub.Session()
+        await call.write(start(n=4, max_new_tokens=40))
+        await call.read()
+        await call.write(advance(8))
+        running = [u.index for u in (await call.read()).advanced.sequences if not u.finish_reason]
+        seen["parent"], seen["rejected"] = running[0], running[-1]
+        await call.write(advance(16, running[:1], [running[0]] * 3))
+        seen["second"] = (await call.read()).advanced
+        await call.write(advance(24, (), [seen["rejected"]]))
+        with pytest.raises(grpc.aio.AioRpcError) as error:
+            await call.read()
+        seen["error"] = error.value
+        await asyncio.to_thread(wait_until, lambda: not engine.sessions)
+
+    serve(engine, scenario)
+    second, error = seen["second"], seen["error"]
+    assert sorted(u.index for u in second.sequences) == [seen["parent"], 4, 5, 6]
+    assert all(u.num_tokens == 16 for u in second.sequences)
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT and error.details().startswith("fork_from:")
+    assert engine.kv_cache_bytes() == 0
+
+
 def handled(code: str) -> float:
     from prometheus_client import REGISTRY
 
