@@ -182,7 +182,7 @@ class VllmSession:
             parents, running, n=self.n, prompt_tokens=self.prompt_length, max_new_tokens=self.max_new_tokens,
             reservation_tokens=self.reservation_tokens, initial_reservation_tokens=self.request.reservation_tokens,
             bytes_per_token=self.backend.bytes_per_token,
-            position=max(self.candidates[i].reported for i in running)))
+            position=max((self.candidates[i].reported for i in running), default=0)))
         self.capacity = self._capacity(len(running) + len(parents))
         for parent in parents:
             index, source = len(self.candidates), self.candidates[parent]
