@@ -34,7 +34,7 @@ def test_public_api_is_compatible_with_the_committed_contract(buf):
 
 
 def test_renumbered_field_is_caught(proto_copy):
-    edit_request(proto_copy, "uint32 max_new_tokens = 6;", "uint32 max_new_tokens = 16;")
+    edit_request(proto_copy, "uint32 max_new_tokens = 6;", "uint32 max_new_tokens = 60;")
     result = contract.breaking(proto_copy)
     assert result.returncode != 0
     assert re.search(r'Previously present field "6" with name "max_new_tokens".*deleted', result.stdout)
