@@ -282,9 +282,14 @@ class VllmBackend:
         self.tokenizer = AutoTokenizer.from_pretrained(path)
         budget = kv_cache_budget or (_CPU_DEFAULT_BUDGET if on_cpu else None)
         block_size = _CPU_BLOCK_SIZE if on_cpu else None
+        max_model_len = _context_within(path, budget, self.dtype, block_size or 16)
+        # vLLM 0.32's CPU build fails its whole engine when a seeded request's prefill is split over
+        # steps (it rewinds a CPU random generator, which has no offset): on CPU, prompts are prefilled
+        # whole, and a step takes up to a full context of prompt tokens.
+        whole_prefills = dict(enable_chunked_prefill=False, max_num_batched_tokens=max_model_len) if on_cpu else {}
         engine_args = AsyncEngineArgs(
             model=path, tokenizer=path, dtype=str(self.dtype).removeprefix("torch."), seed=0,
-            max_model_len=_context_within(path, budget, self.dtype, block_size or 16),
+            max_model_len=max_model_len, **whole_prefills,
             enable_prefix_caching=True, max_num_seqs=max_batch_size, disable_log_stats=True,
             enforce_eager=compile == "off", block_size=block_size,
             kv_cache_memory_bytes=budget,
@@ -363,19 +368,20 @@ def _bind_cpu_threads(threads: int) -> None:
     os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", ",".join(map(str, chosen)))
 
 
-def _context_within(path: str, budget_bytes: int | None, dtype, block_size: int) -> int | None:
-    """The model's context, shortened to what a KV-cache budget holds (vLLM refuses to start when one
-    request of the full context would not fit); None = the model's own."""
+def _context_within(path: str, budget_bytes: int | None, dtype, block_size: int) -> int:
+    """The model's context, shortened to what a KV-cache budget holds, if one is given (vLLM refuses
+    to start when one request of the full context would not fit)."""
     import torch
     from transformers import AutoConfig
 
-    if budget_bytes is None:
-        return None
     config = AutoConfig.from_pretrained(path).get_text_config()
+    if budget_bytes is None:
+        return config.max_position_embeddings
     head_size = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
     kv_heads = getattr(config, "num_key_value_heads", None) or config.num_attention_heads
     per_token = 2 * config.num_hidden_layers * kv_heads * head_size * torch.finfo(dtype).bits // 8
-    fits = budget_bytes // per_token // block_size * block_size
+    # vLLM keeps one block of its pool aside (the null block).
+    fits = (budget_bytes // per_token // block_size - 1) * block_size
     if fits < block_size:
         raise ValueError(f"a KV-cache budget of {budget_bytes} bytes holds less than one block of {block_size} tokens")
     return min(config.max_position_embeddings, fits)

@@ -259,3 +259,22 @@ def test_branches_that_cannot_be_made_are_refused_naming_fork_from(backend, run,
             session.close()
 
     assert run(scenario()).field == "fork_from"
+
+
+def test_a_prompt_longer_than_a_default_prefill_step_is_served(backend, run):
+    """Over 2,048 prompt tokens: vLLM would split the prefill over steps by default, which its CPU
+    build cannot do for seeded requests without failing the whole engine."""
+    long_messages = [{"role": "user", "content": " ".join(f"word{i}" for i in range(700))}]
+
+    async def scenario():
+        session = backend.admit(backend.prepare(long_messages, n=2, max_new_tokens=4, sampling=sampling(seed=9),
+                                                min_tokens_before_full=4))
+        try:
+            started = await session.start()
+            return started, await session.advance(4)
+        finally:
+            session.close()
+
+    started, result = run(scenario())
+    assert started.prompt_tokens > 2048
+    assert [u.num_tokens for u in result.updates] == [4, 4]
