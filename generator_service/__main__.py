@@ -6,6 +6,10 @@ import logging
 from common.flags import add_flag, add_model_service_flags, parse_bytes
 from common.models import prefer_passive_openmp_waits
 
+log = logging.getLogger("generator_service")
+# Calls in flight when the engine fails cannot finish anyway; a short drain tells clients to move.
+ENGINE_FAILURE_GRACE_SECONDS = 5.0
+
 
 def parse_args(argv=None) -> argparse.Namespace:
     # These import torch, which main() imports only after choosing OpenMP's wait policy.
@@ -78,9 +82,23 @@ async def serve(args) -> None:
     common_metrics.register_device_metrics("generator", torch.device(info.device))
     await server.mark_serving()
     try:
-        await server.serve_until_signalled()
+        signalled = asyncio.create_task(server.serve_until_signalled())
+        failed = asyncio.create_task(wait_until_unhealthy(backend))
+        done, _ = await asyncio.wait({signalled, failed}, return_when=asyncio.FIRST_COMPLETED)
+        if failed in done:
+            # Calls would only fail from now on: leave the fleet, so that the orchestrator restarts
+            # this replica and clients move to the others.
+            log.error("the %s engine failed; draining and exiting", args.backend)
+            signalled.cancel()
+            await server.drain(min(args.drain_grace_seconds, ENGINE_FAILURE_GRACE_SECONDS))
+            raise SystemExit(1)
     finally:
         backend.shutdown()
+
+
+async def wait_until_unhealthy(backend, interval: float = 1.0) -> None:
+    while backend.healthy():
+        await asyncio.sleep(interval)
 
 
 if __name__ == "__main__":

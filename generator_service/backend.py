@@ -100,6 +100,9 @@ class GeneratorBackend(Protocol):
 
     def kv_cache_bytes(self) -> int: ...
 
+    def healthy(self) -> bool:
+        """False once the engine can serve no more (its decoding thread or process is gone)."""
+
     def shutdown(self) -> None: ...
 
 

@@ -48,5 +48,8 @@ class NativeBackend:
     def kv_cache_bytes(self) -> int:
         return self.engine.kv_cache_bytes()
 
+    def healthy(self) -> bool:
+        return self.engine.loop.thread.is_alive()
+
     def shutdown(self) -> None:
         self.engine.shutdown()

@@ -354,6 +354,9 @@ class VllmBackend:
     def kv_cache_bytes(self) -> int:
         return sum(s.kv_cache_bytes for s in self._sessions)
 
+    def healthy(self) -> bool:
+        return self.engine is not None and not self.engine.errored
+
     def shutdown(self) -> None:
         # Dropped here, not at interpreter exit, where vLLM's own finaliser fails on torn-down modules.
         engine, self.engine = self.engine, None

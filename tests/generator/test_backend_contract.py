@@ -278,3 +278,15 @@ def test_a_prompt_longer_than_a_default_prefill_step_is_served(backend, run):
     started, result = run(scenario())
     assert started.prompt_tokens > 2048
     assert [u.num_tokens for u in result.updates] == [4, 4]
+
+
+def test_a_backend_whose_engine_stopped_is_unhealthy_and_the_service_notices(vllm_model_dir, run):
+    from generator_service.__main__ import wait_until_unhealthy
+    from generator_service.engine import GeneratorEngine
+    from generator_service.native_backend import NativeBackend
+
+    backend = NativeBackend(GeneratorEngine(str(vllm_model_dir), **BACKEND_SETTINGS))
+    assert backend.healthy()
+    backend.shutdown()  # its decoding thread ends, as when it fails
+    run(asyncio.wait_for(wait_until_unhealthy(backend, interval=0.05), 10))
+    assert not backend.healthy()
