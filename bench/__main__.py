@@ -133,7 +133,7 @@ def main(argv=None):
     if args.parts == ("engines",):
         from bench.throughput.engines import run_engines_part
 
-        run_engines_part(args)
+        run_engines_part(args, command)
         return None
     import transformers
 

@@ -9,11 +9,12 @@ import sys
 from pathlib import Path
 
 
-def write_figures(module: str, figures: dict, out_dir: str) -> Path:
-    """OUT/NAME.json for the script `python -m MODULE`, NAME being the module's last part."""
+def write_figures(module: str, figures: dict, out_dir: str, command: str | None = None) -> Path:
+    """OUT/NAME.json for the script `python -m MODULE`, NAME being the module's last part; `command`:
+    how it was started, when not as `python -m MODULE` with this process's arguments."""
     path = Path(out_dir) / f"{module.rpartition('.')[2]}.json"
     path.parent.mkdir(parents=True, exist_ok=True)
-    record = {"command": shlex.join(["python", "-m", module, *sys.argv[1:]]),
+    record = {"command": command or shlex.join(["python", "-m", module, *sys.argv[1:]]),
               "machine": f"{platform.machine()}, {os.cpu_count()} cores, {platform.processor() or platform.system()}",
               **figures}
     path.write_text(json.dumps(record, indent=1))

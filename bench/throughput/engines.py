@@ -13,7 +13,6 @@ from dataclasses import dataclass
 
 from bench.shared.figures import write_figures
 from bench.shared.prompts import DEFAULT_PROMPTS, load_prompts
-from bench.throughput.decoding import engine_run, generate_seconds
 from common.chat import prompt_token_ids
 from common.models import resolve_model
 from generator_service.sampling import SamplingParams
@@ -79,6 +78,7 @@ async def measure(args, vllm=None) -> dict:
     """The figures; `vllm`: a VllmBackend already started on args.model (else one is started here)."""
     from transformers import AutoModelForCausalLM
 
+    from bench.throughput.decoding import engine_run, generate_seconds
     from generator_service.engine import GeneratorEngine
     from generator_service.vllm_backend import VllmBackend
 
@@ -150,16 +150,16 @@ def parse_args(argv=None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def main(argv=None) -> None:
+def main(argv=None, command: str | None = None) -> None:
     args = parse_args(argv)
-    write_figures("bench.throughput.engines", asyncio.run(measure(args)), args.out)
+    write_figures("bench.throughput.engines", asyncio.run(measure(args)), args.out, command)
 
 
-def run_engines_part(bench_args: argparse.Namespace) -> None:
+def run_engines_part(bench_args: argparse.Namespace, command: str) -> None:
     """`python -m bench --parts engines`: this benchmark at its defaults, with python -m bench's model,
     device, dtype and output folder."""
     model = ["--model", bench_args.model] if bench_args.model else []
-    main([*model, "--device", bench_args.device, "--dtype", bench_args.dtype, "--out", bench_args.out])
+    main([*model, "--device", bench_args.device, "--dtype", bench_args.dtype, "--out", bench_args.out], command)
 
 
 if __name__ == "__main__":
