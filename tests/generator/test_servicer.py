@@ -87,19 +87,24 @@ def test_a_prompt_over_the_limits_is_invalid_argument_naming_the_field(engine):
     serve(engine, scenario)
 
 
-def test_an_advance_carrying_a_keep_list_prunes_first_in_the_same_round_trip(engine):
-    def advance(until, keep=()):
-        return pb.SessionCommand(advance=pb.Advance(until_tokens=until, keep=keep))
+def advance(until, keep=(), fork_from=()):
+    return pb.SessionCommand(advance=pb.Advance(until_tokens=until, keep=keep, fork_from=fork_from))
 
+
+async def running_after_first_advance(stub):
+    """A session of 4 candidates x 40 tokens advanced to 8: the call and its running indices."""
+    call = stub.Session()
+    await call.write(start(n=4, max_new_tokens=40))
+    await call.read()
+    await call.write(advance(8))
+    return call, [u.index for u in (await call.read()).advanced.sequences if not u.finish_reason]
+
+
+def test_an_advance_carrying_a_keep_list_prunes_first_in_the_same_round_trip(engine):
     seen = {}
 
     async def scenario(stub):
-        call = stub.Session()
-        await call.write(start(n=4, max_new_tokens=40))
-        await call.read()
-        await call.write(advance(8))
-        first = (await call.read()).advanced
-        seen["running"] = [u.index for u in first.sequences if not u.finish_reason]
+        call, seen["running"] = await running_after_first_advance(stub)
         await call.write(advance(16, seen["running"][:1]))
         seen["second"] = (await call.read()).advanced
         await call.write(advance(24, [99]))
@@ -115,17 +120,10 @@ def test_an_advance_carrying_a_keep_list_prunes_first_in_the_same_round_trip(eng
 
 
 def test_an_advance_carrying_fork_from_branches_after_the_prune_and_refuses_a_parent_not_running(engine):
-    def advance(until, keep=(), fork_from=()):
-        return pb.SessionCommand(advance=pb.Advance(until_tokens=until, keep=keep, fork_from=fork_from))
-
     seen = {}
 
     async def scenario(stub):
-        call = stub.Session()
-        await call.write(start(n=4, max_new_tokens=40))
-        await call.read()
-        await call.write(advance(8))
-        running = [u.index for u in (await call.read()).advanced.sequences if not u.finish_reason]
+        call, running = await running_after_first_advance(stub)
         seen["parent"], seen["rejected"] = running[0], running[-1]
         await call.write(advance(16, running[:1], [running[0]] * 3))
         seen["second"] = (await call.read()).advanced
