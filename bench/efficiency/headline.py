@@ -27,17 +27,30 @@ from common.local_stack import Stack
 from common.models import resolve_model
 
 
-async def plain_best_of_n(engine, prompt_ids: list[int], n: int, tokens: int, seed: int, tag: str) -> list[list[int]]:
+async def plain_best_of_n(engine, prompt_ids: list[int], n: int, tokens: int, tag: str) -> list[list[int]]:
+    """n unseeded requests, as a Best-of-N user sends them (vLLM 0.32's CPU build fails on seeded
+    requests whose prefill its default chunking splits)."""
     from vllm import SamplingParams
 
     async def one(index: int) -> list[int]:
-        params = SamplingParams(temperature=1.0, seed=seed * 1000 + index, max_tokens=tokens, detokenize=False)
+        params = SamplingParams(temperature=1.0, max_tokens=tokens, detokenize=False)
         final = None
         async for output in engine.generate({"prompt_token_ids": prompt_ids}, params, request_id=f"{tag}-{index}"):
             final = output
         return list(final.outputs[0].token_ids)
 
     return await asyncio.gather(*(one(i) for i in range(n)))
+
+
+def engine_tokens(metrics_port: int) -> float:
+    """Tokens the generator's engine has decoded (candidates running ahead included), from its /metrics."""
+    import urllib.request
+
+    from prometheus_client.parser import text_string_to_metric_families
+
+    text = urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=10).read().decode()
+    family = next(f for f in text_string_to_metric_families(text) if f.name == "specrej_generator_tokens")
+    return sum(s.value for s in family.samples if s.name == "specrej_generator_tokens_total")
 
 
 def plain_engine(path: str, kv_cache_bytes: int):
@@ -74,18 +87,22 @@ async def run(args, plain=None) -> dict:
                 prompt_ids = prompt_token_ids(tokenizer, messages)
 
                 async def speculative_rejection():
+                    tokens_before = engine_tokens(stack.generator.metrics_port)
                     began = time.perf_counter()
                     answer = await asyncio.to_thread(
                         coordinator.Generate, coordinator_pb2.GenerateRequest(
                             prompt=prompt.text, n=args.n, max_new_tokens=args.max_new_tokens, seed=seed),
                         timeout=3600)
-                    return {"seconds": time.perf_counter() - began, "score": answer.best.score,
-                            "decoded": answer.stats.generated_tokens, "text": answer.best.text}
+                    seconds = time.perf_counter() - began
+                    await asyncio.sleep(1)  # candidates aborted at the end report their last tokens
+                    return {"seconds": seconds, "score": answer.best.score,
+                            "decoded": answer.stats.generated_tokens,
+                            "engine_decoded": engine_tokens(stack.generator.metrics_port) - tokens_before,
+                            "text": answer.best.text}
 
                 async def best_of_n():
                     began = time.perf_counter()
-                    rows = await plain_best_of_n(engine, prompt_ids, args.n, args.max_new_tokens, seed,
-                                                 f"bon-{turn}")
+                    rows = await plain_best_of_n(engine, prompt_ids, args.n, args.max_new_tokens, f"bon-{turn}")
                     generated = time.perf_counter() - began
                     texts = [tokenizer.decode([t for t in row if t not in eos], skip_special_tokens=True)
                              for row in rows]
@@ -103,7 +120,8 @@ async def run(args, plain=None) -> dict:
                     result[side] = await sides[side]()
                 pairs.append(result)
                 print(f"prompt {prompt.id} seed {seed}: SR {result['sr']['seconds']:.1f} s "
-                      f"(score {result['sr']['score']:.4f}, {result['sr']['decoded']} tokens), Best-of-{args.n} "
+                      f"(score {result['sr']['score']:.4f}, {result['sr']['decoded']} tokens reported, "
+                      f"{result['sr']['engine_decoded']:.0f} decoded by the engine), Best-of-{args.n} "
                       f"{result['bon']['seconds']:.1f} s (generate {result['bon']['generate_seconds']:.1f} s, score "
                       f"{result['bon']['score']:.4f}, {result['bon']['decoded']} tokens)", flush=True)
         finally:
@@ -116,10 +134,13 @@ async def run(args, plain=None) -> dict:
                                            [p["sr"]["seconds"] for p in pairs], indices)
     gap = mean_interval([p["sr"]["score"] - p["bon"]["score"] for p in pairs], indices)
     decoded = ratio_of_sums_interval([p["bon"]["decoded"] for p in pairs], [p["sr"]["decoded"] for p in pairs], indices)
+    engine_decoded = ratio_of_sums_interval([p["bon"]["decoded"] for p in pairs],
+                                            [p["sr"]["engine_decoded"] for p in pairs], indices)
     summary = {"prompts": len(prompts), "seeds": list(args.seeds), "n": args.n, "max_new_tokens": args.max_new_tokens,
                "best_of_n_plus_scoring_over_sr_seconds": speedup.__dict__,
                "best_of_n_generation_alone_over_sr_seconds": generate_only.__dict__,
-               "reward_gap_sr_minus_best_of_n": gap.__dict__, "decoded_tokens_best_of_n_over_sr": decoded.__dict__}
+               "reward_gap_sr_minus_best_of_n": gap.__dict__, "decoded_tokens_best_of_n_over_sr": decoded.__dict__,
+               "decoded_tokens_best_of_n_over_sr_engine": engine_decoded.__dict__}
     print(json.dumps(summary, indent=1))
     return {**summary, "pairs": pairs}
 

@@ -19,6 +19,8 @@ def test_each_prompt_and_seed_gives_a_timed_pair_scored_by_the_same_reward(vllm_
     for pair in pairs:
         for side in ("sr", "bon"):
             assert pair[side]["seconds"] > 0 and pair[side]["score"] < 0 and 4 <= pair[side]["decoded"] <= 4 * 16
+        # What the engine decoded covers what the coordinator heard of (more where candidates ran ahead).
+        assert pair["sr"]["engine_decoded"] >= pair["sr"]["decoded"]
     ratio = written["best_of_n_plus_scoring_over_sr_seconds"]
     assert ratio["low"] <= ratio["estimate"] <= ratio["high"]
     assert written["prompts"] == 2 and written["n"] == 4
