@@ -8,12 +8,11 @@ from .admission import Admission
 from .compile import compile_dense_parts
 from .decode_loop import DecodeLoop
 from .decoder import DEFAULT_ROW_BLOCK, CausalDecoder
-from .request_plan import InputLimits, RequestRules, SessionRequest
+from .request_plan import CPU_DEFAULT_KV_BUDGET, InputLimits, RequestRules, SessionRequest, eos_token_ids
 from .session import Session
 
 log = logging.getLogger(__name__)
 
-_CPU_DEFAULT_BUDGET = 2 * 1024**3
 _CUDA_MARGIN = 0.10  # of total memory left for activations, logits and the allocator
 
 
@@ -31,7 +30,8 @@ class GeneratorEngine:
         self.tokenizer = AutoTokenizer.from_pretrained(path)
         hf_model = AutoModelForCausalLM.from_pretrained(path, dtype=self.dtype).to(self.device).eval()
         self.decoder = CausalDecoder(hf_model, row_block=row_block)
-        self.eos_ids = _eos_ids(hf_model, self.tokenizer)
+        self.eos_ids = eos_token_ids(hf_model.generation_config.eos_token_id, hf_model.config.eos_token_id,
+                                     self.tokenizer.eos_token_id)
         self.max_batch_size = max_batch_size
         self.budget_bytes = kv_cache_budget or self._default_budget()
         self.bytes_per_token = self.decoder.kv_bytes_per_token()
@@ -45,7 +45,7 @@ class GeneratorEngine:
 
     def _default_budget(self) -> int:
         if self.device.type != "cuda":
-            return _CPU_DEFAULT_BUDGET
+            return CPU_DEFAULT_KV_BUDGET
         free, total = torch.cuda.mem_get_info(self.device)
         return max(0, int(free - _CUDA_MARGIN * total))
 
@@ -82,12 +82,3 @@ class GeneratorEngine:
         """Stop the decode loop; sessions still open get SessionCancelled for what they wait for."""
         self.loop.stop()
 
-
-def _eos_ids(hf_model, tokenizer) -> set[int]:
-    ids = set()
-    for source in (hf_model.generation_config.eos_token_id, hf_model.config.eos_token_id, tokenizer.eos_token_id):
-        if isinstance(source, int):
-            ids.add(source)
-        elif source:
-            ids.update(source)
-    return ids

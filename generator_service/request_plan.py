@@ -7,6 +7,19 @@ from common.errors import FieldError
 from .planner import MemoryPlanner
 from .sampling import SamplingParams
 
+CPU_DEFAULT_KV_BUDGET = 2 * 1024**3  # bytes of KV cache on CPU unless --kv-cache-budget says otherwise
+
+
+def eos_token_ids(*sources) -> set[int]:
+    """Every end-of-sequence id the given settings name (each an id, a list of ids, or None)."""
+    ids = set()
+    for source in sources:
+        if isinstance(source, int):
+            ids.add(source)
+        elif source:
+            ids.update(source)
+    return ids
+
 
 @dataclass(frozen=True)
 class InputLimits:

@@ -25,11 +25,10 @@ from .backend import AdvanceResult, ModelInfo, Pruned, SequenceUpdate, Started
 from .branching import fork_reservation
 from .detokenizer import IncrementalDetokenizer
 from .planner import MemoryPlanner
-from .request_plan import InputLimits, RequestRules, SessionRequest
+from .request_plan import CPU_DEFAULT_KV_BUDGET, InputLimits, RequestRules, SessionRequest, eos_token_ids
 
 log = logging.getLogger(__name__)
 
-_CPU_DEFAULT_BUDGET = 2 * 1024**3
 _CUDA_MEMORY_UTILIZATION = 0.90
 # vLLM's CPU attention wants blocks in multiples of 32; small blocks let candidates share more of a
 # short prompt (prefix caching shares whole blocks only).
@@ -263,10 +262,9 @@ class VllmBackend:
                  kv_cache_budget: int | None = None, max_batch_size: int = 256, max_sessions: int = 16,
                  max_queued: int = 32, limits: InputLimits = InputLimits(), compile: str = "auto",
                  model_cache: str | None = None, cpu_threads: int | str = "auto"):
-        import torch
-
         self.device = choose_device(device)
         self.dtype = choose_dtype(dtype, self.device)
+        dtype_name = str(self.dtype).removeprefix("torch.")
         on_cpu = self.device.type == "cpu"
         if on_cpu:
             _bind_cpu_threads(resolve_cpu_threads(cpu_threads))
@@ -274,40 +272,38 @@ class VllmBackend:
             os.environ["CUDA_VISIBLE_DEVICES"] = str(self.device.index)  # vLLM uses the first visible GPU
         os.environ.setdefault("VLLM_NO_USAGE_STATS", "1")
         os.environ.setdefault("DO_NOT_TRACK", "1")
-        from transformers import AutoTokenizer
+        from transformers import AutoConfig, AutoTokenizer
         from vllm.engine.arg_utils import AsyncEngineArgs
         from vllm.v1.engine.async_llm import AsyncLLM
 
         path = resolve_model(model, model_cache)
         self.tokenizer = AutoTokenizer.from_pretrained(path)
-        budget = kv_cache_budget or (_CPU_DEFAULT_BUDGET if on_cpu else None)
+        budget = kv_cache_budget or (CPU_DEFAULT_KV_BUDGET if on_cpu else None)
         block_size = _CPU_BLOCK_SIZE if on_cpu else None
-        max_model_len = _context_within(path, budget, self.dtype, block_size or 16)
+        config = AutoConfig.from_pretrained(path).get_text_config()
+        self.bytes_per_token = _kv_bytes_per_token(config, self.dtype)
+        max_model_len = _context_within(config, self.bytes_per_token, budget, block_size or 16)
         # vLLM 0.32's CPU build fails its whole engine when a seeded request's prefill is split over
         # steps (it rewinds a CPU random generator, which has no offset): on CPU, prompts are prefilled
         # whole, and a step takes up to a full context of prompt tokens.
         whole_prefills = dict(enable_chunked_prefill=False, max_num_batched_tokens=max_model_len) if on_cpu else {}
         engine_args = AsyncEngineArgs(
-            model=path, tokenizer=path, dtype=str(self.dtype).removeprefix("torch."), seed=0,
+            model=path, tokenizer=path, dtype=dtype_name, seed=0,
             max_model_len=max_model_len, **whole_prefills,
             enable_prefix_caching=True, max_num_seqs=max_batch_size, disable_log_stats=True,
             enforce_eager=compile == "off", block_size=block_size,
             kv_cache_memory_bytes=budget,
             gpu_memory_utilization=_CUDA_MEMORY_UTILIZATION)
         self.engine = AsyncLLM.from_engine_args(engine_args)
-        config = self.engine.vllm_config
-        model_config = config.model_config
-        self.bytes_per_token = (2 * model_config.get_num_layers(config.parallel_config)
-                                * model_config.get_num_kv_heads(config.parallel_config)
-                                * model_config.get_head_size() * torch.finfo(self.dtype).bits // 8)
-        pool_tokens = config.cache_config.num_gpu_blocks * config.cache_config.block_size
+        model_config, cache_config = self.engine.vllm_config.model_config, self.engine.vllm_config.cache_config
+        pool_tokens = cache_config.num_gpu_blocks * cache_config.block_size
         self.rules = RequestRules(limits, model_config.max_model_len, pool_tokens, self.bytes_per_token,
                                   max_batch_size)
         self.admission = Admission(pool_tokens, max_sessions, max_queued)
-        self.eos_ids = _eos_ids(self.tokenizer, model_config)
+        self.eos_ids = eos_token_ids(model_config.hf_config.eos_token_id, self.tokenizer.eos_token_id)
         self.info = ModelInfo(
             model=model or "SmolLM2-135M-Instruct (embedded)", device=str(self.device),
-            dtype=str(self.dtype).removeprefix("torch."), kv_cache_budget_bytes=pool_tokens * self.bytes_per_token,
+            dtype=dtype_name, kv_cache_budget_bytes=pool_tokens * self.bytes_per_token,
             kv_cache_bytes_per_token=self.bytes_per_token, max_context_tokens=model_config.max_model_len,
             max_batch_size=max_batch_size)
         self._sessions: set[VllmSession] = set()
@@ -371,30 +367,22 @@ def _bind_cpu_threads(threads: int) -> None:
     os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", ",".join(map(str, chosen)))
 
 
-def _context_within(path: str, budget_bytes: int | None, dtype, block_size: int) -> int:
-    """The model's context, shortened to what a KV-cache budget holds, if one is given (vLLM refuses
-    to start when one request of the full context would not fit)."""
+def _kv_bytes_per_token(config, dtype) -> int:
+    """Keys and values of one token over every layer, from a Hugging Face text config."""
     import torch
-    from transformers import AutoConfig
 
-    config = AutoConfig.from_pretrained(path).get_text_config()
-    if budget_bytes is None:
-        return config.max_position_embeddings
     head_size = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
     kv_heads = getattr(config, "num_key_value_heads", None) or config.num_attention_heads
-    per_token = 2 * config.num_hidden_layers * kv_heads * head_size * torch.finfo(dtype).bits // 8
+    return 2 * config.num_hidden_layers * kv_heads * head_size * torch.finfo(dtype).bits // 8
+
+
+def _context_within(config, bytes_per_token: int, budget_bytes: int | None, block_size: int) -> int:
+    """The model's context, shortened to what a KV-cache budget holds, if one is given (vLLM refuses
+    to start when one request of the full context would not fit)."""
+    if budget_bytes is None:
+        return config.max_position_embeddings
     # vLLM keeps one block of its pool aside (the null block).
-    fits = (budget_bytes // per_token // block_size - 1) * block_size
+    fits = (budget_bytes // bytes_per_token // block_size - 1) * block_size
     if fits < block_size:
         raise ValueError(f"a KV-cache budget of {budget_bytes} bytes holds less than one block of {block_size} tokens")
     return min(config.max_position_embeddings, fits)
-
-
-def _eos_ids(tokenizer, model_config) -> set[int]:
-    ids = set()
-    for source in (model_config.hf_config.eos_token_id, tokenizer.eos_token_id):
-        if isinstance(source, int):
-            ids.add(source)
-        elif source:
-            ids.update(source)
-    return ids
