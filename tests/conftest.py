@@ -22,14 +22,14 @@ def tokenizer_dir():
     return pathlib.Path(resolve_model(None))
 
 
-def _tiny_config(tokenizer):
+def _tiny_config(tokenizer, **sizes):
     from transformers import LlamaConfig
 
-    return LlamaConfig(
-        vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=1024,
-        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
-    )
+    return LlamaConfig(**{
+        "vocab_size": len(tokenizer), "hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2,
+        "num_attention_heads": 4, "num_key_value_heads": 2, "max_position_embeddings": 1024,
+        "bos_token_id": tokenizer.bos_token_id, "eos_token_id": tokenizer.eos_token_id,
+        "pad_token_id": tokenizer.pad_token_id, **sizes})
 
 
 @pytest.fixture(scope="session")
@@ -51,14 +51,12 @@ def tiny_model_dir(tmp_path_factory, tokenizer_dir):
 def vllm_model_dir(tmp_path_factory, tokenizer_dir) -> pathlib.Path:
     """A tiny random Llama whose attention heads have 64 dimensions, the fewest vLLM's CPU kernels take."""
     import torch
-    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+    from transformers import AutoTokenizer, LlamaForCausalLM
 
     tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
     torch.manual_seed(0)
-    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=128, intermediate_size=256, num_hidden_layers=2,
-                         num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=4096,
-                         bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
-                         pad_token_id=tokenizer.pad_token_id)
+    config = _tiny_config(tokenizer, hidden_size=128, intermediate_size=256, num_attention_heads=2,
+                          num_key_value_heads=1, max_position_embeddings=4096)
     folder = tmp_path_factory.mktemp("vllm-llama")
     LlamaForCausalLM(config).save_pretrained(folder)
     tokenizer.save_pretrained(folder)

@@ -19,37 +19,19 @@ import pathlib
 import tempfile
 import time
 
+from bench.shared import plain_vllm
 from bench.shared.figures import write_figures
 from bench.shared.prompts import DEFAULT_PROMPTS, load_prompts
+from bench.shared.scrape import metric_families
 from bench.stats.bootstrap import clustered_indices, mean_interval, ratio_of_sums_interval
 from common.chat import prompt_token_ids
 from common.local_stack import Stack
 from common.models import resolve_model
 
 
-async def plain_best_of_n(engine, prompt_ids: list[int], n: int, tokens: int, tag: str) -> list[list[int]]:
-    """n unseeded requests, as a Best-of-N user sends them (vLLM 0.32's CPU build fails on seeded
-    requests whose prefill its default chunking splits)."""
-    from vllm import SamplingParams
-
-    async def one(index: int) -> list[int]:
-        params = SamplingParams(temperature=1.0, max_tokens=tokens, detokenize=False)
-        final = None
-        async for output in engine.generate({"prompt_token_ids": prompt_ids}, params, request_id=f"{tag}-{index}"):
-            final = output
-        return list(final.outputs[0].token_ids)
-
-    return await asyncio.gather(*(one(i) for i in range(n)))
-
-
 def engine_tokens(metrics_port: int) -> float:
     """Tokens the generator's engine has decoded (candidates running ahead included), from its /metrics."""
-    import urllib.request
-
-    from prometheus_client.parser import text_string_to_metric_families
-
-    text = urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=10).read().decode()
-    family = next(f for f in text_string_to_metric_families(text) if f.name == "specrej_generator_tokens")
+    family = next(f for f in metric_families(metrics_port) if f.name == "specrej_generator_tokens")
     return sum(s.value for s in family.samples if s.name == "specrej_generator_tokens_total")
 
 
@@ -102,7 +84,7 @@ async def run(args, plain=None) -> dict:
 
                 async def best_of_n():
                     began = time.perf_counter()
-                    rows = await plain_best_of_n(engine, prompt_ids, args.n, args.max_new_tokens, f"bon-{turn}")
+                    rows = await plain_vllm.sample(engine, prompt_ids, args.n, args.max_new_tokens, f"bon-{turn}")
                     generated = time.perf_counter() - began
                     texts = [tokenizer.decode([t for t in row if t not in eos], skip_special_tokens=True)
                              for row in rows]

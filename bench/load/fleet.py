@@ -14,16 +14,15 @@ import subprocess
 import tempfile
 import threading
 import time
-import urllib.request
 from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import grpc
-from prometheus_client.parser import text_string_to_metric_families
 
 from bench.load.traffic import generate_request
 from bench.shared.figures import write_results
+from bench.shared.scrape import metric_families
 from common.local_stack import Service, free_port
 from specrej.v1 import coordinator_pb2_grpc
 
@@ -84,10 +83,8 @@ class Replica:
 
     def calls(self) -> dict[str, int]:
         """Calls this replica answered since its last start, by method and status code (its /metrics)."""
-        with urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=10) as response:
-            text = response.read().decode()
         return {f"{sample.labels['grpc_method']} {sample.labels['grpc_code']}": int(sample.value)
-                for family in text_string_to_metric_families(text) if family.name == "specrej_grpc_server_handled"
+                for family in metric_families(self.metrics_port) if family.name == "specrej_grpc_server_handled"
                 for sample in family.samples if sample.name.endswith("_total") and sample.value}
 
 

@@ -11,6 +11,7 @@ import asyncio
 import time
 from dataclasses import dataclass
 
+from bench.shared import plain_vllm
 from bench.shared.figures import write_figures
 from bench.shared.prompts import DEFAULT_PROMPTS, load_prompts
 from common.chat import prompt_token_ids
@@ -54,20 +55,11 @@ async def vllm_backend_seconds(backend, prompt_ids: list[int], n: int, tokens: i
 
 async def plain_vllm_seconds(backend, prompt_ids: list[int], n: int, tokens: int, sampling: SamplingParams,
                              tag: str) -> float:
-    """n requests of the prompt straight to vLLM's engine, as a Best-of-N user would send them."""
-    from vllm import SamplingParams as VllmSamplingParams
-
-    async def one(index: int) -> int:
-        params = VllmSamplingParams(temperature=sampling.temperature, seed=sampling.seed * 1000 + index,
-                                    max_tokens=tokens, ignore_eos=True, detokenize=False)
-        final = None
-        async for output in backend.engine.generate({"prompt_token_ids": prompt_ids}, params,
-                                                    request_id=f"{tag}-{index}"):
-            final = output
-        return len(final.outputs[0].token_ids)
-
+    """n requests of the prompt straight to the backend's vLLM engine, as a Best-of-N user would send them."""
     began = time.perf_counter()
-    decoded = sum(await asyncio.gather(*(one(i) for i in range(n))))
+    rows = await plain_vllm.sample(backend.engine, prompt_ids, n, tokens, tag, temperature=sampling.temperature,
+                                   ignore_eos=True, seed=sampling.seed)
+    decoded = sum(len(row) for row in rows)
     seconds = time.perf_counter() - began
     if decoded != n * tokens:
         raise RuntimeError(f"plain vLLM decoded {decoded} tokens, not {n} x {tokens}")
