@@ -356,7 +356,8 @@ class VllmBackend:
     def shutdown(self) -> None:
         # Dropped here, not at interpreter exit, where vLLM's own finaliser fails on torn-down modules.
         engine, self.engine = self.engine, None
-        engine.shutdown()
+        if engine is not None:
+            engine.shutdown()
 
 
 def _bind_cpu_threads(threads: int) -> None:

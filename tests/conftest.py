@@ -162,13 +162,28 @@ def tiny_stack(tiny_model_dir, service_logs):
     stack.stop()
 
 
+LAST_VLLM_USER = pytest.StashKey[bool]()
+
+
 def pytest_collection_modifyitems(config, items):
-    """Tests marked `cuda` are skipped where torch sees no CUDA device."""
+    """Tests marked `cuda` are skipped where torch sees no CUDA device; the last test that uses the
+    in-process vLLM engine is marked, so that the engine stops after it (see pytest_runtest_teardown)."""
     import torch
 
+    users = [item for item in items if "vllm_backend" in getattr(item, "fixturenames", ())]
+    if users:
+        users[-1].stash[LAST_VLLM_USER] = True
     if torch.cuda.is_available():
         return
     skip = pytest.mark.skip(reason="needs a CUDA device")
     for item in items:
         if "cuda" in item.keywords:
             item.add_marker(skip)
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_teardown(item, nextitem):
+    """Stop the in-process vLLM engine once no later test needs it, rather than keep its threads and
+    its engine-core process alive beside the rest of the run."""
+    if item.stash.get(LAST_VLLM_USER, False) and "vllm_backend" in item.funcargs:
+        item.funcargs["vllm_backend"].shutdown()

@@ -8,6 +8,9 @@ AlpacaFarm prompt and seed, in alternating order:
   defaults on this machine beside the same KV-cache size as the generator's, stopping at end of
   sequence, then one Score call with the n0 finished responses to the stack's reward service; the
   best is the highest score; timed from the first request to the scores.
+With --stack-best-of-n, a third side: the stack's own Best-of-n0 (one Generate call with method
+BEST_OF_N at the same n0, tokens and seed), whose generation time (the coordinator's generate_seconds)
+is set against plain vLLM's: what serving Best-of-N through the stack costs over vLLM alone.
 Both answers are scored by the same reward service, so the reward gap (SR's best minus Best-of-n0's
 best) compares like with like. Intervals bootstrap over prompts (a prompt's seeds are not
 independent draws); the time ratio is Best-of-n0's total seconds over SR's."""
@@ -68,16 +71,17 @@ async def run(args, plain=None) -> dict:
                 messages = [{"role": "user", "content": prompt.text}]
                 prompt_ids = prompt_token_ids(tokenizer, messages)
 
-                async def speculative_rejection():
+                async def through_the_stack(method):
                     tokens_before = engine_tokens(stack.generator.metrics_port)
                     began = time.perf_counter()
                     answer = await asyncio.to_thread(
                         coordinator.Generate, coordinator_pb2.GenerateRequest(
-                            prompt=prompt.text, n=args.n, max_new_tokens=args.max_new_tokens, seed=seed),
-                        timeout=3600)
+                            prompt=prompt.text, n=args.n, max_new_tokens=args.max_new_tokens, seed=seed,
+                            method=method), timeout=3600)
                     seconds = time.perf_counter() - began
                     await asyncio.sleep(1)  # candidates aborted at the end report their last tokens
-                    return {"seconds": seconds, "score": answer.best.score,
+                    return {"seconds": seconds, "generate_seconds": answer.stats.generate_seconds,
+                            "score_seconds": answer.stats.score_seconds, "score": answer.best.score,
                             "decoded": answer.stats.generated_tokens,
                             "engine_decoded": engine_tokens(stack.generator.metrics_port) - tokens_before,
                             "text": answer.best.text}
@@ -95,8 +99,12 @@ async def run(args, plain=None) -> dict:
                     return {"seconds": time.perf_counter() - began, "generate_seconds": generated,
                             "score": scored.scores[best], "decoded": sum(len(r) for r in rows), "text": texts[best]}
 
-                sides = {"sr": speculative_rejection, "bon": best_of_n}
-                order = ["sr", "bon"] if turn % 2 == 0 else ["bon", "sr"]
+                sides = {"sr": lambda: through_the_stack(coordinator_pb2.SPECULATIVE_REJECTION), "bon": best_of_n}
+                if args.stack_best_of_n:
+                    sides["stack_bon"] = lambda: through_the_stack(coordinator_pb2.BEST_OF_N)
+                names = list(sides)
+                # Each side takes each place in turn, so a drift in the machine's speed falls on all alike.
+                order = names[turn % len(names):] + names[:turn % len(names)]
                 result = {"prompt": prompt.id, "seed": seed, "order": order}
                 for side in order:
                     result[side] = await sides[side]()
@@ -105,7 +113,10 @@ async def run(args, plain=None) -> dict:
                       f"(score {result['sr']['score']:.4f}, {result['sr']['decoded']} tokens reported, "
                       f"{result['sr']['engine_decoded']:.0f} decoded by the engine), Best-of-{args.n} "
                       f"{result['bon']['seconds']:.1f} s (generate {result['bon']['generate_seconds']:.1f} s, score "
-                      f"{result['bon']['score']:.4f}, {result['bon']['decoded']} tokens)", flush=True)
+                      f"{result['bon']['score']:.4f}, {result['bon']['decoded']} tokens)"
+                      + (f"; the stack's Best-of-{args.n} {result['stack_bon']['seconds']:.1f} s (generate "
+                         f"{result['stack_bon']['generate_seconds']:.1f} s)" if "stack_bon" in result else ""),
+                      flush=True)
         finally:
             if plain is None:
                 engine.shutdown()
@@ -123,6 +134,12 @@ async def run(args, plain=None) -> dict:
                "best_of_n_generation_alone_over_sr_seconds": generate_only.__dict__,
                "reward_gap_sr_minus_best_of_n": gap.__dict__, "decoded_tokens_best_of_n_over_sr": decoded.__dict__,
                "decoded_tokens_best_of_n_over_sr_engine": engine_decoded.__dict__}
+    if args.stack_best_of_n:
+        summary["stack_best_of_n_generation_over_plain_vllm_generation"] = ratio_of_sums_interval(
+            [p["stack_bon"]["generate_seconds"] for p in pairs], [p["bon"]["generate_seconds"] for p in pairs],
+            indices).__dict__
+        summary["stack_best_of_n_over_plain_vllm_best_of_n_plus_scoring_seconds"] = ratio_of_sums_interval(
+            [p["stack_bon"]["seconds"] for p in pairs], [p["bon"]["seconds"] for p in pairs], indices).__dict__
     print(json.dumps(summary, indent=1))
     return {**summary, "pairs": pairs}
 
@@ -140,6 +157,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--max-new-tokens", type=int, default=256)
     parser.add_argument("--kv-cache-bytes", type=int, default=2 * 1024**3,
                         help="plain vLLM's KV cache, the generator's default budget [default 2 GiB]")
+    parser.add_argument("--stack-best-of-n", action="store_true",
+                        help="also time the stack's own Best-of-n0 (method BEST_OF_N) against plain vLLM's")
     parser.add_argument("--out", default="bench/results")
     return parser.parse_args(argv)
 

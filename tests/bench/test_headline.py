@@ -24,3 +24,19 @@ def test_each_prompt_and_seed_gives_a_timed_pair_scored_by_the_same_reward(vllm_
     ratio = written["best_of_n_plus_scoring_over_sr_seconds"]
     assert ratio["low"] <= ratio["estimate"] <= ratio["high"]
     assert written["prompts"] == 2 and written["n"] == 4
+    assert "stack_best_of_n_generation_over_plain_vllm_generation" not in written
+
+
+def test_the_stacks_best_of_n_is_a_third_side_timed_against_plain_vllm(vllm_backend, vllm_model_dir, run, tmp_path):
+    args = parse_args(["--model", str(vllm_model_dir), "--prompt-count", "1", "--seeds", "0,1,2", "--n", "4",
+                       "--max-new-tokens", "16", "--stack-best-of-n", "--out", str(tmp_path)])
+    written = run(run_headline(args, plain=vllm_backend.engine))
+    # Each side takes each place once over three turns.
+    assert [p["order"] for p in written["pairs"]] == [["sr", "bon", "stack_bon"], ["bon", "stack_bon", "sr"],
+                                                      ["stack_bon", "sr", "bon"]]
+    for pair in written["pairs"]:
+        stack_bon = pair["stack_bon"]
+        assert stack_bon["engine_decoded"] >= stack_bon["decoded"] >= 4 and stack_bon["score"] < 0
+        assert 0 < stack_bon["generate_seconds"] < stack_bon["seconds"]
+    ratio = written["stack_best_of_n_generation_over_plain_vllm_generation"]
+    assert 0 < ratio["low"] <= ratio["estimate"] <= ratio["high"]

@@ -81,5 +81,5 @@ def test_no_import_cycles():
 
 def test_the_checks_see_the_imports():
     assert "bench.shared.records" in imported("bench.efficiency.experiment")
-    assert "bench.throughput.decoding" in imported("bench.throughput.scoring_throughput")
+    assert "bench.shared.plain_vllm" in imported("bench.throughput.scoring_throughput")
     assert "bench.paired.report" in imported("bench.report")

@@ -1,14 +1,18 @@
-"""python -m bench.throughput.scoring_throughput on the tiny model: generating and scoring the same responses."""
+"""python -m bench.throughput.scoring_throughput on the tiny model: scoring what vLLM generated."""
 import json
 
-from bench.throughput import scoring_throughput
+from bench.shared.figures import write_figures
+from bench.throughput.scoring_throughput import measure, parse_args
 
 
-def test_the_scoring_benchmark_scores_what_it_generated_reading_the_prompt_once(tiny_model_dir, tmp_path):
-    scoring_throughput.main(["--model", str(tiny_model_dir), "--responses", "6", "--max-new-tokens", "12",
-                             "--repeats", "2", "--out", str(tmp_path)])
+def test_the_scoring_benchmark_scores_what_vllm_generated_reading_the_prompt_once(vllm_backend, vllm_model_dir,
+                                                                                   run, tmp_path):
+    args = parse_args(["--model", str(vllm_model_dir), "--responses", "6", "--max-new-tokens", "12",
+                       "--repeats", "2", "--out", str(tmp_path)])
+    write_figures("bench.throughput.scoring_throughput", run(measure(args, vllm=vllm_backend)), args.out)
     figures = json.loads((tmp_path / "scoring_throughput.json").read_text())
     assert figures["command"].startswith("python -m bench.throughput.scoring_throughput")
+    assert figures["generator"] == "vLLM"
     assert figures["generated_tokens"] == 2 * 6 * 12
     # Each response up to its first end of turn, which is scored too.
     assert figures["response_tokens"] >= 2 * 6
