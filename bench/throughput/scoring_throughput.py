@@ -6,8 +6,11 @@ ignored, so exactly n x tokens are decoded), and the reward engine, in the same 
 all in one unary Score call (each cut at its first end of turn, complete), as a Best-of-N user scores
 what vLLM made. Reports the response tokens per second of both and their ratio, and the tokens the
 reward model read against the response tokens it scored (the prompt is read once for all responses).
-With --repeats above 1 the two alternate (generate, score; score, generate; ...) so that a change in
-the machine's load falls on both alike; rates pool total tokens over total seconds."""
+Both sides run at their service's default share of the cores (--cpu-threads auto: half of them
+each, as the generator and the reward service take them when started side by side), so the ratio
+is the one the deployed services have. With --repeats above 1 the two alternate (generate, score;
+score, generate; ...) so that a change in the machine's load falls on both alike; rates pool total
+tokens over total seconds."""
 import argparse
 import asyncio
 import time
@@ -17,7 +20,7 @@ from bench.shared import plain_vllm
 from bench.shared.figures import write_figures
 from bench.shared.prompts import DEFAULT_PROMPTS, load_prompts
 from common.chat import prompt_token_ids
-from common.models import resolve_model
+from common.models import resolve_cpu_threads, resolve_model, set_cpu_threads
 from reward_service.engine import ScoringEngine
 from reward_service.scorers import Item, load_scorer
 from reward_service.sessions import SessionCache
@@ -63,7 +66,8 @@ async def measure(args, vllm=None) -> dict:
     owned = vllm is None
     if owned:
         vllm = VllmBackend(args.model, device=args.device, dtype=args.dtype, max_batch_size=args.responses,
-                           compile=args.compile)
+                           compile=args.compile, cpu_threads=args.cpu_threads)
+    set_cpu_threads(args.cpu_threads)
     scorer = load_scorer("lm-logprob", resolve_model(args.model), vllm.device, vllm.dtype, args.token_budget)
     scoring = ScoringEngine(scorer, sessions=SessionCache(1 << 30), batch_window_seconds=0)
     prompt = load_prompts(args.prompts)[args.prompt_index]
@@ -100,6 +104,7 @@ async def measure(args, vllm=None) -> dict:
     return {
         "generator": "vLLM", "scorer": scorer.name, "device": str(scorer.device),
         "dtype": str(scorer.dtype).removeprefix("torch."), "compile": args.compile,
+        "cpu_threads_each": resolve_cpu_threads(args.cpu_threads) or "all",
         "prompt_id": prompt.id, "prompt_tokens": prompt_tokens, "responses": args.responses,
         "max_new_tokens": args.max_new_tokens, "repeats": args.repeats, "token_budget": args.token_budget,
         "generated_tokens": generated, "generate_seconds": generated_seconds,
@@ -117,6 +122,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--dtype", default="auto")
     parser.add_argument("--compile", default="auto", choices=["auto", "on", "off"],
                         help="the vLLM engine's compilation, as the generator's --compile [default auto = on]")
+    parser.add_argument("--cpu-threads", default="auto",
+                        help="cores for each side on CPU, as the services' --cpu-threads [default auto = half each]")
     parser.add_argument("--prompts", default=str(DEFAULT_PROMPTS), help="prompt file [default: AlpacaFarm]")
     parser.add_argument("--prompt-index", type=int, default=0)
     parser.add_argument("--responses", type=int, default=128, help="responses sampled and scored [default 128]")

@@ -7,8 +7,9 @@ from bench.throughput.scoring_throughput import measure, parse_args
 
 def test_the_scoring_benchmark_scores_what_vllm_generated_reading_the_prompt_once(vllm_backend, vllm_model_dir,
                                                                                    run, tmp_path):
+    # --cpu-threads 0: this test process keeps torch's thread count (the engine is the tests' own).
     args = parse_args(["--model", str(vllm_model_dir), "--responses", "6", "--max-new-tokens", "12",
-                       "--repeats", "2", "--out", str(tmp_path)])
+                       "--cpu-threads", "0", "--repeats", "2", "--out", str(tmp_path)])
     write_figures("bench.throughput.scoring_throughput", run(measure(args, vllm=vllm_backend)), args.out)
     figures = json.loads((tmp_path / "scoring_throughput.json").read_text())
     assert figures["command"].startswith("python -m bench.throughput.scoring_throughput")
