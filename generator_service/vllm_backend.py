@@ -267,7 +267,7 @@ class VllmBackend:
         dtype_name = str(self.dtype).removeprefix("torch.")
         on_cpu = self.device.type == "cpu"
         if on_cpu:
-            _bind_cpu_threads(resolve_cpu_threads(cpu_threads))
+            bind_cpu_threads(resolve_cpu_threads(cpu_threads))
         elif self.device.index is not None:
             os.environ["CUDA_VISIBLE_DEVICES"] = str(self.device.index)  # vLLM uses the first visible GPU
         os.environ.setdefault("VLLM_NO_USAGE_STATS", "1")
@@ -360,7 +360,7 @@ class VllmBackend:
             engine.shutdown()
 
 
-def _bind_cpu_threads(threads: int) -> None:
+def bind_cpu_threads(threads: int) -> None:
     """vLLM's CPU worker binds its OpenMP threads to the cores VLLM_CPU_OMP_THREADS_BIND lists; unless
     that is set, take the first `threads` cores this process may use (all of them for 0)."""
     cores = sorted(os.sched_getaffinity(0))

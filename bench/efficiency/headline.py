@@ -5,7 +5,8 @@ AlpacaFarm prompt and seed, in alternating order:
 - Speculative Rejection: one Generate call to the coordinator (n0 candidates, max_new_tokens, seed),
   timed at the client from the call to the answer;
 - plain vLLM Best-of-n0: n0 requests of the prompt to a vLLM engine in this process, at vLLM's own
-  defaults on this machine beside the same KV-cache size as the generator's, stopping at end of
+  defaults on this machine beside the same KV-cache size as the generator's and, on CPU, its model
+  worker bound to as many cores as the generator's (--plain-cpu-threads), stopping at end of
   sequence, then one Score call with the n0 finished responses to the stack's reward service; the
   best is the highest score; timed from the first request to the scores.
 With --stack-best-of-n, a third side: the stack's own Best-of-n0 (one Generate call with method
@@ -38,10 +39,18 @@ def engine_tokens(metrics_port: int) -> float:
     return sum(s.value for s in family.samples if s.name == "specrej_generator_tokens_total")
 
 
-def plain_engine(path: str, kv_cache_bytes: int):
+def plain_engine(path: str, kv_cache_bytes: int, cpu_threads: str):
+    """Plain vLLM at its own defaults but for the KV cache and, on CPU, the cores its model worker is
+    bound to: vLLM's own choice on a 2-core machine binds the worker to both, beside its busy engine
+    core, and there its engine core waited over a minute for single steps."""
     from vllm.engine.arg_utils import AsyncEngineArgs
     from vllm.v1.engine.async_llm import AsyncLLM
 
+    from common.models import choose_device, resolve_cpu_threads
+    from generator_service.vllm_backend import bind_cpu_threads
+
+    if choose_device("auto").type == "cpu":
+        bind_cpu_threads(resolve_cpu_threads(cpu_threads))
     os.environ.setdefault("VLLM_NO_USAGE_STATS", "1")
     return AsyncLLM.from_engine_args(AsyncEngineArgs(model=path, kv_cache_memory_bytes=kv_cache_bytes,
                                                      enable_prefix_caching=True))
@@ -65,7 +74,7 @@ async def run(args, plain=None) -> dict:
     with Stack(logs, generator_args=model_args, reward_args=model_args) as stack:
         reward = reward_pb2_grpc.RewardStub(grpc.insecure_channel(stack.reward.address))
         coordinator = coordinator_pb2_grpc.CoordinatorStub(stack.channel)
-        engine = plain or plain_engine(path, args.kv_cache_bytes)
+        engine = plain or plain_engine(path, args.kv_cache_bytes, args.plain_cpu_threads)
         try:
             for turn, (prompt, seed) in enumerate((p, s) for p in prompts for s in args.seeds):
                 messages = [{"role": "user", "content": prompt.text}]
@@ -157,6 +166,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--max-new-tokens", type=int, default=256)
     parser.add_argument("--kv-cache-bytes", type=int, default=2 * 1024**3,
                         help="plain vLLM's KV cache, the generator's default budget [default 2 GiB]")
+    parser.add_argument("--plain-cpu-threads", default="auto",
+                        help="cores plain vLLM's model worker is bound to on CPU, as the generator's --cpu-threads "
+                             "[default auto = the generator's own share, half the cores]")
     parser.add_argument("--stack-best-of-n", action="store_true",
                         help="also time the stack's own Best-of-n0 (method BEST_OF_N) against plain vLLM's")
     parser.add_argument("--out", default="bench/results")
