@@ -102,6 +102,7 @@ def vllm_backend(vllm_model_dir, event_loop_thread):
     from generator_service.vllm_backend import VllmBackend
 
     backend = VllmBackend(str(vllm_model_dir), compile="off", **BACKEND_SETTINGS)
+    STARTED_VLLM_BACKENDS.append(backend)
     yield backend
     backend.shutdown()
 
@@ -163,6 +164,15 @@ def tiny_stack(tiny_model_dir, service_logs):
 
 
 LAST_VLLM_USER = pytest.StashKey[bool]()
+STARTED_VLLM_BACKENDS = []  # the `vllm_backend` fixture's engine while it runs
+
+
+def uses_the_vllm_engine(item) -> bool:
+    """Whether a test takes `vllm_backend`, by name or through a fixture parametrized with "vllm"
+    that asks for it by `request.getfixturevalue` (the backend contract suite)."""
+    callspec = getattr(item, "callspec", None)
+    return "vllm_backend" in getattr(item, "fixturenames", ()) or (
+        callspec is not None and "vllm" in callspec.params.values())
 
 
 def pytest_collection_modifyitems(config, items):
@@ -170,7 +180,7 @@ def pytest_collection_modifyitems(config, items):
     in-process vLLM engine is marked, so that the engine stops after it (see pytest_runtest_teardown)."""
     import torch
 
-    users = [item for item in items if "vllm_backend" in getattr(item, "fixturenames", ())]
+    users = [item for item in items if uses_the_vllm_engine(item)]
     if users:
         users[-1].stash[LAST_VLLM_USER] = True
     if torch.cuda.is_available():
@@ -185,5 +195,6 @@ def pytest_collection_modifyitems(config, items):
 def pytest_runtest_teardown(item, nextitem):
     """Stop the in-process vLLM engine once no later test needs it, rather than keep its threads and
     its engine-core process alive beside the rest of the run."""
-    if item.stash.get(LAST_VLLM_USER, False) and "vllm_backend" in item.funcargs:
-        item.funcargs["vllm_backend"].shutdown()
+    if item.stash.get(LAST_VLLM_USER, False):
+        while STARTED_VLLM_BACKENDS:
+            STARTED_VLLM_BACKENDS.pop().shutdown()
