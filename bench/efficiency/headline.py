@@ -41,8 +41,7 @@ def engine_tokens(metrics_port: int) -> float:
 
 def plain_engine(path: str, kv_cache_bytes: int, cpu_threads: str):
     """Plain vLLM at its own defaults but for the KV cache and, on CPU, the cores its model worker is
-    bound to: vLLM's own choice on a 2-core machine binds the worker to both, beside its busy engine
-    core, and there its engine core waited over a minute for single steps."""
+    bound to: as many as the generator's, so that the two engines are compared on equal cores."""
     from vllm.engine.arg_utils import AsyncEngineArgs
     from vllm.v1.engine.async_llm import AsyncLLM
 
