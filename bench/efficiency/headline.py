@@ -4,10 +4,9 @@ The three services start as the README starts them (every flag at its default) o
 AlpacaFarm prompt and seed, in alternating order:
 - Speculative Rejection: one Generate call to the coordinator (n0 candidates, max_new_tokens, seed),
   timed at the client from the call to the answer;
-- plain vLLM Best-of-n0: n0 requests of the prompt to a vLLM engine in this process, at vLLM's own
-  defaults on this machine beside the same KV-cache size as the generator's and, on CPU, its model
-  worker bound to as many cores as the generator's (--plain-cpu-threads), stopping at end of
-  sequence, then one Score call with the n0 finished responses to the stack's reward service; the
+- plain vLLM Best-of-n0: n0 requests of the prompt to a vLLM engine in this process, set up as the
+  generator sets up its own (the same KV cache, prefix caching; on CPU whole prefills and, with
+  --plain-cpu-threads, the generator's share of the cores), stopping at end of sequence, then one Score call with the n0 finished responses to the stack's reward service; the
   best is the highest score; timed from the first request to the scores.
 With --stack-best-of-n, a third side: the stack's own Best-of-n0 (one Generate call with method
 BEST_OF_N at the same n0, tokens and seed), whose generation time (the coordinator's generate_seconds)
@@ -18,7 +17,6 @@ independent draws); the time ratio is Best-of-n0's total seconds over SR's."""
 import argparse
 import asyncio
 import json
-import os
 import pathlib
 import tempfile
 import time
@@ -39,20 +37,15 @@ def engine_tokens(metrics_port: int) -> float:
     return sum(s.value for s in family.samples if s.name == "specrej_generator_tokens_total")
 
 
-def plain_engine(path: str, kv_cache_bytes: int, cpu_threads: str):
-    """Plain vLLM at its own defaults but for the KV cache and, on CPU, the cores its model worker is
-    bound to: as many as the generator's, so that the two engines are compared on equal cores."""
-    from vllm.engine.arg_utils import AsyncEngineArgs
-    from vllm.v1.engine.async_llm import AsyncLLM
+def plain_backend(args):
+    """The vLLM engine plain Best-of-N is sent to, set up as the generator sets up its own (the same
+    KV cache, prefix caching, on CPU whole prefills and the generator's share of the cores), so that
+    the two engines differ only in what is asked of them. vLLM's own CPU defaults (chunked prefill,
+    its worker on every core) stalled for minutes on this benchmark's first Best-of-128 here."""
+    from generator_service.vllm_backend import VllmBackend
 
-    from common.models import choose_device, resolve_cpu_threads
-    from generator_service.vllm_backend import bind_cpu_threads
-
-    if choose_device("auto").type == "cpu":
-        bind_cpu_threads(resolve_cpu_threads(cpu_threads))
-    os.environ.setdefault("VLLM_NO_USAGE_STATS", "1")
-    return AsyncLLM.from_engine_args(AsyncEngineArgs(model=path, kv_cache_memory_bytes=kv_cache_bytes,
-                                                     enable_prefix_caching=True))
+    return VllmBackend(args.model, kv_cache_budget=args.kv_cache_bytes, max_batch_size=args.n,
+                       cpu_threads=args.plain_cpu_threads)
 
 
 async def run(args, plain=None) -> dict:
@@ -73,7 +66,8 @@ async def run(args, plain=None) -> dict:
     with Stack(logs, generator_args=model_args, reward_args=model_args) as stack:
         reward = reward_pb2_grpc.RewardStub(grpc.insecure_channel(stack.reward.address))
         coordinator = coordinator_pb2_grpc.CoordinatorStub(stack.channel)
-        engine = plain or plain_engine(path, args.kv_cache_bytes, args.plain_cpu_threads)
+        owned = None if plain is not None else plain_backend(args)
+        engine = plain or owned.engine
         try:
             for turn, (prompt, seed) in enumerate((p, s) for p in prompts for s in args.seeds):
                 messages = [{"role": "user", "content": prompt.text}]
@@ -126,8 +120,8 @@ async def run(args, plain=None) -> dict:
                          f"{result['stack_bon']['generate_seconds']:.1f} s)" if "stack_bon" in result else ""),
                       flush=True)
         finally:
-            if plain is None:
-                engine.shutdown()
+            if owned is not None:
+                owned.shutdown()
     clusters = [p["prompt"] for p in pairs]
     indices = clustered_indices(clusters)
     speedup = ratio_of_sums_interval([p["bon"]["seconds"] for p in pairs], [p["sr"]["seconds"] for p in pairs], indices)
