@@ -3,6 +3,8 @@ with an error, so that its orchestrator restarts it, instead of serving only fai
 import os
 import pathlib
 import signal
+import subprocess
+import sys
 import time
 
 import grpc
@@ -28,6 +30,17 @@ def engine_processes(pid: int) -> list[int]:
 
 
 def test_a_generator_whose_engine_dies_goes_not_serving_and_exits(vllm_model_dir, tmp_path):
+    # Watched from a fresh process: the suite's own process, after hundreds of tests, has crashed
+    # (SIGSEGV, no Python traceback) while watching a generator die, which took every later test with it.
+    watcher = subprocess.run(
+        [sys.executable, "-c", "import sys, pathlib; from tests.integration.test_engine_failure import "
+         "kill_the_engine_and_watch; kill_the_engine_and_watch(pathlib.Path(sys.argv[1]), pathlib.Path(sys.argv[2]))",
+         str(vllm_model_dir), str(tmp_path)],
+        cwd=pathlib.Path(__file__).parents[2], capture_output=True, text=True, timeout=600)
+    assert watcher.returncode == 0, (watcher.returncode, watcher.stdout[-3000:], watcher.stderr[-3000:])
+
+
+def kill_the_engine_and_watch(vllm_model_dir: pathlib.Path, tmp_path: pathlib.Path) -> None:
     generator = Service("generator_service", "--backend", "vllm", "--compile", "off", "--model", str(vllm_model_dir),
                         "--kv-cache-budget", "4MiB", log_dir=tmp_path)
     try:
