@@ -6,8 +6,9 @@ AlpacaFarm prompt and seed, in alternating order:
   timed at the client from the call to the answer;
 - plain vLLM Best-of-n0: n0 requests of the prompt to a vLLM engine in this process, set up as the
   generator sets up its own (the same KV cache, prefix caching; on CPU whole prefills and, with
-  --plain-cpu-threads, the generator's share of the cores), stopping at end of sequence, then one Score call with the n0 finished responses to the stack's reward service; the
-  best is the highest score; timed from the first request to the scores.
+  --plain-cpu-threads, the generator's share of the cores), stopping at end of sequence, then one
+  Score call with the n0 finished responses to the stack's reward service; the best is the highest
+  score; timed from the first request to the scores.
 With --stack-best-of-n, a third side: the stack's own Best-of-n0 (one Generate call with method
 BEST_OF_N at the same n0, tokens and seed), whose generation time (the coordinator's generate_seconds)
 is set against plain vLLM's: what serving Best-of-N through the stack costs over vLLM alone.
