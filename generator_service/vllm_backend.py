@@ -267,7 +267,7 @@ class VllmBackend:
         dtype_name = str(self.dtype).removeprefix("torch.")
         on_cpu = self.device.type == "cpu"
         if on_cpu:
-            bind_cpu_threads(resolve_cpu_threads(cpu_threads))
+            _bind_cpu_threads(resolve_cpu_threads(cpu_threads))
         elif self.device.index is not None:
             os.environ["CUDA_VISIBLE_DEVICES"] = str(self.device.index)  # vLLM uses the first visible GPU
         os.environ.setdefault("VLLM_NO_USAGE_STATS", "1")
@@ -356,11 +356,10 @@ class VllmBackend:
     def shutdown(self) -> None:
         # Dropped here, not at interpreter exit, where vLLM's own finaliser fails on torn-down modules.
         engine, self.engine = self.engine, None
-        if engine is not None:
-            engine.shutdown()
+        engine.shutdown()
 
 
-def bind_cpu_threads(threads: int) -> None:
+def _bind_cpu_threads(threads: int) -> None:
     """vLLM's CPU worker binds its OpenMP threads to the cores VLLM_CPU_OMP_THREADS_BIND lists; unless
     that is set, take the first `threads` cores this process may use (all of them for 0)."""
     cores = sorted(os.sched_getaffinity(0))

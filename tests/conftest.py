@@ -102,7 +102,6 @@ def vllm_backend(vllm_model_dir, event_loop_thread):
     from generator_service.vllm_backend import VllmBackend
 
     backend = VllmBackend(str(vllm_model_dir), compile="off", **BACKEND_SETTINGS)
-    STARTED_VLLM_BACKENDS.append(backend)
     yield backend
     backend.shutdown()
 
@@ -163,38 +162,13 @@ def tiny_stack(tiny_model_dir, service_logs):
     stack.stop()
 
 
-LAST_VLLM_USER = pytest.StashKey[bool]()
-STARTED_VLLM_BACKENDS = []  # the `vllm_backend` fixture's engine while it runs
-
-
-def uses_the_vllm_engine(item) -> bool:
-    """Whether a test takes `vllm_backend`, by name or through a fixture parametrized with "vllm"
-    that asks for it by `request.getfixturevalue` (the backend contract suite)."""
-    callspec = getattr(item, "callspec", None)
-    return "vllm_backend" in getattr(item, "fixturenames", ()) or (
-        callspec is not None and "vllm" in callspec.params.values())
-
-
 def pytest_collection_modifyitems(config, items):
-    """Tests marked `cuda` are skipped where torch sees no CUDA device; the last test that uses the
-    in-process vLLM engine is marked, so that the engine stops after it (see pytest_runtest_teardown)."""
+    """Tests marked `cuda` are skipped where torch sees no CUDA device."""
     import torch
 
-    users = [item for item in items if uses_the_vllm_engine(item)]
-    if users:
-        users[-1].stash[LAST_VLLM_USER] = True
     if torch.cuda.is_available():
         return
     skip = pytest.mark.skip(reason="needs a CUDA device")
     for item in items:
         if "cuda" in item.keywords:
             item.add_marker(skip)
-
-
-@pytest.hookimpl(tryfirst=True)
-def pytest_runtest_teardown(item, nextitem):
-    """Stop the in-process vLLM engine once no later test needs it, rather than keep its threads and
-    its engine-core process alive beside the rest of the run."""
-    if item.stash.get(LAST_VLLM_USER, False):
-        while STARTED_VLLM_BACKENDS:
-            STARTED_VLLM_BACKENDS.pop().shutdown()

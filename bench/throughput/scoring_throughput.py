@@ -1,4 +1,5 @@
-"""python -m bench.throughput.scoring_throughput: scoring outside a session against generating on vLLM, side by side.
+"""python -m bench.throughput.scoring_throughput: scoring outside a session against generating on
+vLLM, side by side.
 
 The generator's default engine (vLLM, through the vllm backend's own engine, as plain vLLM Best-of-N
 calls it) samples n responses of --max-new-tokens tokens to one AlpacaFarm prompt (end of sequence
@@ -79,13 +80,15 @@ async def measure(args, vllm=None) -> dict:
         await Totals().generate(vllm, prompt_ids, 2, 4, args.seed, "warm")
         scoring.submit(messages, [Item("Warm.", complete=True)]).result()
         for repeat in range(args.repeats):
-            sides = [totals.generate(vllm, prompt_ids, args.responses, args.max_new_tokens, args.seed + repeat,
-                                     f"sample-{repeat}"), None]
-            for side in sides if repeat % 2 == 0 else sides[::-1]:
-                if side is None:
-                    totals.score(scoring, messages)
-                else:
-                    await side
+            async def generate():
+                await totals.generate(vllm, prompt_ids, args.responses, args.max_new_tokens, args.seed + repeat,
+                                      f"sample-{repeat}")
+
+            async def score():
+                totals.score(scoring, messages)
+
+            for side in (generate, score) if repeat % 2 == 0 else (score, generate):
+                await side()
     finally:
         scoring.close()
         if owned:
