@@ -77,6 +77,22 @@ class Cancelled(ServiceError):
     code = grpc.StatusCode.CANCELLED
 
 
+class TokenizerMismatch(ServiceError):
+    """Token ids were sent in a tokenizer this service does not use; the caller sends text instead."""
+
+    code = grpc.StatusCode.FAILED_PRECONDITION
+
+    def __init__(self, field: str, theirs: str, ours: str):
+        super().__init__(f"{field}: token ids in tokenizer {theirs!r}, but this service's tokenizer is {ours!r}; "
+                         f"send text instead")
+        self.field = field
+
+    def detail_messages(self) -> list:
+        violation = error_details_pb2.PreconditionFailure.Violation(
+            type="TOKENIZER", subject=self.field, description="the token ids' tokenizer is not this service's")
+        return [error_details_pb2.PreconditionFailure(violations=[violation])]
+
+
 class Unauthenticated(ServiceError):
     code = grpc.StatusCode.UNAUTHENTICATED
 

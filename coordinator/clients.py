@@ -196,28 +196,43 @@ class GeneratorClient(_Upstream):
 
 class RewardCalls:
     """The reward service for one request: one ScoreSession stream, opened at the first score, so the
-    request's rounds all reach one replica, which keeps the candidates' text and keys/values; each
-    round sends only the text each candidate gained since the previous one. When the stream's
-    replica is lost (UNAVAILABLE), a new stream, on another replica, is sent the whole texts, at most
-    _STREAM_ATTEMPTS streams per round, within the request's deadline. Implements
+    request's rounds all reach one replica, which keeps the candidates' responses and keys/values;
+    each round sends only what each candidate gained since the previous one: token ids when the
+    reward model's tokenizer is the one the request's ids are in (its Info says so), else text. When
+    the stream's replica is lost (UNAVAILABLE), a new stream, on another replica, is sent the whole
+    responses, at most _STREAM_ATTEMPTS streams per round, within the request's deadline; one that
+    refuses the ids (FAILED_PRECONDITION: another tokenizer) is sent text. Implements
     coordinator.pipeline.RewardPort; leaving the `async with` ends the stream, which frees all it held."""
 
     def __init__(self, client: "RewardClient", deadline: float | None, metadata: tuple):
         self._client, self._deadline, self._metadata = client, deadline, metadata
         self._call: grpc.aio.StreamStreamCall | None = None
-        self._sent: dict[int, str] = {}  # each candidate's text as the current stream holds it
+        self._by_token_ids = False  # whether the current stream is sent token ids rather than text
+        self._ids_refused = False
+        # Each candidate's response (text or token ids) as the current stream holds it.
+        self._sent: dict[int, str | list[int]] = {}
         self._rounds = asyncio.Lock()  # a stream answers its rounds in order, one at a time
 
-    def _outgoing(self, request: reward_pb2.ScoreRequest) -> list[reward_pb2.ScoreSessionRequest]:
+    async def _outgoing(self, request: reward_pb2.ScoreRequest) -> list[reward_pb2.ScoreSessionRequest]:
         """This round's messages, after a `start` when the stream is new (which opens it)."""
         opening = []
         if self._call is None:
+            self._by_token_ids = (bool(request.tokenizer) and not self._ids_refused
+                                  and request.tokenizer == await self._client.tokenizer())
             timeout = None if self._deadline is None else max(0.0, self._deadline - time.monotonic())
             self._call = self._client.stub.ScoreSession(timeout=timeout, metadata=self._metadata)
             self._sent = {}
-            opening = [reward_pb2.ScoreSessionRequest(start=reward_pb2.ScoreSessionStart(messages=request.messages))]
+            opening = [reward_pb2.ScoreSessionRequest(start=reward_pb2.ScoreSessionStart(
+                messages=request.messages, tokenizer=request.tokenizer if self._by_token_ids else ""))]
         deltas = []
         for item in request.items:
+            if self._by_token_ids:
+                sent = self._sent.get(item.candidate, [])
+                if item.token_ids[:len(sent)] != sent:
+                    raise ValueError(f"candidate {item.candidate}'s tokens do not extend the tokens scored before")
+                deltas.append(reward_pb2.ScoreDelta(candidate=item.candidate, token_ids=item.token_ids[len(sent):],
+                                                    complete=item.complete))
+                continue
             sent = self._sent.get(item.candidate, "")
             if not item.response.startswith(sent):
                 raise ValueError(f"candidate {item.candidate}'s text does not extend the text scored before")
@@ -235,14 +250,21 @@ class RewardCalls:
         """Scores of `request`'s items, whose texts extend those of the previous call; a candidate
         missing from it is dropped for the rest of the request."""
         async with self._rounds:
-            for attempt in range(1, _STREAM_ATTEMPTS + 1):
+            attempt = 1
+            while True:
                 try:
-                    outgoing = self._outgoing(request)  # first: it opens the stream when there is none
+                    outgoing = await self._outgoing(request)  # first: it opens the stream when there is none
                     response = await write_then_read(self._call, outgoing,
                                                      "the reward service ended the scoring stream early")
                 except grpc.aio.AioRpcError as error:
                     self._abandon()
+                    if error.code() == grpc.StatusCode.FAILED_PRECONDITION and self._by_token_ids:
+                        log.info("the reward replica refused token ids (%s); sending text", error.details())
+                        self._ids_refused = True
+                        self._client.forget_tokenizer()
+                        continue
                     if error.code() == grpc.StatusCode.UNAVAILABLE and attempt < _STREAM_ATTEMPTS:
+                        attempt += 1
                         log.info("the reward stream's replica was lost (%s); scoring again on a new stream",
                                  error.details())
                         continue
@@ -250,7 +272,8 @@ class RewardCalls:
                 except BaseException:
                     self._abandon()
                     raise
-                self._sent = {item.candidate: item.response for item in request.items}
+                self._sent = {item.candidate: list(item.token_ids) if self._by_token_ids else item.response
+                              for item in request.items}
                 return response
 
     async def __aenter__(self) -> "RewardCalls":
@@ -278,6 +301,24 @@ class RewardClient(_Upstream):
     service = "reward"
     service_name = reward_pb2.DESCRIPTOR.services_by_name["Reward"].full_name
     stub_class = reward_pb2_grpc.RewardStub
+
+    def __init__(self, target: str, tls: ChannelTls | None = None):
+        super().__init__(target, tls)
+        self._tokenizer: str | None = None
+
+    async def tokenizer(self) -> str:
+        """The fingerprint of the reward model's tokenizer, once it has answered; "" while unknown."""
+        if self._tokenizer is None:
+            try:
+                info = await self.stub.Info(reward_pb2.RewardInfoRequest(), timeout=PROBE_SECONDS)
+            except grpc.aio.AioRpcError:
+                return ""
+            self._tokenizer = info.tokenizer
+        return self._tokenizer
+
+    def forget_tokenizer(self) -> None:
+        """Ask again at the next request: a replica had another tokenizer (a fleet mid-upgrade)."""
+        self._tokenizer = None
 
     def for_request(self, timeout: float | None, metadata: tuple = ()) -> RewardCalls:
         return RewardCalls(self, None if timeout is None else time.monotonic() + timeout, metadata)

@@ -38,8 +38,10 @@ class GeneratorPort(Protocol):
 
 
 class RewardPort(Protocol):
-    """The reward model, for one request: each call's texts extend those of the previous call, one
-    call at a time, and a candidate missing from a call is not scored again."""
+    """The reward model, for one request: each call's texts (and token ids, in the generator's
+    tokenizer that the request names) extend those of the previous call, one call at a time, and a
+    candidate missing from a call is not scored again. The port sends the ids where the reward model
+    shares that tokenizer, else the text."""
 
     async def score(self, request: reward_pb2.ScoreRequest) -> reward_pb2.ScoreResponse: ...
 
@@ -48,6 +50,7 @@ class RewardPort(Protocol):
 class _Candidate:
     index: int
     text: str = ""
+    token_ids: list[int] = field(default_factory=list)  # the response's tokens, end of sequence left out
     num_tokens: int = 0
     finish_reason: str = ""
     inherited_tokens: int = 0  # a branch's tokens from its parent, decoded once, by the parent
@@ -132,9 +135,9 @@ class Pipeline:
 
     def _score_request(self, candidates: list[_Candidate]) -> reward_pb2.ScoreRequest:
         return reward_pb2.ScoreRequest(
-            messages=self.plan.messages,
-            items=[reward_pb2.ScoreItem(response=c.text, complete=c.finish_reason == "stop", candidate=c.index)
-                   for c in candidates],
+            messages=self.plan.messages, tokenizer=self.started.tokenizer,
+            items=[reward_pb2.ScoreItem(response=c.text, complete=c.finish_reason == "stop", candidate=c.index,
+                                        token_ids=c.token_ids) for c in candidates],
         )
 
     async def _score_counted(self, request: reward_pb2.ScoreRequest) -> reward_pb2.ScoreResponse:
@@ -193,6 +196,7 @@ class Pipeline:
                 for update in advanced.sequences:
                     candidate = self.candidates[update.index]
                     candidate.text += update.text_delta
+                    candidate.token_ids += update.token_ids
                     candidate.num_tokens = update.num_tokens
                     candidate.finish_reason = update.finish_reason
                 running = [c for c in live.values() if not c.finished]
@@ -246,7 +250,7 @@ class Pipeline:
         candidates with the next indices, each starting from its parent's text and tokens."""
         self._fork_from = refill.branch_parents(survivors, self.started.n)
         for parent in map(self.candidates.__getitem__, self._fork_from):
-            branch = _Candidate(len(self.candidates), parent.text, parent.num_tokens,
+            branch = _Candidate(len(self.candidates), parent.text, list(parent.token_ids), parent.num_tokens,
                                 inherited_tokens=parent.num_tokens)
             self.candidates[branch.index] = live[branch.index] = branch
 

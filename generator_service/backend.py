@@ -30,6 +30,7 @@ class ModelInfo:
     kv_cache_bytes_per_token: int
     max_context_tokens: int
     max_batch_size: int
+    tokenizer: str  # common.tokenizer_fingerprint of the model's tokenizer
 
 
 @dataclass(frozen=True)
@@ -48,6 +49,7 @@ class SequenceUpdate:
     text_delta: str
     num_tokens: int
     finish_reason: str  # "" while running, else "stop" or "length"
+    token_ids: list[int]  # the tokens added since the previous update, end of sequence left out
 
 
 @dataclass

@@ -4,6 +4,7 @@ import logging
 import torch
 
 from common.models import choose_device, choose_dtype, resolve_model
+from common.tokenizer_fingerprint import tokenizer_fingerprint
 from .admission import Admission
 from .compile import compile_dense_parts
 from .decode_loop import DecodeLoop
@@ -28,6 +29,7 @@ class GeneratorEngine:
         self.model_name = model or "SmolLM2-135M-Instruct (embedded)"
         path = resolve_model(model, model_cache)
         self.tokenizer = AutoTokenizer.from_pretrained(path)
+        self.tokenizer_fingerprint = tokenizer_fingerprint(self.tokenizer)
         hf_model = AutoModelForCausalLM.from_pretrained(path, dtype=self.dtype).to(self.device).eval()
         self.decoder = CausalDecoder(hf_model, row_block=row_block)
         self.eos_ids = eos_token_ids(hf_model.generation_config.eos_token_id, hf_model.config.eos_token_id,

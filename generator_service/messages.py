@@ -46,18 +46,18 @@ def open_from_start(engine, start: pb.StartSession, kv_budget_tokens: int | None
     return engine.admit(prepare_start(engine, start, kv_budget_tokens))
 
 
-def started_message(started: Started) -> pb.SessionStarted:
+def started_message(started: Started, tokenizer: str) -> pb.SessionStarted:
     return pb.SessionStarted(
         n=started.n, prompt_tokens=started.prompt_tokens, kv_cache_budget_bytes=started.kv_cache_budget_bytes,
         kv_cache_bytes=started.kv_cache_bytes, prefill_seconds=started.prefill_seconds,
-        capacity_tokens=started.capacity_tokens,
+        capacity_tokens=started.capacity_tokens, tokenizer=tokenizer,
     )
 
 
 def advanced_message(result: AdvanceResult) -> pb.Advanced:
     return pb.Advanced(
         sequences=[pb.SequenceUpdate(index=u.index, text_delta=u.text_delta, num_tokens=u.num_tokens,
-                                     finish_reason=u.finish_reason) for u in result.updates],
+                                     finish_reason=u.finish_reason, token_ids=u.token_ids) for u in result.updates],
         position=result.position, steps=result.steps, decoded_tokens=result.decoded_tokens,
         decode_seconds=result.decode_seconds, kv_cache_bytes=result.kv_cache_bytes,
         capacity_tokens=result.capacity_tokens, memory_full=result.memory_full,

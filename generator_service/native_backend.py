@@ -31,7 +31,8 @@ class NativeBackend:
         self.info = ModelInfo(
             model=engine.model_name, device=str(engine.device), dtype=str(engine.dtype).removeprefix("torch."),
             kv_cache_budget_bytes=engine.budget_bytes, kv_cache_bytes_per_token=engine.bytes_per_token,
-            max_context_tokens=engine.decoder.max_context, max_batch_size=engine.max_batch_size)
+            max_context_tokens=engine.decoder.max_context, max_batch_size=engine.max_batch_size,
+            tokenizer=engine.tokenizer_fingerprint)
 
     def prepare(self, messages: list[dict], **options) -> SessionRequest:
         return self.engine.prepare(messages, **options)

@@ -32,7 +32,7 @@ class GeneratorServicer(generator_pb2_grpc.GeneratorServicer):
         return pb.InfoResponse(
             model=info.model, device=info.device, dtype=info.dtype, kv_cache_budget_bytes=info.kv_cache_budget_bytes,
             kv_cache_bytes_per_token=info.kv_cache_bytes_per_token, max_context_tokens=info.max_context_tokens,
-            max_batch_size=info.max_batch_size, active_sessions=backend.active_sessions(),
+            max_batch_size=info.max_batch_size, active_sessions=backend.active_sessions(), tokenizer=info.tokenizer,
         )
 
     async def Session(self, request_iterator, context):
@@ -47,7 +47,7 @@ class GeneratorServicer(generator_pb2_grpc.GeneratorServicer):
             started = await session.start()
             metrics.PREFILL_SECONDS.labels(metrics.SERVICE).observe(started.prefill_seconds)
             metrics.TOKENS.labels(metrics.SERVICE).inc(started.n)  # every row's first token, sampled at prefill
-            yield pb.SessionEvent(started=started_message(started))
+            yield pb.SessionEvent(started=started_message(started, backend.info.tokenizer))
             async for command in request_iterator:
                 kind = command.WhichOneof("command")
                 if kind == "advance":

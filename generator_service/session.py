@@ -319,9 +319,10 @@ class Session:
             sequence = self.sequences[index]
             detokenizer = sequence.detokenizer
             body_end = len(sequence.tokens) - (sequence.finish_reason == "stop")
-            delta = detokenizer.add(sequence.tokens[detokenizer.token_count:body_end])
+            new = sequence.tokens[detokenizer.token_count:body_end]
+            delta = detokenizer.add(new)
             if sequence.finish_reason:
                 delta += detokenizer.finish()
             sequence.finish_reported = bool(sequence.finish_reason)
-            updates.append(SequenceUpdate(index, delta, len(sequence.tokens), sequence.finish_reason))
+            updates.append(SequenceUpdate(index, delta, len(sequence.tokens), sequence.finish_reason, new))
         return updates

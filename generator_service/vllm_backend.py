@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 
 from common.errors import FieldError
 from common.models import choose_device, choose_dtype, resolve_cpu_threads, resolve_model
+from common.tokenizer_fingerprint import tokenizer_fingerprint
 from . import metrics
 from .admission import Admission
 from .backend import AdvanceResult, ModelInfo, Pruned, SequenceUpdate, Started
@@ -229,7 +230,7 @@ class VllmSession:
         if ends_here:
             text += candidate.detokenizer.finish()
             candidate.reported_finish = "stop" if candidate.finish_reason == "stop" else "length"
-        return SequenceUpdate(index, text, visible, candidate.reported_finish)
+        return SequenceUpdate(index, text, visible, candidate.reported_finish, new)
 
     async def _decode(self, candidate: _Candidate, index: int) -> None:
         """Feed one vLLM request's tokens into `candidate` as they come."""
@@ -305,7 +306,7 @@ class VllmBackend:
             model=model or "SmolLM2-135M-Instruct (embedded)", device=str(self.device),
             dtype=dtype_name, kv_cache_budget_bytes=pool_tokens * self.bytes_per_token,
             kv_cache_bytes_per_token=self.bytes_per_token, max_context_tokens=model_config.max_model_len,
-            max_batch_size=max_batch_size)
+            max_batch_size=max_batch_size, tokenizer=tokenizer_fingerprint(self.tokenizer))
         self._sessions: set[VllmSession] = set()
         self._ids = itertools.count()
         log.info("generator ready on vLLM: %s on %s/%s, KV pool %d tokens (%d bytes/token)", path, self.device,

@@ -11,8 +11,9 @@ from dataclasses import dataclass
 
 from common import metrics as common_metrics
 from common.chat import PromptError
-from common.errors import Cancelled, DeadlineExceeded, FieldError, Overloaded
+from common.errors import Cancelled, DeadlineExceeded, FieldError, Overloaded, TokenizerMismatch
 from common.retry_hint import RetryHint
+from common.tokenizer_fingerprint import tokenizer_fingerprint
 from . import metrics
 from .limits import InputLimits
 from .scorers import Item, Request, Scored
@@ -62,16 +63,34 @@ class ScoringEngine:
         self._lock = threading.Lock()
         self.queued = 0
         self.retry_hint = RetryHint(initial_seconds=0.05, floor_seconds=batch_window_seconds)
+        self.tokenizer_fingerprint = tokenizer_fingerprint(scorer.tokenizer)
+        self._vocabulary_size = len(scorer.tokenizer)
         self._worker = threading.Thread(target=self._work, name="reward-scoring", daemon=True)
         self._worker.start()
 
+    def check_tokenizer(self, tokenizer: str, field: str) -> None:
+        """Raise TokenizerMismatch unless token ids in `tokenizer` (a fingerprint) are this scorer's."""
+        if tokenizer != self.tokenizer_fingerprint:
+            raise TokenizerMismatch(field, tokenizer, self.tokenizer_fingerprint)
+
+    def _check_token_ids(self, items: list[Item]) -> None:
+        for index, item in enumerate(items):
+            outside = [t for t in item.token_ids if t >= self._vocabulary_size]
+            if outside:
+                raise FieldError(f"items[{index}].token_ids", f"token id {outside[0]} is outside the vocabulary "
+                                                              f"of {self._vocabulary_size} tokens")
+
     def submit(self, messages: list[dict], items: list[Item], *, session: str = "",
-               deadline: float | None = None) -> Future:
-        """Queue a request; the future resolves to its `Scored`. Raises at once FieldError for bad input
-        and Overloaded (with a retry hint) when the queue is full; the future fails with DeadlineExceeded
-        when `deadline` (a time.monotonic() value) passes before the request is scored. Cancelling the
-        future stops the request's model work at the next forward pass."""
+               deadline: float | None = None, tokenizer: str = "") -> Future:
+        """Queue a request; the future resolves to its `Scored`. With `tokenizer` (a fingerprint) the
+        items are token ids, refused with TokenizerMismatch when it is not this scorer's. Raises at once
+        FieldError for bad input and Overloaded (with a retry hint) when the queue is full; the future
+        fails with DeadlineExceeded when `deadline` (a time.monotonic() value) passes before the request
+        is scored. Cancelling the future stops the request's model work at the next forward pass."""
         self.limits.check_shape(len(messages), len(items))
+        if tokenizer:
+            self.check_tokenizer(tokenizer, "tokenizer")
+            self._check_token_ids(items)
         self.limits.check_text(messages, [item.response for item in items])
         if session:
             seen = set()
@@ -82,6 +101,11 @@ class ScoringEngine:
         # A full queue refuses before tokenizing, so overload costs the least work.
         self._admit()
         try:
+            if tokenizer and not self.scorer.reads_token_ids:
+                # Decoded as the generator writes its text: special tokens skipped, spaces as they are.
+                texts = self.scorer.tokenizer.batch_decode([i.token_ids for i in items], skip_special_tokens=True,
+                                                           clean_up_tokenization_spaces=False)
+                items = [Item(text, i.complete, i.candidate) for i, text in zip(items, texts)]
             try:
                 prompt, bodies = self.scorer.tokenize(messages, items)
             except PromptError as error:

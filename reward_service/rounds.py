@@ -1,6 +1,6 @@
-"""A scoring stream's rounds: each candidate's text appended since the previous round in, the whole
-texts to score out."""
-from dataclasses import dataclass
+"""A scoring stream's rounds: what each candidate gained since the previous round in (text, or token
+ids on a stream that names its tokenizer), the whole responses to score out."""
+from dataclasses import dataclass, field
 
 from common.errors import FieldError
 from .scorers import Item
@@ -11,14 +11,17 @@ class Delta:
     candidate: int
     text: str  # appended since the candidate's previous round
     complete: bool = False
+    token_ids: list[int] = field(default_factory=list)  # appended since the previous round, on a stream of ids
 
 
-class CandidateTexts:
-    """Each candidate's text as a stream's rounds have built it. A candidate missing from a round is
-    dropped for good: a delta for it later would extend a text the caller may no longer hold."""
+class CandidateResponses:
+    """Each candidate's response as a stream's rounds have built it: text, or token ids when
+    `token_ids`. A candidate missing from a round is dropped for good: a delta for it later would
+    extend a response the caller may no longer hold."""
 
-    def __init__(self):
-        self._texts: dict[int, str] = {}
+    def __init__(self, token_ids: bool = False):
+        self.token_ids = token_ids
+        self._responses: dict[int, str | list[int]] = {}
         self._dropped: set[int] = set()
 
     def apply(self, deltas: list[Delta]) -> list[Item]:
@@ -28,12 +31,17 @@ class CandidateTexts:
                 raise FieldError(f"items[{index}].candidate",
                                  f"candidate {delta.candidate} was dropped by an earlier round of this stream")
         named = {d.candidate for d in deltas}
-        for candidate in [c for c in self._texts if c not in named]:
-            del self._texts[candidate]
+        for candidate in [c for c in self._responses if c not in named]:
+            del self._responses[candidate]
             self._dropped.add(candidate)
         items = []
         for delta in deltas:
-            text = self._texts.get(delta.candidate, "") + delta.text
-            self._texts[delta.candidate] = text
-            items.append(Item(text, delta.complete, delta.candidate))
+            if self.token_ids:
+                ids = self._responses.get(delta.candidate, []) + delta.token_ids
+                self._responses[delta.candidate] = ids
+                items.append(Item("", delta.complete, delta.candidate, ids))
+            else:
+                text = self._responses.get(delta.candidate, "") + delta.text
+                self._responses[delta.candidate] = text
+                items.append(Item(text, delta.complete, delta.candidate))
         return items

@@ -24,6 +24,7 @@ class Item:
     response: str
     complete: bool = False  # ended on its own: the end-of-turn token is scored too
     candidate: int = 0  # the candidate's index within its session
+    token_ids: list[int] | None = None  # the response as the scorer's token ids, when not as text
 
 
 @dataclass
@@ -78,6 +79,8 @@ class IncrementalScorer:
     each session's keys/values in `sessions` between its calls."""
 
     name = ""
+    # False: the scorer formats the response as text, so token ids sent in are decoded to text first.
+    reads_token_ids = False
     # Tokens read after every response at every call, whose keys/values are not kept: they follow the
     # response, so each call's new response tokens come before them.
     tail: tuple[int, ...] = ()
@@ -190,9 +193,14 @@ class LogprobScorer(IncrementalScorer):
         super().__init__(model, tokenizer, token_budget, model.get_output_embeddings())
         self.end_id = tokenizer.eos_token_id
 
+    # The response's tokens are read as they are, so token ids sent in are scored exactly as generated.
+    reads_token_ids = True
+
     def tokenize(self, messages: list[dict], items: list[Item]) -> tuple[list[int], list[list[int]]]:
         prompt = prompt_token_ids(self.tokenizer, messages)
-        bodies = self.tokenizer([i.response for i in items], add_special_tokens=False).input_ids if items else []
+        texts = [i.response for i in items if i.token_ids is None]
+        tokenized = iter(self.tokenizer(texts, add_special_tokens=False).input_ids if texts else [])
+        bodies = [list(i.token_ids) if i.token_ids is not None else next(tokenized) for i in items]
         return prompt, [b + [self.end_id] if item.complete else b for b, item in zip(bodies, items)]
 
     # Rows per product with the output head: all responses' tokens together, in pieces small enough
@@ -248,6 +256,7 @@ class RecomputingClassifierScorer:
     forward pass, every call."""
 
     name = ClassifierScorer.name
+    reads_token_ids = False
 
     def __init__(self, model, tokenizer, token_budget: int):
         self.model, self.tokenizer, self.token_budget = model, tokenizer, token_budget

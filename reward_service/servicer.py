@@ -8,16 +8,19 @@ from common.errors import FieldError, Unavailable
 from specrej.v1 import reward_pb2 as pb
 from specrej.v1 import reward_pb2_grpc
 from .engine import ScoringEngine
-from .rounds import CandidateTexts, Delta
+from .rounds import CandidateResponses, Delta
 from .scorers import Item, Scored
 
 
 def score_items(request: pb.ScoreRequest) -> list[Item]:
+    """The request's responses: their token ids when it names a tokenizer, else their text."""
+    if request.tokenizer:
+        return [Item("", i.complete, i.candidate, list(i.token_ids)) for i in request.items]
     return [Item(i.response, i.complete, i.candidate) for i in request.items]
 
 
 def round_deltas(round_: pb.ScoreRound) -> list[Delta]:
-    return [Delta(i.candidate, i.text_delta, i.complete) for i in round_.items]
+    return [Delta(i.candidate, i.text_delta, i.complete, list(i.token_ids)) for i in round_.items]
 
 
 def score_response(scored: Scored) -> pb.ScoreResponse:
@@ -48,18 +51,20 @@ class RewardServicer(reward_pb2_grpc.RewardServicer):
         return self.engine
 
     async def Info(self, request, context):
-        scorer = self._ready_engine().scorer
+        engine = self._ready_engine()
+        scorer = engine.scorer
         return pb.RewardInfoResponse(model=self.model_name, scorer=scorer.name, device=str(scorer.device),
-                                     dtype=str(scorer.dtype).removeprefix("torch."))
+                                     dtype=str(scorer.dtype).removeprefix("torch."),
+                                     tokenizer=engine.tokenizer_fingerprint)
 
     @staticmethod
     async def _scored(engine: ScoringEngine, messages: list[dict], items: list[Item], context,
-                      session: str = "") -> pb.ScoreResponse:
+                      session: str = "", tokenizer: str = "") -> pb.ScoreResponse:
         remaining = context.time_remaining()
         deadline = None if remaining is None else time.monotonic() + remaining
         # Tokenizing runs here, on a thread, so a long conversation never stalls the event loop.
         submitting = asyncio.ensure_future(
-            asyncio.to_thread(engine.submit, messages, items, session=session, deadline=deadline))
+            asyncio.to_thread(engine.submit, messages, items, session=session, deadline=deadline, tokenizer=tokenizer))
         try:
             future = await asyncio.shield(submitting)
         except asyncio.CancelledError:
@@ -71,27 +76,30 @@ class RewardServicer(reward_pb2_grpc.RewardServicer):
 
     async def Score(self, request, context):
         return await self._scored(self._ready_engine(), message_dicts(request.messages), score_items(request),
-                                  context)
+                                  context, tokenizer=request.tokenizer)
 
     async def ScoreSession(self, request_iterator, context):
         engine = self._ready_engine()
         first = await anext(aiter(request_iterator), None)
         if first is None or first.WhichOneof("kind") != "start":
             raise FieldError("start", "a scoring stream begins with `start`")
-        messages = message_dicts(first.start.messages)
+        messages, tokenizer = message_dicts(first.start.messages), first.start.tokenizer
         try:
             engine.limits.check_shape(len(messages), 0)
         except FieldError as error:
             raise stream_field_error(error) from None
-        texts, session = CandidateTexts(), engine.open_session()
+        if tokenizer:
+            engine.check_tokenizer(tokenizer, "start.tokenizer")
+        responses, session = CandidateResponses(token_ids=bool(tokenizer)), engine.open_session()
         call_log, rounds, tokens = requestlog.current(), 0, 0
+        call_log.add(responses_as="token ids" if tokenizer else "text")
         try:
             async for request in request_iterator:
                 if request.WhichOneof("kind") != "round":
                     raise FieldError("round", "`start` is only allowed first")
                 try:
-                    items = texts.apply(round_deltas(request.round))
-                    response = await self._scored(engine, messages, items, context, session)
+                    items = responses.apply(round_deltas(request.round))
+                    response = await self._scored(engine, messages, items, context, session, tokenizer)
                 except FieldError as error:
                     raise stream_field_error(error) from None
                 rounds, tokens = rounds + 1, tokens + response.scored_tokens

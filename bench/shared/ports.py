@@ -49,7 +49,7 @@ class InProcessSession:
 
     async def start(self, start: generator_pb2.StartSession) -> generator_pb2.SessionStarted:
         self.session = open_from_start(self.engine, start, self.kv_budget_tokens)
-        return started_message(await asyncio.wrap_future(self.session.start()))
+        return started_message(await asyncio.wrap_future(self.session.start()), self.engine.tokenizer_fingerprint)
 
     async def advance(self, until_tokens: int, keep: list[int], fork_from: list[int]) -> generator_pb2.Advanced:
         return advanced_message(await asyncio.wrap_future(self.session.advance(until_tokens, keep, fork_from)))
@@ -77,13 +77,19 @@ class InProcessReward:
 
 class InProcessRewardCalls:
     """coordinator.clients.RewardCalls over a scoring engine: one scoring session per request, each
-    call with the candidates' whole texts (nothing crosses a wire to save)."""
+    call with the candidates' whole responses (nothing crosses a wire to save): token ids where the
+    scorer's tokenizer is the generator's, as over gRPC, else text."""
 
     def __init__(self, engine: ScoringEngine):
         self.engine, self.session = engine, engine.open_session()
 
     async def score(self, request: reward_pb2.ScoreRequest) -> reward_pb2.ScoreResponse:
-        future = self.engine.submit(message_dicts(request.messages), score_items(request), session=self.session)
+        if request.tokenizer != self.engine.tokenizer_fingerprint:
+            request = reward_pb2.ScoreRequest(messages=request.messages, items=[
+                reward_pb2.ScoreItem(response=i.response, complete=i.complete, candidate=i.candidate)
+                for i in request.items])
+        future = self.engine.submit(message_dicts(request.messages), score_items(request), session=self.session,
+                                    tokenizer=request.tokenizer)
         return score_response(await asyncio.wrap_future(future))
 
     async def __aenter__(self) -> "InProcessRewardCalls":

@@ -30,8 +30,9 @@ def sampling(seed=1, temperature=1.0):
     return SamplingParams(temperature=temperature, seed=seed)
 
 
-async def decode_all(backend, *, n=4, max_new_tokens=24, seed=1, every=8, temperature=1.0):
-    """Texts, token counts and ends of a session advanced `every` tokens to the end."""
+async def decode_all(backend, *, n=4, max_new_tokens=24, seed=1, every=8, temperature=1.0, token_ids=None):
+    """Texts, token counts and ends of a session advanced `every` tokens to the end; each candidate's
+    reported token ids are appended to `token_ids[index]` when given."""
     session = backend.admit(backend.prepare(MESSAGES, n=n, max_new_tokens=max_new_tokens,
                                             sampling=sampling(seed, temperature),
                                             min_tokens_before_full=max_new_tokens))
@@ -43,6 +44,8 @@ async def decode_all(backend, *, n=4, max_new_tokens=24, seed=1, every=8, temper
             for update in result.updates:
                 texts[update.index] += update.text_delta
                 counts[update.index], ends[update.index] = update.num_tokens, update.finish_reason
+                if token_ids is not None:
+                    token_ids[update.index] += update.token_ids
             if all(ends):
                 break
     finally:
@@ -76,6 +79,18 @@ def test_every_candidate_ends_with_stop_or_length_within_max_new_tokens(backend,
     assert all(count == 24 for count, end in zip(counts, ends) if end == "length")
     assert all(1 <= count <= 24 for count in counts)
     assert all(text for text, count in zip(texts, counts) if count > 1)
+
+
+def test_the_reported_token_ids_are_each_candidates_tokens_and_spell_its_text(backend, run, tokenizer_dir):
+    from transformers import AutoTokenizer
+
+    token_ids = [[] for _ in range(6)]
+    # Advances of 5 tokens cut words and multi-byte characters at many places.
+    texts, counts, ends = run(decode_all(backend, n=6, max_new_tokens=40, every=5, token_ids=token_ids))
+    tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
+    for ids, text, count, end in zip(token_ids, texts, counts, ends):
+        assert len(ids) == count - (end == "stop")  # the end of sequence is counted, not listed
+        assert tokenizer.decode(ids, skip_special_tokens=True, clean_up_tokenization_spaces=False) == text
 
 
 def test_the_same_seed_gives_the_same_candidates_and_another_seed_others(backend, run):
@@ -174,25 +189,24 @@ def test_requests_that_cannot_fit_are_refused_naming_the_field(backend):
     assert most.n == 16  # n = 0: as many as the batch limit and memory allow
 
 
-def tokens_of(session, index: int) -> list[int]:
-    """A candidate's token ids as the backend holds them (the contract reports only text)."""
-    native = getattr(session, "session", None)
-    return list(native.sequences[index].tokens if native is not None else session.candidates[index].tokens)
-
-
 async def branch_session(backend, *, seed=7, temperature=1.0, fork=True, reserve=24):
     """Four candidates advanced to 8 tokens; then two kept and, with `fork`, two branches of the best
     kept one made, all advanced to 16. Returns what start and both advances said, the kept, and the
-    token ids of every candidate reported at 16."""
+    token ids of every candidate reported at 16, as the reports spell them (a branch's first report
+    lists only its tokens after the fork)."""
     session = backend.admit(backend.prepare(MESSAGES, n=4, max_new_tokens=24, sampling=sampling(seed, temperature),
                                             min_tokens_before_full=reserve))
     try:
         started = await session.start()
         first = await session.advance(8)
         keep = [u.index for u in first.updates if not u.finish_reason][:2]
-        second = await session.advance(16, keep, [keep[0], keep[0]] if fork else [])
-        tokens = {u.index: tokens_of(session, u.index)[:u.num_tokens] for u in second.updates}
-        return started, first, keep, second, tokens
+        fork_from = [keep[0], keep[0]] if fork else []
+        second = await session.advance(16, keep, fork_from)
+        tokens = {u.index: list(u.token_ids) for u in first.updates}
+        tokens.update({started.n + number: list(tokens[parent]) for number, parent in enumerate(fork_from)})
+        for update in second.updates:
+            tokens[update.index] += update.token_ids
+        return started, first, keep, second, {u.index: tokens[u.index] for u in second.updates}
     finally:
         session.close()
 

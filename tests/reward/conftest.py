@@ -19,10 +19,12 @@ def classifier(tiny_classifier_dir):
 
 
 @torch.inference_mode()
-def reference_mean_logprob(scorer, messages, response: str, complete: bool) -> float:
+def reference_mean_logprob(scorer, messages, response: str | list[int], complete: bool) -> float:
+    """Of a response given as text, or as token ids (read as they are)."""
     tokenizer, model = scorer.tokenizer, scorer.model
     prompt = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True).input_ids
-    body = tokenizer(response, add_special_tokens=False).input_ids + ([tokenizer.eos_token_id] if complete else [])
+    ids = response if isinstance(response, list) else tokenizer(response, add_special_tokens=False).input_ids
+    body = ids + ([tokenizer.eos_token_id] if complete else [])
     if not body:
         return 0.0
     logits = model(torch.tensor([prompt + body])).logits[0].log_softmax(-1)

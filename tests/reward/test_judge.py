@@ -118,6 +118,17 @@ def test_a_session_reads_only_new_response_tokens_and_the_question_and_scores_as
         engine.close()
 
 
+def test_token_ids_sent_to_the_judge_are_read_as_the_text_they_spell(judge):
+    engine = ScoringEngine(judge, sessions=SessionCache(1 << 20), batch_window_seconds=0)
+    try:
+        ids = judge.tokenizer(RESPONSES, add_special_tokens=False).input_ids
+        items = [Item("", False, candidate, response) for candidate, response in enumerate(ids)]
+        scored = engine.submit(MESSAGES, items, tokenizer=engine.tokenizer_fingerprint).result()
+    finally:
+        engine.close()
+    assert scored.scores == pytest.approx(score_once(judge, MESSAGES, RESPONSES), abs=1e-5)
+
+
 def test_info_reports_the_judge(judge):
     engine = ScoringEngine(judge, sessions=SessionCache(1 << 20), batch_window_seconds=0)
     loopback = LoopbackReward(RewardServicer(engine, model_name="tiny"))

@@ -9,6 +9,7 @@ import pytest
 
 from common.errors import field_violations
 from common.server import Server, ServerOptions
+from common.tokenizer_fingerprint import tokenizer_fingerprint
 from coordinator.clients import RewardClient
 from reward_service.engine import ScoringEngine
 from reward_service.limits import InputLimits
@@ -16,7 +17,7 @@ from reward_service.scorers import Item, common_prefix_length
 from reward_service.servicer import RewardServicer
 from reward_service.sessions import SessionCache
 from specrej.v1 import common_pb2, reward_pb2, reward_pb2_grpc
-from tests.reward.conftest import reference_scores
+from tests.reward.conftest import reference_mean_logprob, reference_scores
 
 MESSAGES = [common_pb2.Message(role="user", content="Name a fruit.")]
 AS_DICTS = [{"role": "user", "content": "Name a fruit."}]
@@ -135,9 +136,71 @@ def test_the_end_of_a_stream_frees_what_it_held(reward, engine, end):
     assert engine.sessions.nbytes == 0 and len(engine.sessions) == 0
 
 
-def test_info_names_the_scorer(reward):
+def test_info_names_the_scorer(reward, logprob):
     info = reward.Info(reward_pb2.RewardInfoRequest(), timeout=30)
     assert (info.model, info.scorer, info.device, info.dtype) == ("tiny", "lm-logprob", "cpu", "float32")
+    assert info.tokenizer == tokenizer_fingerprint(logprob.tokenizer)
+
+
+def pieced_ids(tokenizer, pieces: list[str]) -> list[int]:
+    """Token ids of each piece tokenized alone, joined: a tokenization the tokenizer would not choose
+    for the whole text, as a sampling generator may write it."""
+    return [t for piece in pieces for t in tokenizer(piece, add_special_tokens=False).input_ids]
+
+
+def id_round(*deltas: tuple[int, list[int], bool]) -> reward_pb2.ScoreSessionRequest:
+    items = [reward_pb2.ScoreDelta(candidate=c, token_ids=ids, complete=done) for c, ids, done in deltas]
+    return reward_pb2.ScoreSessionRequest(round=reward_pb2.ScoreRound(items=items))
+
+
+def test_token_ids_are_scored_as_the_tokens_they_are_not_as_their_text_would_tokenize(reward, logprob, engine):
+    tokenizer = logprob.tokenizer
+    apples, pears = pieced_ids(tokenizer, ["Ap", "ples", " are", " r", "ed"]), pieced_ids(tokenizer, ["Pe", "ars"])
+    assert apples != tokenizer("Apples are red", add_special_tokens=False).input_ids
+    fingerprint = tokenizer_fingerprint(tokenizer)
+    opening = reward_pb2.ScoreSessionRequest(start=reward_pb2.ScoreSessionStart(messages=MESSAGES,
+                                                                                tokenizer=fingerprint))
+    rounds = [id_round((0, apples[:2], False), (1, pears, False)), id_round((0, apples[2:], True), (1, [], True))]
+    answers = list(reward.ScoreSession(iter([opening, *rounds]), timeout=30))
+    expected = [[reference_mean_logprob(logprob, AS_DICTS, apples[:2], False),
+                 reference_mean_logprob(logprob, AS_DICTS, pears, False)],
+                [reference_mean_logprob(logprob, AS_DICTS, apples, True),
+                 reference_mean_logprob(logprob, AS_DICTS, pears, True)]]
+    for answer, scores in zip(answers, expected):
+        assert list(answer.scores) == pytest.approx(scores, abs=1e-4)
+    # The text of those tokens, tokenized again, is another sequence with another score.
+    as_text = reference_mean_logprob(logprob, AS_DICTS, "Apples are red", True)
+    assert abs(answers[1].scores[0] - as_text) > 1e-3
+    # The second round read the new tokens and the ends of sequence, nothing again.
+    assert answers[1].scored_tokens == len(apples) - 2 + 2
+    unary = reward.Score(reward_pb2.ScoreRequest(messages=MESSAGES, tokenizer=fingerprint, items=[
+        reward_pb2.ScoreItem(token_ids=apples, complete=True)]), timeout=30)
+    assert unary.scores[0] == pytest.approx(expected[1][0], abs=1e-4)
+    wait_until_freed(engine)
+    assert engine.sessions.nbytes == 0 and len(engine.sessions) == 0
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_token_ids_in_another_tokenizer_are_a_failed_precondition_and_ids_outside_the_vocabulary_invalid(
+        reward, logprob, engine, stream):
+    fingerprint = tokenizer_fingerprint(logprob.tokenizer)
+    cases = [("another-tokenizer", [1, 2], grpc.StatusCode.FAILED_PRECONDITION, "tokenizer"),
+             (fingerprint, [1, len(logprob.tokenizer)], grpc.StatusCode.INVALID_ARGUMENT, "items[0].token_ids")]
+    for tokenizer, ids, code, field in cases:
+        with pytest.raises(grpc.RpcError) as error:
+            if stream:
+                list(reward.ScoreSession(iter([
+                    reward_pb2.ScoreSessionRequest(start=reward_pb2.ScoreSessionStart(messages=MESSAGES,
+                                                                                      tokenizer=tokenizer)),
+                    id_round((0, ids, False))]), timeout=30))
+            else:
+                reward.Score(reward_pb2.ScoreRequest(messages=MESSAGES, tokenizer=tokenizer,
+                                                     items=[reward_pb2.ScoreItem(token_ids=ids)]), timeout=30)
+        named = ("start." if code == grpc.StatusCode.FAILED_PRECONDITION else "round.") + field if stream else field
+        assert error.value.code() == code
+        assert error.value.details().startswith(f"{named}: ")
+    wait_until_freed(engine)
+    assert engine.sessions.nbytes == 0 and len(engine.sessions) == 0
 
 
 @pytest.mark.parametrize("request_, field", [
@@ -286,3 +349,55 @@ def test_a_lost_replica_mid_request_is_replaced_with_the_same_scores(two_replica
     assert answers[1].scored_tokens == len(prompt) + sum(map(len, bodies))
     wait_until_freed(engines[1 - lost])
     assert engines[1 - lost].sessions.nbytes == 0
+
+
+class MisreportingServicer(RewardServicer):
+    """Info answered as if by a replica with the caller's tokenizer, its own scorer's being another:
+    a fleet mid-upgrade, whose Info and scoring streams reach different replicas."""
+
+    def __init__(self, engine, reported: str):
+        super().__init__(engine, model_name="tiny")
+        self.reported = reported
+
+    async def Info(self, request, context):
+        info = await super().Info(request, context)
+        info.tokenizer = self.reported
+        return info
+
+
+@pytest.mark.parametrize("replica", ["same tokenizer", "another tokenizer", "another behind a stale Info"])
+def test_the_coordinator_sends_token_ids_only_to_a_reward_model_with_its_tokenizer(logprob, replica):
+    tokenizer = logprob.tokenizer
+    apples = pieced_ids(tokenizer, ["Ap", "ples", " are", " r", "ed"])
+    fingerprint = tokenizer_fingerprint(tokenizer)
+    engine = new_engine(logprob)
+    if replica != "same tokenizer":
+        engine.tokenizer_fingerprint = "another-tokenizer"
+    servicer = MisreportingServicer(engine, fingerprint if replica.endswith("stale Info") else
+                                    engine.tokenizer_fingerprint)
+    loopback = LoopbackReward(servicer)
+
+    async def scenario():
+        client = RewardClient(f"127.0.0.1:{loopback.server.port}")
+        try:
+            async with client.for_request(30) as calls:
+                answers = []
+                for length in (3, len(apples)):
+                    answers.append(await calls.score(reward_pb2.ScoreRequest(
+                        messages=MESSAGES, tokenizer=fingerprint, items=[reward_pb2.ScoreItem(
+                            response=tokenizer.decode(apples[:length]), token_ids=apples[:length])])))
+                return answers, await client.tokenizer()
+        finally:
+            await client.close()
+
+    try:
+        answers, known = asyncio.run(scenario())
+    finally:
+        loopback.stop()
+        engine.close()
+    by_ids = replica == "same tokenizer"
+    for answer, length in zip(answers, (3, len(apples))):
+        response = apples[:length] if by_ids else tokenizer.decode(apples[:length])
+        assert answer.scores[0] == pytest.approx(reference_mean_logprob(logprob, AS_DICTS, response, False), abs=1e-4)
+    # After a refusal the client asks Info again; the replica still misreports.
+    assert known == servicer.reported

@@ -12,9 +12,13 @@ from specrej.v1 import coordinator_pb2 as pb
 from specrej.v1 import generator_pb2, reward_pb2
 
 
+TOKEN_OF_A = 100  # the letter 'a' + i is token TOKEN_OF_A + i of the scripted vocabulary
+
+
 class ScriptedGenerator:
-    """Candidate i writes the letter 'a' + i once per token and finishes ("stop") after
-    `lengths[i]` tokens; a branch continues its parent's tokens and length. Records every command."""
+    """Candidate i writes the letter 'a' + i (token TOKEN_OF_A + i) once per token and finishes
+    ("stop") after `lengths[i]` tokens; a branch continues its parent's tokens and length. Records
+    every command."""
 
     def __init__(self, lengths: list[int], memory_full_at: int | None = None):
         self.lengths, self.memory_full_at = lengths, memory_full_at
@@ -25,7 +29,8 @@ class ScriptedGenerator:
 
     async def start(self, start: generator_pb2.StartSession) -> generator_pb2.SessionStarted:
         self.commands.append(("start", start.n, start.min_tokens_before_full))
-        return generator_pb2.SessionStarted(n=len(self.lengths), prompt_tokens=7, prefill_seconds=0.01)
+        return generator_pb2.SessionStarted(n=len(self.lengths), prompt_tokens=7, prefill_seconds=0.01,
+                                            tokenizer="scripted")
 
     async def advance(self, until_tokens: int, keep: list[int], fork_from: list[int]) -> generator_pb2.Advanced:
         if keep:
@@ -48,8 +53,9 @@ class ScriptedGenerator:
         for index in sorted(self.running):
             tokens = min(self.position, self.lengths[index])
             done = tokens == self.lengths[index]
+            new = tokens - self.reported[index]
             updates.append(generator_pb2.SequenceUpdate(
-                index=index, text_delta=chr(ord("a") + index) * (tokens - self.reported[index]),
+                index=index, text_delta=chr(ord("a") + index) * new, token_ids=[TOKEN_OF_A + index] * new,
                 num_tokens=tokens, finish_reason="stop" if done else ""))
             self.reported[index] = tokens
             if done:
@@ -63,9 +69,11 @@ class IndexReward:
 
     def __init__(self):
         self.calls = []
+        self.requests = []
 
     async def score(self, request: reward_pb2.ScoreRequest) -> reward_pb2.ScoreResponse:
         self.calls.append([item.response for item in request.items])
+        self.requests.append(request)
         return reward_pb2.ScoreResponse(scores=[float(ord(i.response[0]) - ord("a")) for i in request.items],
                                         scored_tokens=sum(len(i.response) for i in request.items))
 
@@ -121,6 +129,16 @@ def test_refill_branches_the_best_running_survivors_back_up_to_n():
     assert result.best.index == 7 and result.best.text == "h" * 20
     # Eight rows decode all the way: the branches' inherited tokens are not counted again.
     assert result.stats.generated_tokens == pipeline.decoded_tokens == 8 * 20
+
+
+def test_every_score_carries_each_candidates_whole_token_ids_beside_its_text_branches_too():
+    reward = IndexReward()
+    pipeline, _ = run(plan(refill=True), ScriptedGenerator([20] * 8), reward)
+    assert any(item.candidate >= 8 for request in reward.requests for item in request.items)
+    for request in reward.requests:
+        assert request.tokenizer == "scripted"  # the generator's, for the port to compare with the reward's
+        for item in request.items:
+            assert list(item.token_ids) == [TOKEN_OF_A + ord(letter) - ord("a") for letter in item.response]
 
 
 def test_finished_candidates_are_never_branched():
