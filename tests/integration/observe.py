@@ -2,7 +2,19 @@
 import json
 import urllib.request
 
+import pytest
 from prometheus_client.parser import text_string_to_metric_families
+
+
+def assert_same_answer(answer, expected) -> None:
+    """Two GenerateResponses hold the same candidates, text for text, in the same order. Their
+    scores agree to float rounding only: when the scoring rounds fall at other tokens, the reward
+    model reads each response's tokens in other pieces, whose float sums differ in the last bits."""
+    def without_scores(candidates):
+        return [(c.index, c.text, c.num_tokens, c.finish_reason) for c in candidates]
+
+    assert without_scores([answer.best, *answer.ranked]) == without_scores([expected.best, *expected.ranked])
+    assert [c.score for c in answer.ranked] == pytest.approx([c.score for c in expected.ranked], rel=1e-5)
 
 
 def request_lines(log_text: str, request_id: str | None = None) -> list[dict]:

@@ -9,7 +9,7 @@ import pytest
 from common.local_stack import Service
 from specrej.v1 import coordinator_pb2 as pb
 from specrej.v1 import coordinator_pb2_grpc
-from .observe import metric, scrape
+from .observe import assert_same_answer, metric, scrape
 
 REQUEST = pb.GenerateRequest(prompt="Describe a lighthouse in two sentences.", n=32, max_new_tokens=400,
                              decision_every_tokens=100, rejection_rate=0.5, seed=7)
@@ -70,5 +70,4 @@ def test_a_request_whose_generator_is_killed_is_answered_by_the_other(two_genera
             killer.join()
     assert killed, "the request finished before its replica could be killed"
     assert killed[0].process.wait(5) != 0
-    assert answered.best == undisturbed.best
-    assert list(answered.ranked) == list(undisturbed.ranked)
+    assert_same_answer(answered, undisturbed)

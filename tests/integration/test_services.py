@@ -12,7 +12,7 @@ from specrej.v1 import coordinator_pb2 as pb
 from specrej.v1 import common_pb2, coordinator_pb2_grpc, generator_pb2, generator_pb2_grpc
 from common.errors import RETRY_PUSHBACK_KEY
 from common.local_stack import Service, free_port
-from .observe import metric, request_lines, scrape
+from .observe import assert_same_answer, metric, request_lines, scrape
 
 PROMPT = "Describe a lighthouse in two sentences."
 
@@ -80,8 +80,7 @@ def test_zero_rejection_rate_returns_exactly_what_best_of_n_returns(coordinator)
     best_of_n = coordinator.Generate(request(method=pb.BEST_OF_N, return_top=16), timeout=60)
     speculative = coordinator.Generate(request(rejection_rate=0.0, decision_every_tokens=10, return_top=16), timeout=60)
     assert len(speculative.stats.rounds) >= 2 and all(r.rejected == 0 for r in speculative.stats.rounds)
-    assert list(speculative.ranked) == list(best_of_n.ranked)
-    assert speculative.best == best_of_n.best
+    assert_same_answer(speculative, best_of_n)
     assert speculative.stats.generated_tokens == best_of_n.stats.generated_tokens
 
 
@@ -152,6 +151,8 @@ def test_the_request_id_reaches_every_service_and_comes_back(coordinator, tiny_s
     assert (scoring["method"], scoring["code"]) == ("ScoreSession", "OK")
     assert scoring["rounds"] == len(response.stats.rounds) + 1
     assert scoring["tokens_scored"] == response.stats.scored_tokens
+    # One model, one tokenizer: the candidates' tokens went to the reward model as ids, not as text.
+    assert scoring["responses_as"] == "token ids"
 
 
 def test_a_failed_request_returns_its_request_id_too(coordinator, tiny_stack):
