@@ -7,14 +7,18 @@ AlpacaFarm prompt and seed, in alternating order:
 - plain vLLM Best-of-n0: n0 requests of the prompt to a vLLM engine in this process, set up as the
   generator sets up its own (the same KV cache, prefix caching; on CPU whole prefills and, with
   --plain-cpu-threads, the generator's share of the cores), stopping at end of sequence, then one
-  Score call with the n0 finished responses to the stack's reward service; the best is the highest
-  score; timed from the first request to the scores.
+  Score call with the n0 finished responses to the stack's reward service (as token ids where its
+  tokenizer is the generator's, as the coordinator sends SR's, and a response scored as ended only
+  when it ended on its own); the best is the highest score; timed from the first request to the scores.
 With --stack-best-of-n, a third side: the stack's own Best-of-n0 (one Generate call with method
 BEST_OF_N at the same n0, tokens and seed), whose generation time (the coordinator's generate_seconds)
 is set against plain vLLM's: what serving Best-of-N through the stack costs over vLLM alone.
 Both answers are scored by the same reward service, so the reward gap (SR's best minus Best-of-n0's
 best) compares like with like. Intervals bootstrap over prompts (a prompt's seeds are not
-independent draws); the time ratio is Best-of-n0's total seconds over SR's."""
+independent draws); the time ratio is Best-of-n0's total seconds over SR's.
+Each finished prompt and seed is appended to OUT/headline-journal.jsonl, so a run of hours can stop
+at any point and the same command carries on where it stopped (a run with other settings refuses
+the file); every one records the CPU's vector extensions, which set the engines' speed."""
 import argparse
 import asyncio
 import json
@@ -23,13 +27,15 @@ import tempfile
 import time
 
 from bench.shared import plain_vllm
-from bench.shared.figures import write_figures
+from bench.shared.figures import vector_extensions, write_figures
+from bench.shared.journal import Journal
 from bench.shared.prompts import DEFAULT_PROMPTS, load_prompts
 from bench.shared.scrape import metric_families
 from bench.stats.bootstrap import clustered_indices, mean_interval, ratio_of_sums_interval
 from common.chat import prompt_token_ids
 from common.local_stack import Stack
 from common.models import resolve_model
+from common.tokenizer_fingerprint import tokenizer_fingerprint
 
 
 def engine_tokens(metrics_port: int) -> float:
@@ -50,29 +56,43 @@ def plain_backend(args):
 
 
 async def run(args, plain=None) -> dict:
-    """The pairs and their summary; `plain`: a vLLM AsyncLLM already started on args.model (else one
-    is started here, after the services)."""
+    """The pairs and their summary: the prompt-seeds the journal lacks are measured, then all are read
+    back from it. `plain`: a vLLM AsyncLLM already started on args.model (else one is started here,
+    after the services)."""
+    prompts = load_prompts(args.prompts)[args.first_prompt:args.first_prompt + args.prompt_count]
+    journal = Journal(pathlib.Path(args.out) / "headline-journal.jsonl", {
+        "model": args.model, "prompts": args.prompts, "n": args.n, "max_new_tokens": args.max_new_tokens,
+        "kv_cache_bytes": args.kv_cache_bytes, "plain_cpu_threads": args.plain_cpu_threads,
+        "stack_best_of_n": args.stack_best_of_n})
+    # A turn's number sets the order of its sides, so a run carried on in several sittings keeps it.
+    turns = list(enumerate((p, s) for p in prompts for s in args.seeds))
+    todo = [(turn, prompt, seed) for turn, (prompt, seed) in turns if journal.get(f"{prompt.id}/{seed}") is None]
+    if todo:
+        await measure(args, todo, journal, plain)
+    return summarize(args, [journal.get(f"{prompt.id}/{seed}") for _, (prompt, seed) in turns])
+
+
+async def measure(args, todo: list, journal: Journal, plain=None) -> None:
+    """Each (turn, prompt, seed) of `todo` measured on every side, in turn, into the journal."""
     import grpc
 
     from specrej.v1 import common_pb2, coordinator_pb2, coordinator_pb2_grpc, reward_pb2, reward_pb2_grpc
     from transformers import AutoTokenizer
 
-    path = resolve_model(args.model)
-    tokenizer = AutoTokenizer.from_pretrained(path)
+    tokenizer = AutoTokenizer.from_pretrained(resolve_model(args.model))
     eos = {tokenizer.eos_token_id}
-    prompts = load_prompts(args.prompts)[args.first_prompt:args.first_prompt + args.prompt_count]
+    fingerprint = tokenizer_fingerprint(tokenizer)
     logs = pathlib.Path(tempfile.mkdtemp(prefix="specrej-headline-"))
-    pairs = []
     model_args = ("--model", args.model) if args.model else ()
     with Stack(logs, generator_args=model_args, reward_args=model_args) as stack:
         reward = reward_pb2_grpc.RewardStub(grpc.insecure_channel(stack.reward.address))
+        by_token_ids = reward.Info(reward_pb2.RewardInfoRequest(), timeout=60).tokenizer == fingerprint
         coordinator = coordinator_pb2_grpc.CoordinatorStub(stack.channel)
         owned = None if plain is not None else plain_backend(args)
         engine = plain or owned.engine
         try:
-            for turn, (prompt, seed) in enumerate((p, s) for p in prompts for s in args.seeds):
-                messages = [{"role": "user", "content": prompt.text}]
-                prompt_ids = prompt_token_ids(tokenizer, messages)
+            for turn, prompt, seed in todo:
+                prompt_ids = prompt_token_ids(tokenizer, [{"role": "user", "content": prompt.text}])
 
                 async def through_the_stack(method):
                     tokens_before = engine_tokens(stack.generator.metrics_port)
@@ -93,14 +113,18 @@ async def run(args, plain=None) -> dict:
                     began = time.perf_counter()
                     rows = await plain_vllm.sample(engine, prompt_ids, args.n, args.max_new_tokens, f"bon-{turn}")
                     generated = time.perf_counter() - began
-                    texts = [tokenizer.decode([t for t in row if t not in eos], skip_special_tokens=True)
-                             for row in rows]
+                    bodies = [[t for t in row if t not in eos] for row in rows]
+                    texts = [tokenizer.decode(body, skip_special_tokens=True) for body in bodies]
                     scored = await asyncio.to_thread(reward.Score, reward_pb2.ScoreRequest(
                         messages=[common_pb2.Message(role="user", content=prompt.text)],
-                        items=[reward_pb2.ScoreItem(response=text, complete=True) for text in texts]), timeout=3600)
+                        tokenizer=fingerprint if by_token_ids else "",
+                        items=[reward_pb2.ScoreItem(response=text, token_ids=body if by_token_ids else [],
+                                                    complete=bool(row) and row[-1] in eos)
+                               for text, body, row in zip(texts, bodies, rows)]), timeout=3600)
                     best = max(range(len(texts)), key=lambda i: scored.scores[i])
                     return {"seconds": time.perf_counter() - began, "generate_seconds": generated,
-                            "score": scored.scores[best], "decoded": sum(len(r) for r in rows), "text": texts[best]}
+                            "score": scored.scores[best], "decoded": sum(len(r) for r in rows), "text": texts[best],
+                            "scored_as": "token ids" if by_token_ids else "text"}
 
                 sides = {"sr": lambda: through_the_stack(coordinator_pb2.SPECULATIVE_REJECTION), "bon": best_of_n}
                 if args.stack_best_of_n:
@@ -108,10 +132,10 @@ async def run(args, plain=None) -> dict:
                 names = list(sides)
                 # Each side takes each place in turn, so a drift in the machine's speed falls on all alike.
                 order = names[turn % len(names):] + names[:turn % len(names)]
-                result = {"prompt": prompt.id, "seed": seed, "order": order}
+                result = {"prompt": prompt.id, "seed": seed, "order": order, "vector_extensions": vector_extensions()}
                 for side in order:
                     result[side] = await sides[side]()
-                pairs.append(result)
+                journal.put(f"{prompt.id}/{seed}", result)
                 print(f"prompt {prompt.id} seed {seed}: SR {result['sr']['seconds']:.1f} s "
                       f"(score {result['sr']['score']:.4f}, {result['sr']['decoded']} tokens reported, "
                       f"{result['sr']['engine_decoded']:.0f} decoded by the engine), Best-of-{args.n} "
@@ -123,8 +147,11 @@ async def run(args, plain=None) -> dict:
         finally:
             if owned is not None:
                 owned.shutdown()
-    clusters = [p["prompt"] for p in pairs]
-    indices = clustered_indices(clusters)
+
+
+def summarize(args, pairs: list[dict]) -> dict:
+    """The ratios and the reward gap over `pairs`, with intervals that resample prompts."""
+    indices = clustered_indices([p["prompt"] for p in pairs])
     speedup = ratio_of_sums_interval([p["bon"]["seconds"] for p in pairs], [p["sr"]["seconds"] for p in pairs], indices)
     generate_only = ratio_of_sums_interval([p["bon"]["generate_seconds"] for p in pairs],
                                            [p["sr"]["seconds"] for p in pairs], indices)
@@ -132,7 +159,9 @@ async def run(args, plain=None) -> dict:
     decoded = ratio_of_sums_interval([p["bon"]["decoded"] for p in pairs], [p["sr"]["decoded"] for p in pairs], indices)
     engine_decoded = ratio_of_sums_interval([p["bon"]["decoded"] for p in pairs],
                                             [p["sr"]["engine_decoded"] for p in pairs], indices)
-    summary = {"prompts": len(prompts), "seeds": list(args.seeds), "n": args.n, "max_new_tokens": args.max_new_tokens,
+    summary = {"prompts": len({p["prompt"] for p in pairs}), "seeds": list(args.seeds), "n": args.n,
+               "max_new_tokens": args.max_new_tokens,
+               "vector_extensions_of_pairs": sorted({p.get("vector_extensions", "unknown") for p in pairs}),
                "best_of_n_plus_scoring_over_sr_seconds": speedup.__dict__,
                "best_of_n_generation_alone_over_sr_seconds": generate_only.__dict__,
                "reward_gap_sr_minus_best_of_n": gap.__dict__, "decoded_tokens_best_of_n_over_sr": decoded.__dict__,

@@ -25,6 +25,11 @@ def test_each_prompt_and_seed_gives_a_timed_pair_scored_by_the_same_reward(vllm_
     assert ratio["low"] <= ratio["estimate"] <= ratio["high"]
     assert written["prompts"] == 2 and written["n"] == 4
     assert "stack_best_of_n_generation_over_plain_vllm_generation" not in written
+    # The same command again finds every pair in the journal: nothing is measured again (no stack
+    # is started), and the figures are the same.
+    again = run(run_headline(args, plain=None))
+    assert again["pairs"] == pairs
+    assert again["best_of_n_plus_scoring_over_sr_seconds"]["estimate"] == ratio["estimate"]
 
 
 def test_the_stacks_best_of_n_is_a_third_side_timed_against_plain_vllm(vllm_backend, vllm_model_dir, run, tmp_path):
