@@ -86,7 +86,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     sizes.add_argument("--prompts-file", default=str(DEFAULT_PROMPTS),
                        help="JSON list or JSON Lines of prompts (strings or objects with `prompt`) "
                             f"[default {DEFAULT_PROMPTS}]")
-    sizes.add_argument("--prompts", type=int, help="how many prompts, from the start of the file")
+    sizes.add_argument("--prompts", type=int, help="how many prompts, from --first-prompt on")
+    sizes.add_argument("--first-prompt", type=int,
+                       help="position in the file of the first prompt (0 = the first): a later start holds out "
+                            "prompts that earlier runs chose settings on")
     sizes.add_argument("--pool", type=int, dest="pool_size", help="complete samples per prompt for Best-of-N")
     sizes.add_argument("--pool-batch", type=int, help="most pool samples per generator session")
     sizes.add_argument("--n", type=_list(int), help="initial batch sizes of Speculative Rejection, e.g. 64,128")
@@ -139,7 +142,7 @@ def main(argv=None):
 
     transformers.logging.set_verbosity_error()
     overrides = {name: getattr(args, name) for name in (
-        "prompts", "pool_size", "pool_batch", "n", "max_new_tokens", "rejection_rates", "adaptive_rates", "schedules",
+        "prompts", "first_prompt", "pool_size", "pool_batch", "n", "max_new_tokens", "rejection_rates", "adaptive_rates", "schedules",
         "seeds",
         "best_of_n", "throughput_batch_sizes", "throughput_new_tokens", "repeats", "temperature", "top_p", "top_k")}
     config = PRESETS[args.preset].with_overrides(**overrides)

@@ -87,7 +87,7 @@ def check(config: BenchConfig, options: Options) -> None:
 def run_bench(config: BenchConfig, options: Options, out_dir: str | Path) -> BenchResults:
     check(config, options)
     began = time.perf_counter()
-    prompts = load_prompts(options.prompts_file, config.prompts)
+    prompts = load_prompts(options.prompts_file, config.prompts, config.first_prompt)
     parts = [p for p in PARTS if p in options.parts]
     remote_only = options.over_grpc and set(parts) <= {EFFICIENCY, PAIRED}
     local = None if remote_only else LocalModels(config, options)

@@ -59,7 +59,7 @@ async def run(args, plain=None) -> dict:
     """The pairs and their summary: the prompt-seeds the journal lacks are measured, then all are read
     back from it. `plain`: a vLLM AsyncLLM already started on args.model (else one is started here,
     after the services)."""
-    prompts = load_prompts(args.prompts)[args.first_prompt:args.first_prompt + args.prompt_count]
+    prompts = load_prompts(args.prompts, args.prompt_count, args.first_prompt)
     journal = Journal(pathlib.Path(args.out) / "headline-journal.jsonl", {
         "model": args.model, "prompts": args.prompts, "n": args.n, "max_new_tokens": args.max_new_tokens,
         "kv_cache_bytes": args.kv_cache_bytes, "plain_cpu_threads": args.plain_cpu_threads,

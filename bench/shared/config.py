@@ -49,7 +49,7 @@ def parse_schedule(text: str) -> Schedule:
 
 @dataclass(frozen=True)
 class BenchConfig:
-    prompts: int  # how many prompts, from the start of the prompt file
+    prompts: int  # how many prompts, from position first_prompt of the prompt file on
     pool_size: int  # complete samples per prompt for the Best-of-N curve (at least 2x the largest n)
     n: tuple[int, ...]  # initial batch sizes of Speculative Rejection
     max_new_tokens: int
@@ -65,6 +65,7 @@ class BenchConfig:
     top_k: int = 0
     pool_batch: int = 512  # most pool samples per generator session (halved while the generator refuses)
     adaptive_rates: tuple[float, ...] = ()  # paired part: least rates of the adaptive rule, on every schedule
+    first_prompt: int = 0  # the prompt file's position the prompts start at: later ones are held out from earlier
 
     def with_overrides(self, **changes) -> "BenchConfig":
         return replace(self, **{k: v for k, v in changes.items() if v is not None})
@@ -72,6 +73,8 @@ class BenchConfig:
     def check(self) -> None:
         if self.prompts < 1 or self.pool_size < 1 or self.seeds < 1 or self.max_new_tokens < 1:
             raise ValueError("prompts, pool size, seeds and max_new_tokens must be at least 1")
+        if self.first_prompt < 0:
+            raise ValueError("first_prompt: a position in the prompt file, 0 or more")
         if not self.n or min(self.n) < 1:
             raise ValueError("n: give at least one initial batch size >= 1")
         for alpha in (*self.rejection_rates, *self.adaptive_rates):

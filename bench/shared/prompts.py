@@ -22,10 +22,11 @@ class Prompt:
     text: str
 
 
-def load_prompts(path: str | Path, limit: int | None = None) -> list[Prompt]:
-    """The first `limit` prompts of a file. Each item is a string or an object with `prompt`,
-    `instruction` (with an optional `input`, AlpacaFarm's raw format), `question` or `text`.
-    Ids are the item's position in the file, so they stay the same whatever `limit` is."""
+def load_prompts(path: str | Path, limit: int | None = None, first: int = 0) -> list[Prompt]:
+    """`limit` prompts of a file (all when None) from position `first` on: a set held out from the
+    first ones starts later. Each item is a string or an object with `prompt`, `instruction` (with an
+    optional `input`, AlpacaFarm's raw format), `question` or `text`. Ids are the item's position in
+    the file, so they stay the same whatever `limit` and `first` are."""
     path = Path(path)
     raw = path.read_text()
     try:
@@ -39,7 +40,9 @@ def load_prompts(path: str | Path, limit: int | None = None) -> list[Prompt]:
     prompts = [Prompt(str(position), _text(item, path, position)) for position, item in enumerate(items)]
     if not prompts:
         raise ValueError(f"{path}: no prompts")
-    return prompts[:limit] if limit else prompts
+    if first >= len(prompts):
+        raise ValueError(f"{path}: {len(prompts)} prompts, none from position {first} on")
+    return prompts[first:first + limit] if limit else prompts[first:]
 
 
 def _text(item, path: Path, position: int) -> str:

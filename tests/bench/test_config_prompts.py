@@ -63,6 +63,11 @@ def test_prompts_from_json_list_objects_and_json_lines(tmp_path):
     listed.write_text(json.dumps([{"prompt": "a"}, "b", {"instruction": "c", "input": "d"}, {"text": "e"}]))
     assert [(p.id, p.text) for p in load_prompts(listed)] == [("0", "a"), ("1", "b"), ("2", "c\n\nd"), ("3", "e")]
     assert [p.text for p in load_prompts(listed, 2)] == ["a", "b"]
+    # A held-out set starts later in the file and keeps the file's positions as ids.
+    assert [(p.id, p.text) for p in load_prompts(listed, 2, first=2)] == [("2", "c\n\nd"), ("3", "e")]
+    assert [p.id for p in load_prompts(listed, first=1)] == ["1", "2", "3"]
+    with pytest.raises(ValueError, match="none from position 4"):
+        load_prompts(listed, 2, first=4)
     lines = tmp_path / "prompts.jsonl"
     lines.write_text('{"prompt": "x"}\n\n{"question": "y"}\n')
     assert [p.text for p in load_prompts(lines)] == ["x", "y"]
