@@ -12,7 +12,9 @@ AlpacaFarm prompt and seed, in alternating order:
   when it ended on its own); the best is the highest score; timed from the first request to the scores.
 With --stack-best-of-n, a third side: the stack's own Best-of-n0 (one Generate call with method
 BEST_OF_N at the same n0, tokens and seed), whose generation time (the coordinator's generate_seconds)
-is set against plain vLLM's: what serving Best-of-N through the stack costs over vLLM alone.
+is set against plain vLLM's: what serving Best-of-N through the stack costs over vLLM alone. That
+side starts the coordinator with an hour's request limit (--drain-grace-seconds 3600): on a 2-core
+CPU, Best-of-128 x 256 runs past its default 300 s, which is sized for a fleet's rolling restarts.
 Both answers are scored by the same reward service, so the reward gap (SR's best minus Best-of-n0's
 best) compares like with like. Intervals bootstrap over prompts (a prompt's seeds are not
 independent draws); the time ratio is Best-of-n0's total seconds over SR's.
@@ -84,7 +86,8 @@ async def measure(args, todo: list, journal: Journal, plain=None) -> None:
     fingerprint = tokenizer_fingerprint(tokenizer)
     logs = pathlib.Path(tempfile.mkdtemp(prefix="specrej-headline-"))
     model_args = ("--model", args.model) if args.model else ()
-    with Stack(logs, generator_args=model_args, reward_args=model_args) as stack:
+    coordinator_args = ("--drain-grace-seconds", "3600") if args.stack_best_of_n else ()
+    with Stack(logs, generator_args=model_args, reward_args=model_args, coordinator_args=coordinator_args) as stack:
         reward = reward_pb2_grpc.RewardStub(grpc.insecure_channel(stack.reward.address))
         by_token_ids = reward.Info(reward_pb2.RewardInfoRequest(), timeout=60).tokenizer == fingerprint
         coordinator = coordinator_pb2_grpc.CoordinatorStub(stack.channel)
