@@ -75,9 +75,9 @@ class ScoringEngine:
 
     def _check_token_ids(self, items: list[Item]) -> None:
         for index, item in enumerate(items):
-            outside = [t for t in item.token_ids if t >= self._vocabulary_size]
-            if outside:
-                raise FieldError(f"items[{index}].token_ids", f"token id {outside[0]} is outside the vocabulary "
+            outside = next((t for t in item.token_ids if t >= self._vocabulary_size), None)
+            if outside is not None:
+                raise FieldError(f"items[{index}].token_ids", f"token id {outside} is outside the vocabulary "
                                                               f"of {self._vocabulary_size} tokens")
 
     def submit(self, messages: list[dict], items: list[Item], *, session: str = "",

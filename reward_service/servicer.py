@@ -12,9 +12,9 @@ from .rounds import CandidateResponses, Delta
 from .scorers import Item, Scored
 
 
-def score_items(request: pb.ScoreRequest) -> list[Item]:
-    """The request's responses: their token ids when it names a tokenizer, else their text."""
-    if request.tokenizer:
+def score_items(request: pb.ScoreRequest, token_ids: bool) -> list[Item]:
+    """The request's responses: their token ids when `token_ids`, else their text."""
+    if token_ids:
         return [Item("", i.complete, i.candidate, list(i.token_ids)) for i in request.items]
     return [Item(i.response, i.complete, i.candidate) for i in request.items]
 
@@ -75,7 +75,8 @@ class RewardServicer(reward_pb2_grpc.RewardServicer):
         return score_response(await asyncio.wrap_future(future))
 
     async def Score(self, request, context):
-        return await self._scored(self._ready_engine(), message_dicts(request.messages), score_items(request),
+        return await self._scored(self._ready_engine(), message_dicts(request.messages),
+                                  score_items(request, bool(request.tokenizer)),
                                   context, tokenizer=request.tokenizer)
 
     async def ScoreSession(self, request_iterator, context):

@@ -84,12 +84,9 @@ class InProcessRewardCalls:
         self.engine, self.session = engine, engine.open_session()
 
     async def score(self, request: reward_pb2.ScoreRequest) -> reward_pb2.ScoreResponse:
-        if request.tokenizer != self.engine.tokenizer_fingerprint:
-            request = reward_pb2.ScoreRequest(messages=request.messages, items=[
-                reward_pb2.ScoreItem(response=i.response, complete=i.complete, candidate=i.candidate)
-                for i in request.items])
-        future = self.engine.submit(message_dicts(request.messages), score_items(request), session=self.session,
-                                    tokenizer=request.tokenizer)
+        tokenizer = request.tokenizer if request.tokenizer == self.engine.tokenizer_fingerprint else ""
+        future = self.engine.submit(message_dicts(request.messages), score_items(request, bool(tokenizer)),
+                                    session=self.session, tokenizer=tokenizer)
         return score_response(await asyncio.wrap_future(future))
 
     async def __aenter__(self) -> "InProcessRewardCalls":
