@@ -1,9 +1,10 @@
 """The one thread that owns the model and decodes every session's rows together.
 
-Each turn: run the commands callers queued (advance, prune, close), take the sessions admission
-let in, prefill one chunk of the oldest prompt still prefilling, then one decode step over the
-running rows of every session that has not reached its target, and answer each session whose
-advance is done. Sessions join and leave between steps; one answer never waits for another's."""
+Each turn: run the commands callers queued (advance, prune, close); schedule (scheduler.py: which
+session prefills a chunk, which sessions step); execute (runner.py: the prefill chunk, then one
+decode step over the running rows of every session that has not reached its target); update (each
+session takes its tokens, compacts when the scheduler says so, and is answered when its advance is
+done). Sessions join and leave between steps; one answer never waits for another's."""
 import collections
 import logging
 import threading
@@ -12,21 +13,20 @@ import time
 import torch
 
 from . import metrics
-from .admission import Admission
-from .decoder import CausalDecoder, Segment
+from .kv_pool import KVPool
+from .runner import ModelRunner
+from .scheduler import Scheduler
 from .session import Session, SessionCancelled
 
 log = logging.getLogger(__name__)
 
 
 class DecodeLoop:
-    def __init__(self, decoder: CausalDecoder, admission: Admission, prefill_chunk_tokens: int):
-        self.decoder, self.admission = decoder, admission
+    def __init__(self, runner: ModelRunner, pool: KVPool, scheduler: Scheduler, prefill_chunk_tokens: int):
+        self.runner, self.pool, self.scheduler = runner, pool, scheduler
         self.prefill_chunk_tokens = prefill_chunk_tokens
         self._commands: collections.deque = collections.deque()
         self._wake = threading.Event()
-        self._prefilling: list[Session] = []
-        self._decoding: list[Session] = []
         self._live: set[Session] = set()
         self._live_lock = threading.Lock()
         self._stopped = False
@@ -37,7 +37,7 @@ class DecodeLoop:
 
     def open(self, session: Session) -> None:
         """Admit or queue a new session; raises Overloaded when the queue is full."""
-        self.admission.enqueue(session)
+        self.pool.admission.enqueue(session)
         with self._live_lock:
             self._live.add(session)
         self._wake.set()
@@ -67,18 +67,20 @@ class DecodeLoop:
     # The loop's own thread.
 
     def _run(self) -> None:
-        if self.decoder.device.type == "cuda":
-            torch.cuda.set_device(self.decoder.device)
+        if self.runner.decoder.device.type == "cuda":
+            torch.cuda.set_device(self.runner.decoder.device)
         with torch.inference_mode():
             while not self._stopped:
                 self._wake.clear()  # before reading the queues: a later submit() wakes the wait below
                 self._run_commands()
-                self._prefilling += self.admission.take_admitted()
-                worked = self._prefill()
-                worked = self._decode() or worked
-                for session in list(self._decoding):
+                turn = self.scheduler.schedule()
+                if turn.prefill is not None:
+                    self._prefill(turn.prefill)
+                if turn.step:
+                    self._decode(turn.step)
+                for session in list(self.scheduler.decoding):
                     self._guarded([session], session.answer_advance_if_done)
-                if not worked:
+                if turn.idle:
                     self._wake.wait()
 
     def _run_commands(self) -> None:
@@ -95,44 +97,39 @@ class DecodeLoop:
                 else:
                     future.set_exception(error)
 
-    def _prefill(self) -> bool:
-        if not self._prefilling:
+    def _prefill(self, session: Session) -> None:
+        if self._guarded([session], self._prefill_chunk, session):
+            self.scheduler.prefilled(session)
+
+    def _prefill_chunk(self, session: Session) -> bool:
+        """The session's next prompt chunk; after its last, its rows allocated and their first tokens
+        taken, and True."""
+        if session.prefix is None:
+            self.pool.allocate_prompt(session)
+        end = min(session.prompt_length, session.prefilled + (self.prefill_chunk_tokens or session.prompt_length))
+        logits = self.runner.prefill(session, end)
+        session.prefilled = end
+        if end < session.prompt_length:
             return False
-        session = self._prefilling[0]
-        if self._guarded([session], session.prefill_next_chunk, self.prefill_chunk_tokens):
-            self._prefilling.remove(session)
-            self._decoding.append(session)
+        self.pool.allocate_rows(session, session.n)
+        session.begin_decoding(self.runner.sample(session, logits.expand(session.n, -1)))
         return True
 
-    def _decode(self) -> bool:
-        """One step over the rows of every session that wants one; False when none does."""
-        stepping = [s for s in self._decoding if s.wants_step()]
-        if not stepping:
-            return False
+    def _decode(self, stepping: list[Session]) -> None:
+        """One step over the rows of every session that wants one."""
         began = time.perf_counter()
-        segments, offset = [], 0
-        for session in stepping:
-            segments.append(Segment(offset, session.rows, session.prefix, session.cache, session.position - 1))
-            offset += session.rows
-        device, padded = self.decoder.device, self.decoder.padded_rows(offset)
-        tokens = torch.zeros(padded, dtype=torch.long, device=device)
-        positions = torch.zeros(padded, dtype=torch.long, device=device)
-        for session, segment in zip(stepping, segments):
-            rows = slice(segment.offset, segment.offset + segment.rows)
-            tokens[rows] = session.last_tokens
-            positions[rows] = session.prompt_length + segment.slot
-        logits = self._guarded(stepping, self.decoder.decode_step, tokens, positions, segments)
-        if logits is None:
-            return True
+        tokens = self._guarded(stepping, self.runner.decode_step, stepping)
+        if tokens is None:
+            return
         seconds = time.perf_counter() - began
         decoded = 0
-        for session, segment in zip(stepping, segments):
-            rows = logits[segment.offset: segment.offset + segment.rows]
-            decoded += self._guarded([session], session.accept_step, rows, seconds) or 0
+        for session, session_tokens in zip(stepping, tokens):
+            decoded += self._guarded([session], session.accept_step, session_tokens, seconds) or 0
+            if not session.closed and self.scheduler.should_compact(session):
+                self._guarded([session], session.compact)
         metrics.DECODE_STEP_SECONDS.labels(metrics.SERVICE).observe(time.perf_counter() - began)
-        metrics.BATCH_SIZE.labels(metrics.SERVICE).observe(offset)
+        metrics.BATCH_SIZE.labels(metrics.SERVICE).observe(sum(session.rows for session in stepping))
         metrics.TOKENS.labels(metrics.SERVICE).inc(decoded)
-        return True
 
     def _guarded(self, sessions: list[Session], work, *args):
         """`work(*args)`; if it fails, the sessions involved fail and are freed, the loop goes on."""
@@ -147,14 +144,8 @@ class DecodeLoop:
             return None
 
     def _drop(self, session: Session) -> None:
-        self.admission.leave(session)
-        for group in (self._prefilling, self._decoding):
-            if session in group:
-                group.remove(session)
-        session.release()
+        self.scheduler.remove(session)
+        self.pool.release(session)
         session.fail_pending(SessionCancelled("the session was closed"))
         with self._live_lock:
             self._live.discard(session)
-        if self.decoder.device.type == "cuda":
-            # Hand freed KV memory back so other processes and the budget see it.
-            torch.cuda.empty_cache()

@@ -1,5 +1,6 @@
-"""The loaded model and what every session shares: tokenizer, input limits, the KV-cache pool,
-admission and the decode loop."""
+"""The native engine: the loaded model and what every session shares (tokenizer, input limits), put
+together from its parts: the runner (the model's work), the KV pool (its memory, with admission),
+the scheduler (who works next) and the decode loop (the thread that turns them)."""
 import logging
 import torch
 
@@ -9,7 +10,10 @@ from .admission import Admission
 from .compile import compile_dense_parts
 from .decode_loop import DecodeLoop
 from .decoder import DEFAULT_ROW_BLOCK, CausalDecoder
+from .kv_pool import KVPool
 from .request_plan import CPU_DEFAULT_KV_BUDGET, InputLimits, RequestRules, SessionRequest, eos_token_ids
+from .runner import ModelRunner
+from .scheduler import Scheduler
 from .session import Session
 
 log = logging.getLogger(__name__)
@@ -40,8 +44,10 @@ class GeneratorEngine:
         self.rules = RequestRules(limits, self.decoder.max_context, self.budget_bytes // self.bytes_per_token,
                                   self.bytes_per_token, max_batch_size)
         self.admission = Admission(self.rules.budget_tokens, max_sessions, max_queued)
+        self.pool = KVPool(self.decoder, self.admission)
         self.compiled = compile_dense_parts(self.decoder, compile)
-        self.loop = DecodeLoop(self.decoder, self.admission, prefill_chunk_tokens)
+        self.loop = DecodeLoop(ModelRunner(self.decoder), self.pool, Scheduler(self.admission, self.decoder.padded_rows),
+                               prefill_chunk_tokens)
         log.info("generator ready: %s on %s/%s, KV budget %d bytes (%d bytes/token)", path, self.device,
                  self.dtype, self.budget_bytes, self.bytes_per_token)
 
@@ -62,7 +68,7 @@ class GeneratorEngine:
     def admit(self, request: SessionRequest) -> Session:
         """A session for `request`, admitted now or queued; raises Overloaded when the queue is full.
         Its start() future answers once it is prefilled."""
-        session = Session(request, self.decoder, self.tokenizer, self.eos_ids, self.loop)
+        session = Session(request, self.tokenizer, self.eos_ids, self.pool, self.loop)
         self.loop.open(session)
         return session
 

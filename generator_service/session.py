@@ -1,8 +1,10 @@
-"""One request's candidates: prefilled, decoded beside other sessions, pruned on command, released.
+"""One request's candidates as state and futures: its sequences' tokens and text, which sequence
+each row of its batch is, how far the rows have decoded, and what its caller waits for.
 
-Its public methods may be called from any thread; each returns a concurrent.futures.Future that
-the decode loop (decode_loop.py), the only thread that touches the model and a session's state,
-answers. The loop calls the methods below `# The decode loop's side`."""
+Its public methods may be called from any thread; each returns a concurrent.futures.Future that the
+decode loop (decode_loop.py), the only thread that touches the model and a session's state, answers.
+The loop calls the methods below `# The decode loop's side`. The model's work is the runner's
+(runner.py); the session's keys/values and reservation are the KV pool's (kv_pool.py)."""
 import time
 from concurrent.futures import Future
 from dataclasses import dataclass, field
@@ -12,12 +14,9 @@ import torch
 from common.errors import FieldError
 from .backend import AdvanceResult, Pruned, SequenceUpdate, Started
 from .branching import fork_reservation
-from .decoder import CausalDecoder
 from .detokenizer import IncrementalDetokenizer
-from .kv_cache import RowKVCache
-from .planner import MemoryPlanner
+from .kv_pool import KVPool
 from .request_plan import SessionRequest
-from .sampling import SamplingParams, sample, uniforms
 
 
 class SessionCancelled(RuntimeError):
@@ -62,29 +61,31 @@ class Session:
     runs whose sequences finish alike see the same shapes and, in batch-invariant mode, a row's
     tokens depend neither on this session's other rows nor on other sessions."""
 
-    def __init__(self, request: SessionRequest, decoder: CausalDecoder, tokenizer, eos_ids: set[int], loop):
-        self.decoder, self.loop = decoder, loop
+    def __init__(self, request: SessionRequest, tokenizer, eos_ids: set[int], pool: KVPool, commands):
+        """`commands`: where the callers' commands go to run on the loop's thread (submit, close)."""
+        self.pool, self.commands = pool, commands
+        device = pool.decoder.device
         self.n, self.max_new_tokens, self.sampling = request.n, request.max_new_tokens, request.sampling
         self.prompt_ids = torch.tensor(request.prompt_ids, dtype=torch.long)
         self.prompt_length = len(request.prompt_ids)
         self.eos_ids = set(eos_ids) if request.stop_at_eos else set()
-        self._eos_tensor = torch.tensor(sorted(self.eos_ids), dtype=torch.long, device=decoder.device)
-        self.bytes_per_token = decoder.kv_bytes_per_token()
-        self.reservation_tokens = request.reservation_tokens  # kept by admission.Admission
+        self._eos_tensor = torch.tensor(sorted(self.eos_ids), dtype=torch.long, device=device)
+        self.bytes_per_token = pool.bytes_per_token
+        self.reservation_tokens = request.reservation_tokens  # the pool's budget (admission.Admission) keeps it
         self.initial_reservation_tokens = request.reservation_tokens  # what branches may grow back to
         self.admitted = False
         self.arrived = time.perf_counter()
         self.admitted_at = 0.0
         self.sequences = [_Sequence(IncrementalDetokenizer(tokenizer, skip_special_tokens=True))
                           for _ in range(self.n)]
-        self.prefix: torch.Tensor | None = None  # the prompt's keys/values, shared by the rows
+        self.prefix: torch.Tensor | None = None  # the prompt's keys/values, shared by the rows (pool's)
         self.prefilled = 0  # prompt tokens prefilled so far
-        self.cache = RowKVCache.for_decoder(decoder)
-        self.row_index = torch.arange(self.n, device=decoder.device)  # which sequence each row is
-        self.row_running = torch.ones(self.n, dtype=torch.bool, device=decoder.device)
-        self.last_tokens = torch.zeros(self.n, dtype=torch.long, device=decoder.device)
+        self.cache = pool.new_rows()  # the rows' own keys/values (pool's)
+        self.capacity = 0  # response tokens the rows can reach before their reservation is full (pool's)
+        self.row_index = torch.arange(self.n, device=device)  # which sequence each row is
+        self.row_running = torch.ones(self.n, dtype=torch.bool, device=device)
+        self.last_tokens = torch.zeros(self.n, dtype=torch.long, device=device)
         self.position = 0  # response tokens sampled so far by every running row
-        self.capacity = 0  # response tokens the rows can reach before their reservation is full
         self.closed = False
         self._started = _running_future()
         self._advance: _Advance | None = None
@@ -102,25 +103,28 @@ class Session:
         the loop: what the prune frees is still there for the branches."""
         future = _running_future()
         keep, fork_from = list(keep), list(fork_from)
-        self.loop.submit(self, lambda: self._begin_advance(until_tokens, keep, fork_from, future), future)
+        self.commands.submit(self, lambda: self._begin_advance(until_tokens, keep, fork_from, future), future)
         return future
 
     def prune(self, keep: list[int]) -> "Future[Pruned]":
         """Drop every running sequence not in `keep`; their memory goes back to the pool."""
         future = _running_future()
-        self.loop.submit(self, lambda: future.set_result(self._prune(list(keep))), future)
+        self.commands.submit(self, lambda: future.set_result(self._prune(list(keep))), future)
         return future
 
     def close(self) -> None:
         """Free the session's memory at the loop's next turn and fail what is still pending."""
         if not self.closed:
             self.closed = True
-            self.loop.close(self)
+            self.commands.close(self)
 
     @property
     def kv_cache_bytes(self) -> int:
-        prefix = self.prefix
-        return self.cache.bytes + (0 if prefix is None else prefix.numel() * prefix.element_size())
+        return self.pool.held_bytes(self)
+
+    @property
+    def reservation_bytes(self) -> int:
+        return self.reservation_tokens * self.bytes_per_token
 
     @property
     def running_indices(self) -> list[int]:
@@ -134,45 +138,33 @@ class Session:
 
     # The decode loop's side.
 
-    def prefill_next_chunk(self, chunk_tokens: int) -> bool:
-        """Prefill the next chunk of the prompt; after the last one, sample the first tokens,
-        answer start() and return True."""
-        if self.prefix is None:
-            self.prefix = self.decoder.new_prefix(self.prompt_length)
-        end = min(self.prompt_length, self.prefilled + (chunk_tokens or self.prompt_length))
-        logits = self.decoder.prefill_chunk(self.prompt_ids[self.prefilled:end], self.prefix, self.prefilled)
-        self.prefilled = end
-        if end < self.prompt_length:
-            return False
-        self._allocate(self.n)
-        first = self._sample(logits.expand(self.n, -1))
-        self._accept(first)
-        self._commit([first])
-        self._started.set_result(Started(
-            n=self.n, prompt_tokens=self.prompt_length, kv_cache_budget_bytes=self.reservation_bytes,
-            kv_cache_bytes=self.kv_cache_bytes, prefill_seconds=time.perf_counter() - self.admitted_at,
-            capacity_tokens=self.capacity,
-        ))
-        return True
+    @property
+    def rows(self) -> int:
+        return self.row_index.shape[0]
 
     @property
-    def reservation_bytes(self) -> int:
-        return self.reservation_tokens * self.bytes_per_token
+    def alive_rows(self) -> int:
+        return int(self.row_running.sum())
 
     def wants_step(self) -> bool:
         advance = self._advance
         return (advance is not None and self.position < min(advance.target, self.capacity)
                 and bool(self.row_running.any()))
 
-    @property
-    def rows(self) -> int:
-        return self.row_index.shape[0]
+    def begin_decoding(self, first_tokens: torch.Tensor) -> None:
+        """The prompt is prefilled and the rows allocated: take every row's first token, answer start()."""
+        self._accept(first_tokens)
+        self._commit([first_tokens])
+        self._started.set_result(Started(
+            n=self.n, prompt_tokens=self.prompt_length, kv_cache_budget_bytes=self.reservation_bytes,
+            kv_cache_bytes=self.kv_cache_bytes, prefill_seconds=time.perf_counter() - self.admitted_at,
+            capacity_tokens=self.capacity,
+        ))
 
-    def accept_step(self, logits: torch.Tensor, step_seconds: float) -> int:
-        """Take this session's rows' logits of a decode step; returns the tokens that counted."""
+    def accept_step(self, tokens: torch.Tensor, step_seconds: float) -> int:
+        """Take this session's rows' tokens of a decode step; returns the tokens that counted."""
         advance = self._advance
-        decoded = int(self.row_running.sum())
-        tokens = self._sample(logits)
+        decoded = self.alive_rows
         self._accept(tokens)
         advance.pending.append(tokens)
         result = advance.result
@@ -180,11 +172,13 @@ class Session:
         result.steps += 1
         result.step_seconds.append(step_seconds)
         result.step_rows.append(self.rows)
-        if self._should_compact():
-            self._commit(advance.pending)
-            advance.pending = []
-            self._keep_rows(self.row_running)
         return decoded
+
+    def compact(self) -> None:
+        """Drop the finished rows from the batch (their sequences already hold every token)."""
+        self._commit(self._advance.pending)
+        self._advance.pending = []
+        self._keep_rows(self.row_running)
 
     def answer_advance_if_done(self) -> None:
         advance = self._advance
@@ -208,10 +202,6 @@ class Session:
             self._advance.future.set_exception(error)
             self._advance = None
 
-    def release(self) -> None:
-        self.prefix = None
-        self.cache.release()
-
     def _begin_advance(self, until_tokens: int, keep: list[int], fork_from: list[int], future: Future) -> None:
         if self._advance is not None or not self._started.done():
             raise FieldError("command", "one command at a time, after the session has started")
@@ -227,7 +217,7 @@ class Session:
         """Branch a new sequence (the next index) from each running sequence in `parents`: its row
         copies the parent's row of keys/values (the prompt's stay shared); finished rows go."""
         running = self.running_indices
-        self.loop.admission.grow(self, fork_reservation(
+        self.pool.grow(self, fork_reservation(
             parents, running, n=self.n, prompt_tokens=self.prompt_length, max_new_tokens=self.max_new_tokens,
             reservation_tokens=self.reservation_tokens, initial_reservation_tokens=self.initial_reservation_tokens,
             bytes_per_token=self.bytes_per_token, position=self.position))
@@ -262,36 +252,14 @@ class Session:
             self.row_running &= ~torch.isin(tokens, self._eos_tensor)
         self.position += 1
 
-    def _sample(self, logits: torch.Tensor) -> torch.Tensor:
-        return sample(logits, uniforms(self.sampling.seed, self.row_index, self.position), self.sampling)
-
-    def _capacity(self, rows: int) -> int:
-        planner = MemoryPlanner(self.reservation_bytes, self.bytes_per_token, max_batch_size=self.n)
-        return planner.capacity(self.prompt_length, rows, self.max_new_tokens)
-
-    def _allocate(self, rows: int) -> None:
-        self.capacity = self._capacity(rows)
-        self.cache.allocate(rows, self.capacity)
-
-    def _should_compact(self) -> bool:
-        """Compact when it would shrink the padded batch by at least a quarter."""
-        pad = self.decoder.padded_rows
-        alive = int(self.row_running.sum())
-        return alive > 0 and pad(alive) * 4 <= pad(self.rows) * 3
-
     def _keep_rows(self, keep_mask: torch.Tensor) -> None:
-        """Keep the masked rows' keys/values in a buffer sized for them (memory really freed); the
-        survivors grow into the room of the session's reservation, and what they can never use
-        (beyond max_new_tokens each) goes back to the shared pool."""
+        """Keep only the masked rows in the batch (the pool frees the others' keys/values)."""
         keep = keep_mask.nonzero().flatten()
         self._take_rows(keep, self.row_index[keep])
 
     def _take_rows(self, rows: torch.Tensor, row_index: torch.Tensor) -> None:
         """The rows `rows` (indices, a row may come twice) become the batch, sequences `row_index`."""
-        count = rows.shape[0]
-        self.loop.admission.shrink(self, min(self.reservation_tokens, self.prompt_length + count * self.max_new_tokens))
-        self.capacity = self._capacity(count)
-        self.cache.keep(rows, max(self.position - 1, 0), self.capacity)
+        self.pool.take_rows(self, rows, used=max(self.position - 1, 0))
         self.last_tokens = self.last_tokens[rows]
         self.row_index = row_index
         self.row_running = self.row_running[rows]

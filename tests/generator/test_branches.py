@@ -21,16 +21,22 @@ def open_session(engine, n=6, max_new_tokens=20, min_tokens_before_full=None):
                                sampling=SamplingParams(temperature=1.0, seed=5))
 
 
-def record_logits(session) -> list[tuple[list[int], torch.Tensor]]:
-    """Every decode step's (sequence of each row, the rows' logits) for `session`."""
-    steps, accept = [], session.accept_step
+def record_logits(engine, session) -> list[tuple[list[int], torch.Tensor]]:
+    """Every decode step's (sequence of each row, the rows' logits) for `session`, as the runner
+    samples them; undone by stop_recording."""
+    steps, runner = [], engine.loop.runner
 
-    def recording(logits, seconds):
-        steps.append((session.row_index.tolist(), logits.clone()))
-        return accept(logits, seconds)
+    def recording(sampled, logits):
+        if sampled is session:
+            steps.append((session.row_index.tolist(), logits.clone()))
+        return type(runner).sample(sampled, logits)
 
-    session.accept_step = recording
+    runner.sample = recording
     return steps
+
+
+def stop_recording(engine) -> None:
+    del engine.loop.runner.sample
 
 
 def test_a_branch_sees_exactly_its_parents_context(engine):
@@ -38,9 +44,10 @@ def test_a_branch_sees_exactly_its_parents_context(engine):
     try:
         session.start().result(WAIT)
         session.advance(6).result(WAIT)
-        steps = record_logits(session)
+        steps = record_logits(engine, session)
         session.advance(7, keep=[1, 4], fork_from=[4, 1, 4, 4]).result(WAIT)
     finally:
+        stop_recording(engine)
         close_and_wait(engine, session)
     rows, logits = steps[0]
     assert rows == [1, 4, 6, 7, 8, 9]
