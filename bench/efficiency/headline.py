@@ -12,7 +12,9 @@ AlpacaFarm prompt and seed, in alternating order:
   when it ended on its own); the best is the highest score; timed from the first request to the scores.
 With --stack-best-of-n, a third side: the stack's own Best-of-n0 (one Generate call with method
 BEST_OF_N at the same n0, tokens and seed), whose generation time (the coordinator's generate_seconds)
-is set against plain vLLM's: what serving Best-of-N through the stack costs over vLLM alone. That
+is set against plain vLLM's: what serving Best-of-N through the stack costs over vLLM alone. It draws
+the same candidates as SR from the same seed, so the summary also gives how often SR returned its very
+response (with an exact interval) and how much sooner SR answered. That
 side starts the coordinator with an hour's request limit (--drain-grace-seconds 3600): on a 2-core
 CPU, Best-of-128 x 256 runs past its default 300 s, which is sized for a fleet's rolling restarts.
 Both answers are scored by the same reward service, so the reward gap (SR's best minus Best-of-n0's
@@ -33,6 +35,7 @@ from bench.shared.figures import vector_extensions, write_figures
 from bench.shared.journal import Journal
 from bench.shared.prompts import DEFAULT_PROMPTS, load_prompts
 from bench.shared.scrape import metric_families
+from bench.stats.binomial import clopper_pearson
 from bench.stats.bootstrap import clustered_indices, mean_interval, ratio_of_sums_interval
 from common.chat import prompt_token_ids
 from common.local_stack import Stack
@@ -175,6 +178,15 @@ def summarize(args, pairs: list[dict]) -> dict:
             indices).__dict__
         summary["stack_best_of_n_over_plain_vllm_best_of_n_plus_scoring_seconds"] = ratio_of_sums_interval(
             [p["stack_bon"]["seconds"] for p in pairs], [p["bon"]["seconds"] for p in pairs], indices).__dict__
+        # The stack's two methods draw the same candidates from one seed, so here, unlike against plain
+        # vLLM, "the same choice" is measurable: SR returning Best-of-N's very response.
+        summary["stack_best_of_n_over_sr_seconds"] = ratio_of_sums_interval(
+            [p["stack_bon"]["seconds"] for p in pairs], [p["sr"]["seconds"] for p in pairs], indices).__dict__
+        same = sum(p["sr"]["text"] == p["stack_bon"]["text"] for p in pairs)
+        summary["sr_same_response_as_stack_best_of_n"] = {
+            "pairs": len(pairs), "same": same, "exact_interval": clopper_pearson(same, len(pairs)).__dict__}
+        summary["reward_gap_sr_minus_stack_best_of_n"] = mean_interval(
+            [p["sr"]["score"] - p["stack_bon"]["score"] for p in pairs], indices).__dict__
     print(json.dumps(summary, indent=1))
     return {**summary, "pairs": pairs}
 

@@ -45,3 +45,8 @@ def test_the_stacks_best_of_n_is_a_third_side_timed_against_plain_vllm(vllm_back
         assert 0 < stack_bon["generate_seconds"] < stack_bon["seconds"]
     ratio = written["stack_best_of_n_generation_over_plain_vllm_generation"]
     assert 0 < ratio["low"] <= ratio["estimate"] <= ratio["high"]
+    same = written["sr_same_response_as_stack_best_of_n"]
+    assert same["pairs"] == 3
+    assert same["same"] == sum(p["sr"]["text"] == p["stack_bon"]["text"] for p in written["pairs"])
+    assert 0 <= same["exact_interval"]["low"] <= same["same"] / 3 <= same["exact_interval"]["high"] <= 1
+    assert written["stack_best_of_n_over_sr_seconds"]["estimate"] > 0
