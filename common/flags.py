@@ -53,7 +53,8 @@ def add_model_service_flags(parser: argparse.ArgumentParser, *, default_port: in
     add_flag(parser, "cpu-threads", env="SPECREJ_CPU_THREADS", default="auto", type=parse_cpu_threads,
              help="threads for the model's work on CPU; auto = $OMP_NUM_THREADS when set, else half this "
                   "process's cores, so the two model services on one machine do not fight over them; "
-                  "0 = torch's default (one per core)")
+                  "0 = torch's default (one per core). On CPU with a count (auto's included), the generator's "
+                  "engine works on the first that many cores and the reward service on the last ones")
 
 
 def add_server_flags(parser: argparse.ArgumentParser, *, default_port: int, default_metrics_port: int,

@@ -83,6 +83,28 @@ def resolve_cpu_threads(setting: int | str, environ=os.environ, cores: int | Non
     return max(1, (cores or len(os.sched_getaffinity(0))) // 2)
 
 
+def service_cores(threads: int, end: str, cores=None) -> list[int]:
+    """The cores a model service on CPU works on: `threads` of this process's cores, the first ones for
+    the generator (`end="first"`), the last ones for the reward service (`"last"`); all of them for 0.
+    On a machine the two share, each then keeps cores of its own: left to the OS, the reward service's
+    threads were moved onto the generator's bound core, and its Best-of-128 decoded 1.3x slower."""
+    available = sorted(os.sched_getaffinity(0) if cores is None else cores)
+    if threads <= 0 or threads >= len(available):
+        return available
+    return available[:threads] if end == "first" else available[-threads:]
+
+
+def bind_process_to_cores(cores: list[int]) -> None:
+    """Keep every thread of this process (those running now and, by inheritance, those started later)
+    on `cores`."""
+    for thread in os.listdir("/proc/self/task"):
+        try:
+            os.sched_setaffinity(int(thread), cores)
+        except ProcessLookupError:
+            pass  # a thread that ended meanwhile
+    log.info("this process works on CPU cores %s", ",".join(map(str, cores)))
+
+
 def prefer_passive_openmp_waits(environ=os.environ) -> None:
     """Idle OpenMP threads sleep instead of spinning, unless OMP_WAIT_POLICY says otherwise: a spinning
     thread holds a core that the other model service on the machine could use. OpenMP reads the policy

@@ -18,7 +18,7 @@ import time
 from dataclasses import dataclass, field
 
 from common.errors import FieldError
-from common.models import choose_device, choose_dtype, resolve_cpu_threads, resolve_model
+from common.models import choose_device, choose_dtype, resolve_cpu_threads, resolve_model, service_cores
 from common.tokenizer_fingerprint import tokenizer_fingerprint
 from . import metrics
 from .admission import Admission
@@ -362,10 +362,8 @@ class VllmBackend:
 
 def _bind_cpu_threads(threads: int) -> None:
     """vLLM's CPU worker binds its OpenMP threads to the cores VLLM_CPU_OMP_THREADS_BIND lists; unless
-    that is set, take the first `threads` cores this process may use (all of them for 0)."""
-    cores = sorted(os.sched_getaffinity(0))
-    chosen = cores[:threads] if threads > 0 else cores
-    os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", ",".join(map(str, chosen)))
+    that is set, take the generator's share of the cores this process may use (all of them for 0)."""
+    os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", ",".join(map(str, service_cores(threads, "first"))))
 
 
 def _kv_bytes_per_token(config, dtype) -> int:

@@ -52,7 +52,8 @@ def main(argv=None) -> None:
 
 
 def load_engine(args):
-    from common.models import choose_device, choose_dtype, resolve_model, set_cpu_threads
+    from common.models import bind_process_to_cores, choose_device, choose_dtype, resolve_cpu_threads, \
+        resolve_model, service_cores, set_cpu_threads
     from .engine import ScoringEngine
     from .limits import InputLimits, longest_token_chars
     from .scorers import load_scorer
@@ -60,6 +61,10 @@ def load_engine(args):
 
     set_cpu_threads(args.cpu_threads)
     device = choose_device(args.device)
+    threads = resolve_cpu_threads(args.cpu_threads)
+    if device.type == "cpu" and threads > 0:
+        # Off the cores the generator's engine is bound to, where the OS would otherwise move it.
+        bind_process_to_cores(service_cores(threads, "last"))
     scorer = load_scorer(args.scorer, resolve_model(args.model, args.model_cache), device,
                          choose_dtype(args.dtype, device), args.token_budget, args.judge_template)
     limits = InputLimits(max_context=scorer.max_context, max_items=args.max_items, max_messages=args.max_messages,

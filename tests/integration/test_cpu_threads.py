@@ -25,3 +25,22 @@ def test_services_started_without_flags_use_their_share_and_sleep_when_idle(tiny
     finally:
         generator.stop()
         reward.stop()
+
+
+def test_the_reward_service_keeps_all_its_threads_on_the_last_cores(tiny_model_dir, tmp_path, monkeypatch):
+    from common.models import service_cores
+
+    for name in ("SPECREJ_CPU_THREADS", "OMP_NUM_THREADS"):
+        monkeypatch.delenv(name, raising=False)
+    share = max(1, len(os.sched_getaffinity(0)) // 2)
+    reward = Service("reward_service", "--model", str(tiny_model_dir), log_dir=tmp_path)
+    try:
+        threads = os.listdir(f"/proc/{reward.process.pid}/task")
+        assert len(threads) > 1  # gRPC's and torch's threads besides the main one
+        # The generator's engine takes the first cores of the same set (service_cores(share, "first")).
+        expected = set(service_cores(share, "last"))
+        assert {frozenset(os.sched_getaffinity(int(t))) for t in threads} == {frozenset(expected)}
+        if len(os.sched_getaffinity(0)) > 1:
+            assert not expected & set(service_cores(share, "first"))
+    finally:
+        reward.stop()
