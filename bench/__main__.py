@@ -96,8 +96,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     sizes.add_argument("--max-new-tokens", type=int)
     sizes.add_argument("--rejection-rates", type=_list(float), help="e.g. 0.5,0.7,0.9")
     sizes.add_argument("--adaptive-rates", type=_list(float),
-                       help="paired part: least rejection rates of the adaptive rule, run on every schedule "
+                       help="paired part: least rejection rates of the adaptive rule, run on the first schedule "
                             "(empty string: none)")
+    sizes.add_argument("--refill-rates", type=_list(float),
+                       help="paired part: rejection rates run again with refill (the rows a decision point frees "
+                            "get branches of the best survivors), on the first schedule (empty string: none)")
     sizes.add_argument("--schedules", type=_list(parse_schedule),
                        help="memory-B (KV budget of B response tokens), memory (the generator's budget), every-K, "
                             "double-K (decision points at K, 2K, 4K, ...)")
@@ -142,7 +145,8 @@ def main(argv=None):
 
     transformers.logging.set_verbosity_error()
     overrides = {name: getattr(args, name) for name in (
-        "prompts", "first_prompt", "pool_size", "pool_batch", "n", "max_new_tokens", "rejection_rates", "adaptive_rates", "schedules",
+        "prompts", "first_prompt", "pool_size", "pool_batch", "n", "max_new_tokens", "rejection_rates", "adaptive_rates", "refill_rates",
+        "schedules",
         "seeds",
         "best_of_n", "throughput_batch_sizes", "throughput_new_tokens", "repeats", "temperature", "top_p", "top_k")}
     config = PRESETS[args.preset].with_overrides(**overrides)

@@ -302,6 +302,7 @@ def _metadata(config: BenchConfig, options: Options, prompts: list[Prompt], desc
         **({"seeds": seeds} if seeds else {}),
         "live Best-of-N sizes (a check on the pool curve)": list(config.best_of_n),
         "adaptive rule's least rates (paired part)": list(config.adaptive_rates),
+        "rates run with refill (paired part)": list(config.refill_rates),
         "sampling": f"temperature {config.temperature:g}, top_p {config.top_p:g}, top_k {config.top_k}",
         "wall cost ratio": "Best-of-N's wall time at N is N x a pool sample's share of its batch's wall time; "
                            "batches of the pool size are more efficient per sample than Best-of-N at a smaller N, "

@@ -45,18 +45,19 @@ class Variant:
     schedule: str
     rejection_rate: float
     adaptive: bool = False  # rejection_rate is then the least fraction rejected
+    refill: bool = False  # the rows a decision point frees get branches of the best survivors
 
     @property
     def label(self) -> str:
         rule = f"adaptive ≥{self.rejection_rate:g}" if self.adaptive else f"α={self.rejection_rate:g}"
-        return f"{self.schedule}, {rule}"
+        return f"{self.schedule}, {rule}" + (", refill" if self.refill else "")
 
 
 @dataclass(frozen=True)
 class Outcome:
     """What one run returned and cost."""
 
-    index: int  # the chosen candidate's index among the initial n0
+    index: int  # the chosen candidate's index: among the initial n0, or from n0 on a branch
     text: str
     reward: float
     decoded_tokens: int
@@ -182,14 +183,15 @@ def outcome(response: pb.GenerateResponse, wall: float) -> Outcome:
 def variants(config: BenchConfig) -> list[Variant]:
     """A sweep around the first schedule and rate (the coordinator's default, in the presets): the
     first schedule at the first rate, then at the other rates, the other schedules at the first
-    rate, then the adaptive rules on the first schedule. One setting moves at a time, so each
+    rate, then the adaptive rules and the refilled (branching) rates on the first schedule. One setting moves at a time, so each
     question (how many to reject, where to decide first, doubling or fixed intervals, fixed or
     adaptive) is answered on the same pairs, at a fraction of the runs of the whole grid."""
     first, *others = config.schedules
     alpha, *other_rates = config.rejection_rates
     return ([Variant(first.name, rate) for rate in (alpha, *other_rates)]
             + [Variant(schedule.name, alpha) for schedule in others]
-            + [Variant(first.name, rate, adaptive=True) for rate in config.adaptive_rates])
+            + [Variant(first.name, rate, adaptive=True) for rate in config.adaptive_rates]
+            + [Variant(first.name, rate, refill=True) for rate in config.refill_rates])
 
 
 def pool_target(config: BenchConfig) -> int:
@@ -212,6 +214,7 @@ def run_sr(backend, prompt: Prompt, config: BenchConfig, n0: int, seed: int, var
                        rejection_rate=variant.rejection_rate, every_tokens=arguments["every_tokens"],
                        first_decision_tokens=arguments["first_decision_tokens"])
     generate.adaptive_rejection = variant.adaptive
+    generate.refill = variant.refill
     started = _now()
     with recorded_reward_calls(backend) as calls:
         response, wall = backend.run(generate, memory_round_tokens=arguments["memory_round_tokens"],

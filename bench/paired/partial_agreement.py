@@ -43,7 +43,8 @@ def partial_agreement(pairs: Sequence[Pair], resamples: int = 2000, seed: int = 
         if not finals:
             continue
         for point in pair.sr.partial_scores:
-            candidates = point["candidates"]
+            # A branch (refill) is no candidate of Best-of-n0, so it has no final reward to compare with.
+            candidates = [c for c in point["candidates"] if c[0] < len(finals)]
             tau = kendall_tau([c[1] for c in candidates], [finals[c[0]] for c in candidates])
             winner = next((c for c in candidates if c[0] == pair.bon.index), None)
             rows[(pair.reward_scorer, pair.n0, pair.variant, point["token_position"])].append(

@@ -98,12 +98,16 @@ def paired_section(results: PairedResults, summaries: Sequence[VariantSummary],
         "Best-of-N at N decodes N times a pool sample's mean tokens (the pool without the pair's own seed). "
         "*Ratio at equal reward*: Best-of-N's decoded tokens at the variant's equivalent N (capped at n0, as above) "
         "over SR's. *Gain at equal compute*: SR's mean reward minus Best-of-N's expected reward at the N that "
-        "decodes as many tokens as SR did (linear between sizes). Intervals resample prompts as above.\n",
-        "| n0 | schedule | rule | pairs | SR decoded | ratio at equal reward | gain at equal compute |",
-        "|---:|---|---|---:|---:|---:|---:|",
+        "decodes as many tokens as SR did (linear between sizes). *Win rate at equal compute*: how often SR's "
+        "answer beats the best of that Best-of-N, per pair the exact probability over the pool's draws (a tie "
+        "counting half), averaged over the pairs; 50 % is a draw. Intervals resample prompts as above.\n",
+        "| n0 | schedule | rule | pairs | SR decoded | ratio at equal reward | gain at equal compute "
+        "| win rate at equal compute |",
+        "|---:|---|---|---:|---:|---:|---:|---:|",
     ]
     lines += [f"| {s.n0} | {s.variant.schedule} | {_rule(s)} | {s.pairs} | {fmt(s.sr_mean_decoded)} "
-              f"| {_interval(s.ratio_at_equal_reward)} | {_interval(s.gain_at_equal_compute, 3)} |" for s in summaries]
+              f"| {_interval(s.ratio_at_equal_reward)} | {_interval(s.gain_at_equal_compute, 3)} "
+              f"| {_share(s.win_rate_at_equal_compute)} |" for s in summaries]
     lines += [
         "",
         "### The same figures resampling pairs as if independent\n",
@@ -137,7 +141,8 @@ def paired_section(results: PairedResults, summaries: Sequence[VariantSummary],
 
 def _rule(summary: VariantSummary) -> str:
     variant = summary.variant
-    return f"adaptive ≥{variant.rejection_rate:g}" if variant.adaptive else f"α = {variant.rejection_rate:g}"
+    rule = f"adaptive ≥{variant.rejection_rate:g}" if variant.adaptive else f"α = {variant.rejection_rate:g}"
+    return rule + (", refill" if variant.refill else "")
 
 
 def _agreement_section(agreements: Sequence[DecisionPointAgreement]) -> str:

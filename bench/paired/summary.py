@@ -12,8 +12,10 @@ Every variant is resampled with the same draws (common resamples).
 
 Beside the paired figures, the paper's own reading: against the pools' Best-of-N curve, how much
 more Best-of-N would decode to reach SR's mean reward (ratio at equal reward) and how much more
-reward SR gets than Best-of-N decoding as many tokens (gain at equal compute). A pair is placed on
-its prompt's curve without its own seed's Best-of-n0 candidates, which the SR run also started from.
+reward SR gets than Best-of-N decoding as many tokens (gain at equal compute), and how often SR's
+answer beats that Best-of-N's (win rate at equal compute: per pair, the exact probability that SR's
+reward beats the best of that many pool samples, a tie counting half). A pair is placed on its
+prompt's curve without its own seed's Best-of-n0 candidates, which the SR run also started from.
 """
 from __future__ import annotations
 
@@ -28,7 +30,7 @@ from bench.stats.binomial import clopper_pearson
 from bench.stats.bootstrap import Interval, bootstrap, clustered_indices, mean_interval, percentile_interval, \
     ratio_of_sums_interval, resample_indices
 from bench.stats.equivalence import ABOVE_CAP, AT_MOST_ONE, EquivalentN, equivalent_n
-from bench.stats.order_stats import expected_cost, expected_max_curve
+from bench.stats.order_stats import expected_cost, expected_max_curve, win_probability
 
 
 @dataclass(frozen=True)
@@ -68,6 +70,7 @@ class VariantSummary:
     timed_together: int  # pairs whose Best-of-n0 ran right before or after SR (the rest: a shared earlier run)
     ratio_at_equal_reward: Interval  # Best-of-N decoded tokens at the equivalent N / SR decoded tokens
     gain_at_equal_compute: Interval  # SR mean reward - Best-of-N's expected reward at SR's decoded tokens
+    win_rate_at_equal_compute: Interval  # mean over pairs of P(SR's reward beats Best-of-N at SR's decoded tokens)
     pair_bootstrap: dict[str, Interval]  # the same figures resampling pairs as if independent
     sr_mean_decoded: float
     sr_mean_scored: float
@@ -154,25 +157,34 @@ def _paper_reading(curves: np.ndarray, sample_tokens: np.ndarray, rewards: np.nd
     return bootstrap(ratio, rewards.size, draws), bootstrap(gain, rewards.size, draws)
 
 
-def _curves(results: PairedResults) -> tuple[dict, dict]:
-    """Per (prompt, seed): the Best-of-N curve and a sample's mean decoded tokens from the prompt's pool
-    without that seed's Best-of-n0 candidates (the very candidates its pair's runs started from)."""
+def _win_rates(pool_scores: dict, sample_tokens: dict, pairs: Sequence[Pair]) -> np.ndarray:
+    """Per pair, P(SR's reward beats Best-of-N drawn from its prompt's pool without its own seed), N
+    sized so that Best-of-N decodes as many tokens as SR did."""
+    return np.array([win_probability(pool_scores[(p.prompt_id, p.seed)], p.sr.reward,
+                                     p.sr.decoded_tokens / sample_tokens[(p.prompt_id, p.seed)]) for p in pairs])
+
+
+def _curves(results: PairedResults) -> tuple[dict, dict, dict]:
+    """Per (prompt, seed): the Best-of-N curve, a sample's mean decoded tokens and the scores from the
+    prompt's pool without that seed's Best-of-n0 candidates (the very candidates its pair's runs
+    started from)."""
     pools = {pool.prompt_id: pool for pool in results.pools}
     kept = {}
     for prompt, seed in {(p.prompt_id, p.seed) for p in results.pairs}:
         sources = results.pool_seeds.get(prompt, [0] * pools[prompt].size)
         kept[(prompt, seed)] = [i for i, source in enumerate(sources) if source != seed]
     length = min(len(rows) for rows in kept.values())
-    curves = {key: expected_max_curve([pools[key[0]].scores[i] for i in rows], length) for key, rows in kept.items()}
+    scores = {key: [pools[key[0]].scores[i] for i in rows] for key, rows in kept.items()}
+    curves = {key: expected_max_curve(values, length) for key, values in scores.items()}
     tokens = {key: float(np.mean([pools[key[0]].decoded_tokens[i] for i in rows])) for key, rows in kept.items()}
-    return curves, tokens
+    return curves, tokens, scores
 
 
 def summarize_pairs(results: PairedResults, resamples: int = 2000, seed: int = 0) -> list[VariantSummary]:
     """One summary per (n0, variant), in the order the variants were run."""
     if not results.pairs:
         return []
-    curves, sample_tokens = _curves(results)
+    curves, sample_tokens, pool_scores = _curves(results)
     groups: dict[tuple[int, Variant], list[Pair]] = defaultdict(list)
     for pair in results.pairs:
         groups[(pair.n0, pair.variant)].append(pair)
@@ -225,6 +237,7 @@ def summarize_pairs(results: PairedResults, resamples: int = 2000, seed: int = 0
             **figures(draws),
             timed_together=sum(p.timed_together for p in group),
             ratio_at_equal_reward=at_equal_reward, gain_at_equal_compute=at_equal_compute,
+            win_rate_at_equal_compute=mean_interval(_win_rates(pool_scores, sample_tokens, group), draws),
             pair_bootstrap=figures(pair_draws),
             sr_mean_decoded=float(column(sr, "decoded_tokens").mean()),
             sr_mean_scored=float(column(sr, "scored_tokens").mean()),

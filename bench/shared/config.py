@@ -64,7 +64,8 @@ class BenchConfig:
     top_p: float = 1.0
     top_k: int = 0
     pool_batch: int = 512  # most pool samples per generator session (halved while the generator refuses)
-    adaptive_rates: tuple[float, ...] = ()  # paired part: least rates of the adaptive rule, on every schedule
+    adaptive_rates: tuple[float, ...] = ()  # paired part: least rates of the adaptive rule, on the first schedule
+    refill_rates: tuple[float, ...] = ()  # paired part: rates run again with refill (branching), first schedule
     first_prompt: int = 0  # the prompt file's position the prompts start at: later ones are held out from earlier
 
     def with_overrides(self, **changes) -> "BenchConfig":
@@ -77,7 +78,7 @@ class BenchConfig:
             raise ValueError("first_prompt: a position in the prompt file, 0 or more")
         if not self.n or min(self.n) < 1:
             raise ValueError("n: give at least one initial batch size >= 1")
-        for alpha in (*self.rejection_rates, *self.adaptive_rates):
+        for alpha in (*self.rejection_rates, *self.adaptive_rates, *self.refill_rates):
             if not 0 <= alpha < 1:
                 raise ValueError(f"rejection rate {alpha} is not in [0, 1)")
         for schedule in self.schedules:

@@ -7,6 +7,7 @@ their position in the sort, not by their score.
 """
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import numpy as np
@@ -51,3 +52,33 @@ def expected_cost(pool_costs: Sequence[float], n: float) -> float:
     for an interpolated Best-of-N size (see `equivalence.equivalent_n`).
     """
     return float(n) * float(np.mean(pool_costs))
+
+
+def win_probability(scores: Sequence[float], reward: float, n: float) -> float:
+    """P(`reward` beats the maximum of N draws without replacement from the pool), a tie counting half.
+
+    The maximum lies below `reward` when all N draws come from the k samples below it, which has
+    probability C(k, N) / C(M, N); at or below, likewise with the samples at or below it. A fractional
+    N (Best-of-N sized to a token count) is read linearly between the integer sizes around it, as the
+    Best-of-N curve is, and N is held within [1, M].
+    """
+    ordered = np.sort(np.asarray(scores, dtype=np.float64))
+    pool_size = ordered.size
+    if pool_size == 0:
+        raise ValueError("the pool of scores is empty")
+    below = int(np.searchsorted(ordered, reward, side="left"))
+    at_or_below = int(np.searchsorted(ordered, reward, side="right"))
+
+    def all_from(k: int, draws: int) -> float:
+        if k < draws:
+            return 0.0
+        return math.exp(math.lgamma(k + 1) - math.lgamma(k - draws + 1)
+                        - math.lgamma(pool_size + 1) + math.lgamma(pool_size - draws + 1))
+
+    def at(draws: int) -> float:
+        return 0.5 * (all_from(below, draws) + all_from(at_or_below, draws))
+
+    n = min(max(float(n), 1.0), float(pool_size))
+    lower = math.floor(n)
+    fraction = n - lower
+    return at(lower) if fraction == 0 else (1 - fraction) * at(lower) + fraction * at(lower + 1)

@@ -16,7 +16,7 @@ def test_paired_part_pairs_sr_with_best_of_n0_from_the_same_candidates(tiny_mode
     main(["--preset", "paired-small", "--model", str(tiny_model_dir), "--prompts-file", str(prompts_file),
           "--out", str(out), "--prompts", "2", "--seeds", "1", "--n", "4", "--max-new-tokens", "16", "--pool", "8",
           "--schedules", "double-4,every-8", "--rejection-rates", "0.5,0", "--adaptive-rates", "0.5",
-          "--no-progress"])
+          "--refill-rates", "0.5", "--no-progress"])
 
     results = json.loads((out / "results.json").read_text())
     paired = results["paired"]
@@ -25,8 +25,14 @@ def test_paired_part_pairs_sr_with_best_of_n0_from_the_same_candidates(tiny_mode
     assert results["metadata"]["seeds"].startswith("paired: runs use seeds 1..1")
     assert "Best-of-n0 runs at the largest n0" in results["metadata"]["seeds"]
     pairs = paired["pairs"]
-    # prompts x seeds x (the first schedule with both rates and the adaptive rule, the other with the first rate)
-    assert len(pairs) == 2 * 1 * 4
+    # prompts x seeds x (the first schedule with both rates, the adaptive rule and refill; the other with the
+    # first rate)
+    assert len(pairs) == 2 * 1 * 5
+    decoded = {(p["prompt_id"], p["variant"]["refill"]): p["sr"]["decoded_tokens"] for p in pairs
+               if p["variant"]["schedule"] == "double-4" and p["variant"]["rejection_rate"] == 0.5
+               and not p["variant"]["adaptive"]}
+    # The rows a decision point freed were decoded again by branches: more tokens than without refill.
+    assert sum(decoded[(prompt, True)] for prompt in ("0", "1")) > sum(decoded[(prompt, False)] for prompt in ("0", "1"))
     for pair in pairs:
         sr, bon, variant = pair["sr"], pair["bon"], pair["variant"]
         assert bon["decoded_tokens"] >= sr["decoded_tokens"] > 0
@@ -39,9 +45,10 @@ def test_paired_part_pairs_sr_with_best_of_n0_from_the_same_candidates(tiny_mode
         else:
             assert sr["decision_points"][:1] == [8]
     summaries = paired["summaries"]
-    assert len(summaries) == 4
+    assert len(summaries) == 5
     for summary in summaries:
         assert summary["pairs"] == 2 and summary["prompts"] == 2
+        assert 0 <= summary["win_rate_at_equal_compute"]["estimate"] <= 1
         assert summary["reward_gap"]["low"] <= summary["reward_gap"]["estimate"] <= summary["reward_gap"]["high"]
         assert summary["equivalent_n"]["estimate"]["n"] <= 4  # capped at n0
         if summary["variant"]["rejection_rate"] == 0 and not summary["variant"]["adaptive"]:
@@ -50,6 +57,7 @@ def test_paired_part_pairs_sr_with_best_of_n0_from_the_same_candidates(tiny_mode
     markdown = (out / "results.md").read_text()
     assert "## Paired: Speculative Rejection against Best-of-n0 from the same candidates" in markdown
     assert "### Adaptive rejection against fixed rates" in markdown
+    assert "| double-4 | α = 0.5, refill | 2 |" in markdown
     assert "## Reward and cost per configuration" not in markdown  # the efficiency part did not run
 
 

@@ -175,3 +175,32 @@ def test_one_prompt_s_point_intervals_are_called_what_they_are(results):
     section = paired_section(one_prompt, *paired_payload(one_prompt)[1:])
     assert "with one prompt, resampling prompts shows no spread at all" in section
     assert "no spread at all" not in paired_section(results, *paired_payload(results)[1:])
+
+
+def test_the_win_rate_at_equal_compute_is_each_pair_s_chance_against_best_of_n_of_as_many_tokens(results):
+    from bench.stats.order_stats import win_probability
+
+    by_variant = {s.variant: s for s in summarize_pairs(results, resamples=200)}
+    # Above every pool sample: it beats any Best-of-N.
+    assert by_variant[GREEDY].win_rate_at_equal_compute.estimate == 1.0
+    # 400 decoded tokens at 100 per pool sample: against Best-of-4 of the prompt's pool.
+    fixed = [p for p in results.pairs if p.variant == FIXED]
+    pools = {pool.prompt_id: pool.scores for pool in results.pools}
+    expected = np.mean([win_probability(pools[p.prompt_id], p.sr.reward, 4) for p in fixed])
+    win = by_variant[FIXED].win_rate_at_equal_compute
+    assert win.estimate == pytest.approx(expected) and 0 < win.low <= win.estimate <= win.high < 1
+    section = paired_section(results, *paired_payload(results)[1:])
+    (greedy_row,) = [line for line in section.splitlines() if line.startswith(f"| {N0} | double-4 | α = 0.9 | 6 | 200 |")]
+    assert greedy_row.endswith("| 100.0% [100.0%, 100.0%] |")
+
+
+def test_a_refilled_variant_is_reported_as_its_own_rule(results):
+    from dataclasses import replace
+
+    refill = Variant("double-4", 0.5, refill=True)
+    assert refill.label == "double-4, α=0.5, refill" and refill != FIXED
+    branched = replace(results, pairs=results.pairs + [replace(p, variant=refill) for p in results.pairs
+                                                       if p.variant == FIXED])
+    summaries = {s.variant: s for s in summarize_pairs(branched, resamples=100)}
+    assert summaries[refill].pairs == 6
+    assert f"| {N0} | double-4 | α = 0.5, refill | 6 |" in paired_section(branched, *paired_payload(branched)[1:])
