@@ -7,9 +7,9 @@ did: whether it kept Best-of-n0's winner, what reward it lost or (by luck) gaine
 saved. Every variant (schedule, rejection rate, fixed or adaptive rule) runs on the same pairs,
 and since Best-of-n0's choice and tokens are the same every time, so is its side of each pair.
 
-Only its time is not: within a pair the two runs are timed together, Best-of-n0 running right
-before or right after the variant's SR run (the order alternating from pair to pair), so a slow
-drift of the machine moves both sides of a wall ratio alike. SR's reward calls are recorded: at each decision point,
+Only its time is not: the runs of one prompt and seed are timed together, Best-of-n0 running right
+before or right after the variants' SR runs (the order alternating from one prompt and seed to the
+next), so a slow drift of the machine moves both sides of a wall ratio alike. SR's reward calls are recorded: at each decision point,
 every live candidate's partial reward, whether it had finished and whether it was kept; the pair's
 Best-of-n0 run returns every candidate's final reward, so partial and final rewards of the very
 same candidates can be compared. Pairs journaled before runs were timed together (an SR run alone,
@@ -223,36 +223,37 @@ def run_sr(backend, prompt: Prompt, config: BenchConfig, n0: int, seed: int, var
     return replace(run, started=started, ended=_now(), partial_scores=partial_scores(calls, run.decision_points))
 
 
-def run_timed_bon(backend, prompt: Prompt, config: BenchConfig, n0: int, seed: int) -> Outcome:
-    """Best-of-n0 with its start and end times and every candidate's final reward, by index."""
+def run_bon(backend, prompt: Prompt, config: BenchConfig, n0: int, seed: int) -> dict:
+    """Best-of-n0 with every candidate's score returned: its outcome (start and end times, every
+    candidate's final reward by index), and its candidates as pool samples."""
     started = _now()
     response, wall = backend.run(request(prompt, config, method=pb.BEST_OF_N, n=n0, seed=seed, return_top=n0),
                                  memory_round_tokens=config.max_new_tokens)
     rewards = [0.0] * n0
     for candidate in response.ranked:
         rewards[candidate.index] = candidate.score
-    return replace(outcome(response, wall), started=started, ended=_now(), candidate_rewards=rewards)
-
-
-def run_bon(backend, prompt: Prompt, config: BenchConfig, n0: int, seed: int) -> dict:
-    """Best-of-n0 with every candidate's score returned: its outcome, and its candidates as pool samples."""
-    response, wall = backend.run(request(prompt, config, method=pb.BEST_OF_N, n=n0, seed=seed, return_top=n0),
-                                 memory_round_tokens=config.max_new_tokens)
-    return {"outcome": asdict(outcome(response, wall)),
+    run = replace(outcome(response, wall), started=started, ended=_now(), candidate_rewards=rewards)
+    return {"outcome": asdict(run),
             "samples": {"scores": [c.score for c in response.ranked],
                         "decoded_tokens": [c.num_tokens for c in response.ranked],
                         "wall_seconds": [wall / len(response.ranked)] * len(response.ranked)}}
 
 
 class PairedRun:
-    """The paired experiment, unit by unit (a Best-of-n0 run for the pool, a pool's fresh samples, a
-    pair of SR and Best-of-n0 runs), each kept in `journal` as it ends: a run stopped at any point goes
-    on from there when started again.
+    """The paired experiment, unit by unit, each kept in `journal` as it ends: a run stopped at any
+    point goes on from there when started again.
 
-    A prompt's pool is the candidates of its Best-of-n0 runs at the largest n0 (seeds differ, so they
-    are independent samples) topped up with fresh samples to max(pool size, 4 x largest n0). Each
-    variant runs on every pair before the next starts, the first (the default, in the presets) first;
-    within a pair SR runs first on every other pair, Best-of-n0 first on the others.
+    A unit is a group: on one prompt, seed and n0, Best-of-n0 and every variant's SR, timed together
+    (Best-of-n0 first on every other group, last on the others), so all of them meet the same state
+    of the machine and Best-of-n0 runs once for them all. A prompt's pool is the candidates of its
+    groups' Best-of-n0 at the largest n0 (seeds differ, so they are independent samples), topped up
+    with a unit of fresh samples to max(pool size, 4 x largest n0).
+    Journals of the earlier layout are read and carried on in it: a Best-of-n0 run per seed for the
+    pool, then per variant a pair of SR and Best-of-n0 timed together (or an SR run alone, against
+    that shared Best-of-n0, before pairs were timed); a variant added to a journal later runs in
+    pairs too. Such pairs run variant after variant, each on every prompt with one seed before the
+    next seed, so that a run stopped early has spread its pairs over the prompts (intervals resample
+    prompts).
     A run stopped early still reports every pair its journal holds, whatever the variant.
     """
 
@@ -262,6 +263,8 @@ class PairedRun:
         self.step, self.stop_at = step, stop_at
         self.reward_scorer = str(journal.settings.get("reward", ""))
         self.schedules = {schedule.name: schedule for schedule in config.schedules}
+        self.variants = variants(config)
+        self.positions = {prompt.id: position for position, prompt in enumerate(prompts)}
         self.pool_target = pool_target(config)
         self.pools: dict[str, Pool] = {}
         self.pool_seeds: dict[str, list[int]] = {}
@@ -272,9 +275,9 @@ class PairedRun:
     def run(self) -> "PairedRun":
         out_of_time = False
         order = 0
-        for variant in variants(self.config):
-            for prompt in self.prompts:
-                for seed in range(1, self.config.seeds + 1):
+        for variant in self.variants:
+            for seed in range(1, self.config.seeds + 1):
+                for prompt in self.prompts:
                     for n0 in self.config.n:
                         try:
                             self.pairs.append(self._pair(prompt, seed, n0, variant, sr_first=order % 2 == 0))
@@ -284,7 +287,7 @@ class PairedRun:
         self.complete = not out_of_time
         return self
 
-    def _unit(self, key: str, work: Callable[[], dict]) -> dict:
+    def _unit(self, key: str, work: Callable[[], dict], runs: int = 1) -> dict:
         value = self.journal.get(key)
         if value is None:
             if self.stop_at is not None and time.perf_counter() >= self.stop_at:
@@ -293,18 +296,49 @@ class PairedRun:
             self.journal.put(key, value)
         if key not in self._stepped:
             self._stepped.add(key)
-            self.step(key)
+            for _ in range(runs):
+                self.step(key)
         return value
 
     def _bon(self, prompt: Prompt, seed: int, n0: int) -> dict:
         return self._unit(f"bon/{prompt.id}/seed {seed}/n0 {n0}",
                           lambda: run_bon(self.backend, prompt, self.config, n0, seed))
 
+    def _earlier_layout(self, where: str) -> bool:
+        """Whether the journal holds runs of this prompt, seed and n0 outside a group."""
+        return (self.journal.get(f"bon/{where}") is not None
+                or any(self.journal.get(f"{kind}/{where}/{variant.label}") is not None
+                       for kind in ("sr", "pair") for variant in self.variants))
+
+    def _group(self, prompt: Prompt, seed: int, n0: int) -> dict | None:
+        """The group of this prompt, seed and n0: journaled, or run now; None where the journal holds
+        these runs in the earlier layout."""
+        where = f"{prompt.id}/seed {seed}/n0 {n0}"
+        key = f"group/{where}"
+        if self.journal.get(key) is None and self._earlier_layout(where):
+            return None
+        sr_first = (self.positions[prompt.id] + seed + self.config.n.index(n0)) % 2 == 0
+
+        def group() -> dict:
+            def bon() -> dict:
+                return run_bon(self.backend, prompt, self.config, n0, seed)
+            best_of_n0 = None if sr_first else bon()
+            sr = {variant.label: asdict(run_sr(self.backend, prompt, self.config, n0, seed, variant,
+                                               self.schedules[variant.schedule]))
+                  for variant in self.variants}
+            return {"sr first": sr_first, "bon": best_of_n0 or bon(), "sr": sr}
+
+        return self._unit(key, group, runs=1 + len(self.variants))
+
+    def _pool_samples(self, prompt: Prompt, seed: int, n0: int) -> dict:
+        group = self._group(prompt, seed, n0)
+        return (group["bon"] if group is not None else self._bon(prompt, seed, n0))["samples"]
+
     def _pool(self, prompt: Prompt) -> Pool:
         if prompt.id not in self.pools:
             largest = max(self.config.n)
             seeds = range(1, self.config.seeds + 1)
-            runs = [self._bon(prompt, seed, largest)["samples"] for seed in seeds]
+            runs = [self._pool_samples(prompt, seed, largest) for seed in seeds]
             sources = [seed for seed, run in zip(seeds, runs) for _ in run["scores"]]
             fresh_size = self.pool_target - len(sources)
             if fresh_size > 0:
@@ -324,15 +358,20 @@ class PairedRun:
         if alone is not None:  # journaled before pairs were timed together: against the shared Best-of-n0
             bon = self._bon(prompt, seed, n0)
             return Pair(prompt.id, seed, n0, variant, Outcome(**alone), Outcome(**bon["outcome"]), self.reward_scorer)
+        group = self._group(prompt, seed, n0)
+        if group is not None and variant.label in group["sr"]:
+            return Pair(prompt.id, seed, n0, variant, Outcome(**group["sr"][variant.label]),
+                        Outcome(**group["bon"]["outcome"]), group["reward scorer"], timed_together=True,
+                        sr_first=group["sr first"])
 
         def both() -> dict:
-            runs = {"sr": lambda: run_sr(self.backend, prompt, self.config, n0, seed, variant,
-                                         self.schedules[variant.schedule]),
-                    "bon": lambda: run_timed_bon(self.backend, prompt, self.config, n0, seed)}
+            runs = {"sr": lambda: asdict(run_sr(self.backend, prompt, self.config, n0, seed, variant,
+                                                self.schedules[variant.schedule])),
+                    "bon": lambda: run_bon(self.backend, prompt, self.config, n0, seed)["outcome"]}
             first, second = ("sr", "bon") if sr_first else ("bon", "sr")
             done = {first: runs[first]()}
             done[second] = runs[second]()
-            return {"sr first": sr_first, "sr": asdict(done["sr"]), "bon": asdict(done["bon"])}
+            return {"sr first": sr_first, **done}
 
         value = self._unit(f"pair/{where}", both)
         return Pair(prompt.id, seed, n0, variant, Outcome(**value["sr"]), Outcome(**value["bon"]),

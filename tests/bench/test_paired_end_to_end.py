@@ -80,19 +80,21 @@ def test_a_stopped_paired_run_goes_on_where_it_stopped(tiny_model_dir, tmp_path)
     whole = tmp_path / "whole"
     whole_results = _small_paired_run(tiny_model_dir, tmp_path, whole)
     units = (whole / "paired-journal.jsonl").read_text().splitlines()
-    # settings, then per prompt: two Best-of-n0 runs for the pool, fresh samples to fill it, two pairs
-    assert len(units) == 1 + 2 * 5
+    # settings, then per prompt: a group of runs per seed (its Best-of-n0 feeds the pool), fresh samples to fill it
+    assert [json.loads(line).get("key", "").split("/")[0] for line in units] == \
+        ["", "group", "group", "pool", "group", "group", "pool"]
     assert [len(pool["scores"]) for pool in whole_results["paired"]["pools"]] == [16, 16]
 
-    # A run killed while writing the first prompt's second pair: what it finished is kept.
+    # A run killed while writing the second prompt's second group: what it finished is kept.
     stopped = tmp_path / "stopped"
     stopped.mkdir()
     (stopped / "paired-journal.jsonl").write_text("\n".join(units[:5]) + "\n" + units[5][: len(units[5]) // 2])
     results = _small_paired_run(tiny_model_dir, tmp_path, stopped, "--stop-after-minutes", "0")
-    assert len(results["paired"]["pairs"]) == 1
+    # The second prompt's pair of seed 1 waits for its pool, which needs the seed 2 group.
+    assert sorted((p["prompt_id"], p["seed"]) for p in results["paired"]["pairs"]) == [("0", 1), ("0", 2)]
     note = results["metadata"]["paired runs"]
     assert note.startswith("report only: this run re-read the journal paired-journal.jsonl and ran nothing")
-    assert "1 pairs of the 4 asked for" in note and "its units were journaled from " in note
+    assert "2 pairs of the 4 asked for" in note and "its units were journaled from " in note
     assert "total wall seconds" not in results["metadata"]
 
     results = _small_paired_run(tiny_model_dir, tmp_path, stopped)
@@ -113,47 +115,57 @@ def test_a_journal_of_other_settings_is_refused(tiny_model_dir, tmp_path):
         _small_paired_run(tiny_model_dir, tmp_path, out, "--prompts", "1", "--max-new-tokens", "16")
 
 
-def test_a_stopped_run_reports_every_pair_its_journal_holds_whatever_the_variant(tiny_model_dir, tmp_path):
+def test_a_variant_added_to_a_journal_runs_in_pairs_and_a_stopped_run_reports_every_pair_it_holds(
+        tiny_model_dir, tmp_path):
     whole = tmp_path / "whole"
     whole_results = _small_paired_run(tiny_model_dir, tmp_path, whole, "--rejection-rates", "0.5,0.8")
-    units = (whole / "paired-journal.jsonl").read_text().splitlines()
-    # The first variant lacks one pair (say its runs were reordered after the second had run).
-    missing = next(line for line in units[1:] if json.loads(line)["key"].endswith("α=0.5"))
+    units = [json.loads(line) for line in (whole / "paired-journal.jsonl").read_text().splitlines()]
+    # The first group ran before the first variant was added to the experiment.
+    first_group = next(unit for unit in units[1:] if unit["key"].startswith("group/"))
+    del first_group["value"]["sr"]["double-4, α=0.5"]
     stopped = tmp_path / "stopped"
     stopped.mkdir()
     # Its lines carry no time, as in journals written before units were timestamped.
-    untimed = [json.dumps({key: value for key, value in json.loads(line).items() if key != "time"})
-               for line in units if line != missing]
-    (stopped / "paired-journal.jsonl").write_text("\n".join(untimed) + "\n")
+    (stopped / "paired-journal.jsonl").write_text(
+        "\n".join(json.dumps({key: value for key, value in unit.items() if key != "time"}) for unit in units) + "\n")
     results = _small_paired_run(tiny_model_dir, tmp_path, stopped, "--rejection-rates", "0.5,0.8",
                                 "--stop-after-minutes", "0")
     assert len(results["paired"]["pairs"]) == len(whole_results["paired"]["pairs"]) - 1 == 7
     assert sorted(s["pairs"] for s in results["paired"]["summaries"]) == [3, 4]
     assert "3 pairs" not in results["metadata"]["paired runs"] and "7 pairs of the 8" in results["metadata"]["paired runs"]
-    untimed_units = len(units) - 2  # less the settings and the missing pair
     assert results["metadata"]["paired runs"].endswith(
-        f"its {untimed_units} units carry no time (journaled before its lines were timestamped)")
+        f"its {len(units) - 1} units carry no time (journaled before its lines were timestamped)")
+
+    # Carried on, the variant runs on that prompt and seed as a pair of its own, with the same answers.
+    results = _small_paired_run(tiny_model_dir, tmp_path, stopped, "--rejection-rates", "0.5,0.8")
+    assert _choices(results) == _choices(whole_results)
+    added = [json.loads(line)["key"] for line in (stopped / "paired-journal.jsonl").read_text().splitlines()[len(units):]]
+    assert added == [first_group["key"].replace("group/", "pair/") + "/double-4, α=0.5"]
 
 
-def test_a_pair_times_both_runs_together_and_records_partial_rewards(tiny_model_dir, tmp_path):
+def test_the_runs_of_a_prompt_and_seed_are_timed_together_and_record_partial_rewards(tiny_model_dir, tmp_path):
     out = tmp_path / "results"
     results = _small_paired_run(tiny_model_dir, tmp_path, out, "--rejection-rates", "0.5")
     settings, *lines = [json.loads(line) for line in (out / "paired-journal.jsonl").read_text().splitlines()]
     assert all(line["time"].endswith("+00:00") for line in lines)
     scorer = settings["settings"]["reward"]
     assert scorer.startswith("lm-logprob") and all(line["value"]["reward scorer"] == scorer for line in lines)
-    units = [line["value"] for line in lines if line["key"].startswith("pair/")]
-    assert len(units) == 4
-    # SR and Best-of-n0 alternate which runs first, and each pair's two runs follow each other.
-    assert [unit["sr first"] for unit in units] == [True, False, True, False]
-    for unit in units:
-        first, second = (unit["sr"], unit["bon"]) if unit["sr first"] else (unit["bon"], unit["sr"])
+    groups = {line["key"]: line["value"] for line in lines if line["key"].startswith("group/")}
+    assert len(groups) == 4
+    # Best-of-n0 runs before SR on one seed of a prompt and after it on the other, and the runs of a
+    # group follow each other.
+    for prompt in ("0", "1"):
+        assert {groups[f"group/{prompt}/seed {seed}/n0 4"]["sr first"] for seed in (1, 2)} == {True, False}
+    for group in groups.values():
+        (sr,) = group["sr"].values()
+        bon = group["bon"]["outcome"]
+        first, second = (sr, bon) if group["sr first"] else (bon, sr)
         assert first["started"] <= first["ended"] <= second["started"] <= second["ended"]
-        finals = unit["bon"]["candidate_rewards"]
-        assert len(finals) == 4 and unit["bon"]["reward"] == max(finals) == finals[unit["bon"]["index"]]
-        points = unit["sr"]["partial_scores"]
-        assert [p["token_position"] for p in points] == unit["sr"]["decision_points"]
-        for point, kept in zip(points, unit["sr"]["survivors_per_round"]):
+        finals = bon["candidate_rewards"]
+        assert len(finals) == 4 and bon["reward"] == max(finals) == finals[bon["index"]]
+        points = sr["partial_scores"]
+        assert [p["token_position"] for p in points] == sr["decision_points"]
+        for point, kept in zip(points, sr["survivors_per_round"]):
             assert sum(c[3] for c in point["candidates"]) == kept
             assert all(isinstance(c[1], float) and isinstance(c[2], bool) for c in point["candidates"])
         assert len(points[0]["candidates"]) == 4  # every initial candidate is scored at the first decision point
