@@ -37,14 +37,23 @@ def test_memory_budget_puts_the_first_decision_point_at_budget_over_n():
     assert (doubling["every_tokens"], doubling["first_decision_tokens"], doubling["kv_budget_tokens"]) == (0, 32, None)
 
 
-@pytest.mark.parametrize("preset", ["paired-small", "paired-cpu", "gpu-paired"])
+@pytest.mark.parametrize("preset", ["paired-small", "paired-cpu", "paired-cpu-heldout", "gpu-paired"])
 def test_paired_presets_are_valid_and_pool_at_least_four_times_n0(preset):
     config = PRESETS[preset]
     config.check()
-    assert config.pool_size >= 4 * max(config.n) and config.adaptive_rates
+    assert config.pool_size >= 4 * max(config.n) and (config.adaptive_rates or config.refill_rates)
 
 
-@pytest.mark.parametrize("preset", ["paired-cpu", "gpu-paired"])
+def test_the_held_out_measurement_runs_on_prompts_the_in_sample_one_never_saw():
+    in_sample, held_out = PRESETS["paired-cpu"], PRESETS["paired-cpu-heldout"]
+    assert held_out.first_prompt >= in_sample.first_prompt + in_sample.prompts
+    # Its variants were chosen on the in-sample pairs, and are among them or branch from the default.
+    assert {(v.schedule, v.rejection_rate, v.refill) for v in variants(held_out)} == {
+        ("double-64", 0.7, False), ("double-48", 0.7, False), ("double-64", 0.7, True)}
+    assert (held_out.n, held_out.max_new_tokens, held_out.seeds) == (in_sample.n, in_sample.max_new_tokens, in_sample.seeds)
+
+
+@pytest.mark.parametrize("preset", ["paired-cpu", "paired-cpu-heldout", "gpu-paired"])
 def test_the_paired_measurements_run_the_coordinators_default_first(preset):
     # A paired run stopped early has whole variants in order: the headline must be the default's.
     first = variants(PRESETS[preset])[0]
