@@ -113,8 +113,10 @@ class Server:
             log.warning("%s: %d calls still running after %.0f s; stopping them", self.service,
                         self.state.in_flight, grace)
         # Clients' health watches are calls too, open for as long as the client is: without this
-        # they would hold the server up for the whole grace period.
-        await self.grpc.stop(0)
+        # they would hold the server up for the whole grace period. With no grace left the first
+        # stop already is this one: a second shutdown racing it is not asked for.
+        if grace > notice:
+            await self.grpc.stop(0)
         await stopping
 
     async def serve_until_signalled(self) -> None:

@@ -43,10 +43,12 @@ def test_a_deadline_beyond_the_drain_grace_is_cut_to_it_with_a_status_that_says_
                         pb.GenerateRequest(prompt="Name a colour.", n=2, max_new_tokens=4), timeout=60)
             return cut.value
         finally:
-            for server in (coordinator, generator, reward):
-                await server.drain(grace=0)
+            # The clients first: closing them cancels the generator call still waiting, so that no
+            # server is stopped under a call in flight.
             for client in clients:
                 await client.close()
+            for server in (coordinator, generator, reward):
+                await server.drain(grace=0)
 
     cut = asyncio.run(scenario())
     assert cut.code() == grpc.StatusCode.DEADLINE_EXCEEDED
