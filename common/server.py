@@ -67,7 +67,11 @@ class Server:
                      # Clients reconnect now and then, so round-robin over a headless Service finds
                      # new replicas; the grace period lets the longest request finish first.
                      ("grpc.max_connection_age_ms", 5 * 60 * 1000),
-                     ("grpc.max_connection_age_grace_ms", 15 * 60 * 1000)],
+                     ("grpc.max_connection_age_grace_ms", 15 * 60 * 1000),
+                     # gRPC would let a second server bind a port this one holds (SO_REUSEPORT), and
+                     # the kernel would split new connections between the two: a replica started on
+                     # a taken port fails at start instead.
+                     ("grpc.so_reuseport", 0)],
         )
         self.health = health_aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.grpc)
