@@ -54,6 +54,23 @@ def translate(error: grpc.aio.AioRpcError, service: str, target: str) -> errors.
     return errors.Upstream(code, details or f"the {service} service failed with {code.name}")
 
 
+# What grpc.aio reports, as an INTERNAL status, for a message it could not send because the stream
+# had already ended: it replaces the status the stream ended with, which is lost.
+_UNSENT_DETAILS = "Internal error from Core"
+
+
+def _ended_before_sending(call: grpc.aio.StreamStreamCall, error: grpc.aio.AioRpcError) -> grpc.aio.AioRpcError:
+    """How a stream most likely ended when a write found it ended unread: at its deadline if that
+    has passed, else with its replica (stopped, restarted, its connection dropped)."""
+    remaining = call.time_remaining()
+    if remaining is not None and remaining <= 0:
+        code, details = grpc.StatusCode.DEADLINE_EXCEEDED, "the stream's deadline passed"
+    else:
+        code, details = grpc.StatusCode.UNAVAILABLE, "the stream ended before its next message was sent"
+    return grpc.aio.AioRpcError(code, error.initial_metadata(), error.trailing_metadata(), details,
+                                error.debug_error_string())
+
+
 async def write_then_read(call: grpc.aio.StreamStreamCall, messages: list, ended_early: str):
     """Write `messages` on a bidirectional stream, then read its answer to them. A stream that ended
     between two messages (its deadline, an upstream failure) takes no more writes: reading says how it
@@ -63,6 +80,10 @@ async def write_then_read(call: grpc.aio.StreamStreamCall, messages: list, ended
             await call.write(message)
     except asyncio.InvalidStateError:
         pass
+    except grpc.aio.AioRpcError as error:
+        if error.code() == grpc.StatusCode.INTERNAL and error.details() == _UNSENT_DETAILS:
+            raise _ended_before_sending(call, error) from None
+        raise
     answer = await call.read()
     if answer is grpc.aio.EOF:
         raise errors.Upstream(grpc.StatusCode.INTERNAL, ended_early)

@@ -4,7 +4,7 @@ import time
 
 from common import requestlog
 from common.chat import message_dicts
-from common.errors import FieldError, Unavailable
+from common.errors import FieldError, ServiceError, Unavailable
 from specrej.v1 import reward_pb2 as pb
 from specrej.v1 import reward_pb2_grpc
 from .engine import ScoringEngine
@@ -79,9 +79,9 @@ class RewardServicer(reward_pb2_grpc.RewardServicer):
                                   score_items(request, bool(request.tokenizer)),
                                   context, tokenizer=request.tokenizer)
 
-    async def ScoreSession(self, request_iterator, context):
-        engine = self._ready_engine()
-        first = await anext(aiter(request_iterator), None)
+    @staticmethod
+    def _opened(engine: ScoringEngine, first: pb.ScoreSessionRequest | None) -> tuple[list[dict], str]:
+        """The conversation and tokenizer fingerprint of a stream's `start`; ServiceError when refused."""
         if first is None or first.WhichOneof("kind") != "start":
             raise FieldError("start", "a scoring stream begins with `start`")
         messages, tokenizer = message_dicts(first.start.messages), first.start.tokenizer
@@ -91,11 +91,26 @@ class RewardServicer(reward_pb2_grpc.RewardServicer):
             raise stream_field_error(error) from None
         if tokenizer:
             engine.check_tokenizer(tokenizer, "start.tokenizer")
+        return messages, tokenizer
+
+    async def ScoreSession(self, request_iterator, context):
+        engine = self._ready_engine()
+        requests = aiter(request_iterator)
+        first = await anext(requests, None)
+        try:
+            messages, tokenizer = self._opened(engine, first)
+        except ServiceError:
+            # A caller writes its first round right after `start`, then reads. Ended before that round
+            # arrives, the stream would fail the caller's write, and gRPC's client reports that
+            # failure (INTERNAL) in place of this status: the refusal answers the first round.
+            if first is not None:
+                await anext(requests, None)
+            raise
         responses, session = CandidateResponses(token_ids=bool(tokenizer)), engine.open_session()
         call_log, rounds, tokens = requestlog.current(), 0, 0
         call_log.add(responses_as="token ids" if tokenizer else "text")
         try:
-            async for request in request_iterator:
+            async for request in requests:
                 if request.WhichOneof("kind") != "round":
                     raise FieldError("round", "`start` is only allowed first")
                 try:

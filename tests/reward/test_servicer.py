@@ -239,6 +239,33 @@ def test_a_bad_stream_is_invalid_argument_naming_the_field(reward, engine, messa
     assert engine.sessions.nbytes == 0 and len(engine.sessions) == 0
 
 
+@pytest.mark.parametrize("opening, code, field", [
+    (reward_pb2.ScoreSessionRequest(start=reward_pb2.ScoreSessionStart(messages=MESSAGES, tokenizer="another")),
+     grpc.StatusCode.FAILED_PRECONDITION, "start.tokenizer"),
+    (start([]), grpc.StatusCode.INVALID_ARGUMENT, "start.messages"),
+])
+def test_a_refused_start_is_read_in_answer_to_the_first_round(engine, opening, code, field):
+    """A client writes `start` and its first round, then reads: the refusal, not a failed write."""
+    loopback = LoopbackReward(RewardServicer(engine, model_name="tiny"))
+
+    async def scenario():
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{loopback.server.port}") as channel:
+            call = reward_pb2_grpc.RewardStub(channel).ScoreSession(timeout=30)
+            await call.write(opening)
+            await asyncio.sleep(0.3)  # long enough for a refusal to reach the client first
+            await call.write(round_of((0, "Apples", False)))
+            with pytest.raises(grpc.aio.AioRpcError) as refused:
+                await call.read()
+            return refused.value
+
+    try:
+        error = asyncio.run(scenario())
+    finally:
+        loopback.stop()
+    assert error.code() == code
+    assert error.details().startswith(f"{field}: ")
+
+
 def test_a_loading_service_is_unavailable():
     loopback = LoopbackReward(RewardServicer(model_name="tiny"))
     try:
@@ -332,7 +359,9 @@ def test_a_lost_replica_mid_request_is_replaced_with_the_same_scores(two_replica
             async with client.for_request(30) as calls:
                 answers = [await calls.score(score_request(ROUNDS[0]))]
                 [lost] = [i for i, held in enumerate(holders(engines)) if held]
-                await asyncio.to_thread(loopbacks[lost].stop)
+                # Stopped with the client's loop held: the stream's end reaches gRPC before the client
+                # writes its next round, and that write finds the stream ended (a busy machine's order).
+                loopbacks[lost].stop()
                 for texts in ROUNDS[1:]:
                     answers.append(await calls.score(score_request(texts)))
                 return lost, answers, holders(engines)[1 - lost]
