@@ -19,7 +19,9 @@ side starts the coordinator with an hour's request limit (--drain-grace-seconds 
 CPU, Best-of-128 x 256 runs past its default 300 s, which is sized for a fleet's rolling restarts.
 Both answers are scored by the same reward service, so the reward gap (SR's best minus Best-of-n0's
 best) compares like with like. Intervals bootstrap over prompts (a prompt's seeds are not
-independent draws); the time ratio is Best-of-n0's total seconds over SR's.
+independent draws); the time ratio is Best-of-n0's total seconds over SR's, and the scoring rate
+is the reward service's tokens/s over vLLM's on Best-of-n0's own responses (its generation seconds
+over its Score call's).
 Each finished prompt and seed is appended to OUT/headline-journal.jsonl, so a run of hours can stop
 at any point and the same command carries on where it stopped (a run with other settings refuses
 the file); every one records the CPU's vector extensions, which set the engines' speed."""
@@ -29,6 +31,8 @@ import json
 import pathlib
 import tempfile
 import time
+
+import numpy as np
 
 from bench.shared import plain_vllm
 from bench.shared.figures import vector_extensions, write_figures
@@ -162,6 +166,10 @@ def summarize(args, pairs: list[dict]) -> dict:
     generate_only = ratio_of_sums_interval([p["bon"]["generate_seconds"] for p in pairs],
                                            [p["sr"]["seconds"] for p in pairs], indices)
     gap = mean_interval([p["sr"]["score"] - p["bon"]["score"] for p in pairs], indices)
+    # Best-of-N's scoring reads the very tokens its generation wrote, so the ratio of the two times is
+    # the ratio of the reward service's rate to vLLM's in tokens/s.
+    scoring_rate = ratio_of_sums_interval([p["bon"]["generate_seconds"] for p in pairs],
+                                          [p["bon"]["seconds"] - p["bon"]["generate_seconds"] for p in pairs], indices)
     decoded = ratio_of_sums_interval([p["bon"]["decoded"] for p in pairs], [p["sr"]["decoded"] for p in pairs], indices)
     engine_decoded = ratio_of_sums_interval([p["bon"]["decoded"] for p in pairs],
                                             [p["sr"]["engine_decoded"] for p in pairs], indices)
@@ -170,6 +178,7 @@ def summarize(args, pairs: list[dict]) -> dict:
                "vector_extensions_of_pairs": sorted({p.get("vector_extensions", "unknown") for p in pairs}),
                "best_of_n_plus_scoring_over_sr_seconds": speedup.__dict__,
                "best_of_n_generation_alone_over_sr_seconds": generate_only.__dict__,
+               "scoring_rate_over_plain_vllm_generation_rate": scoring_rate.__dict__,
                "reward_gap_sr_minus_best_of_n": gap.__dict__, "decoded_tokens_best_of_n_over_sr": decoded.__dict__,
                "decoded_tokens_best_of_n_over_sr_engine": engine_decoded.__dict__}
     if args.stack_best_of_n:
@@ -187,6 +196,15 @@ def summarize(args, pairs: list[dict]) -> dict:
             "pairs": len(pairs), "same": same, "exact_interval": clopper_pearson(same, len(pairs)).__dict__}
         summary["reward_gap_sr_minus_stack_best_of_n"] = mean_interval(
             [p["sr"]["score"] - p["stack_bon"]["score"] for p in pairs], indices).__dict__
+        summary["reward_gap_stack_best_of_n_minus_best_of_n"] = mean_interval(
+            [p["stack_bon"]["score"] - p["bon"]["score"] for p in pairs], indices).__dict__
+        # The stack seeds candidate i of seed s from (s, i) whatever the prompt, so on every prompt of one
+        # seed its candidates draw the same random streams, while plain vLLM's are unseeded: a seed's luck
+        # is shared by all its prompts, which resampling prompts does not see. Each seed's own mean shows it.
+        summary["reward_gap_by_seed"] = {
+            str(seed): {side: float(np.mean([p[side]["score"] - p["bon"]["score"] for p in pairs if p["seed"] == seed]))
+                        for side in ("sr", "stack_bon")}
+            for seed in sorted({p["seed"] for p in pairs})}
     print(json.dumps(summary, indent=1))
     return {**summary, "pairs": pairs}
 

@@ -2,6 +2,8 @@
 services against plain vLLM Best-of-N plus scoring, paired by prompt and seed."""
 import json
 
+import pytest
+
 from bench.efficiency.headline import parse_args, run as run_headline
 from bench.shared.figures import write_figures
 
@@ -24,6 +26,9 @@ def test_each_prompt_and_seed_gives_a_timed_pair_scored_by_the_same_reward(vllm_
     ratio = written["best_of_n_plus_scoring_over_sr_seconds"]
     assert ratio["low"] <= ratio["estimate"] <= ratio["high"]
     assert written["prompts"] == 2 and written["n"] == 4
+    scoring_rate = written["scoring_rate_over_plain_vllm_generation_rate"]
+    assert scoring_rate["estimate"] == pytest.approx(
+        sum(p["bon"]["generate_seconds"] for p in pairs) / sum(p["bon"]["seconds"] - p["bon"]["generate_seconds"] for p in pairs))
     assert "stack_best_of_n_generation_over_plain_vllm_generation" not in written
     # The same command again finds every pair in the journal: nothing is measured again (no stack
     # is started), and the figures are the same.
@@ -50,3 +55,11 @@ def test_the_stacks_best_of_n_is_a_third_side_timed_against_plain_vllm(vllm_back
     assert same["same"] == sum(p["sr"]["text"] == p["stack_bon"]["text"] for p in written["pairs"])
     assert 0 <= same["exact_interval"]["low"] <= same["same"] / 3 <= same["exact_interval"]["high"] <= 1
     assert written["stack_best_of_n_over_sr_seconds"]["estimate"] > 0
+    # One prompt: each seed's mean gap over plain vLLM's Best-of-N is that seed's only pair.
+    gaps = {str(p["seed"]): {side: p[side]["score"] - p["bon"]["score"] for side in ("sr", "stack_bon")}
+            for p in written["pairs"]}
+    assert written["reward_gap_by_seed"].keys() == gaps.keys()
+    for seed, gap in gaps.items():
+        assert written["reward_gap_by_seed"][seed] == pytest.approx(gap)
+    stack_gap = written["reward_gap_stack_best_of_n_minus_best_of_n"]
+    assert stack_gap["estimate"] == pytest.approx(sum(g["stack_bon"] for g in gaps.values()) / 3)
