@@ -15,6 +15,7 @@ from bench.driver import DEFAULT_PARTS, PAIRED, PARTS, Options, run_bench
 from bench.shared.config import PAIRED_PRESETS, PRESETS, parse_schedule
 from bench.shared.prompts import DEFAULT_PROMPTS
 from generator_service.decoder import DEFAULT_ROW_BLOCK
+from reward_service.scorers import SCORERS
 from common.flags import parse_bytes
 
 
@@ -73,7 +74,11 @@ def parse_args(argv=None) -> argparse.Namespace:
                                                        "embedded SmolLM2-135M-Instruct]")
     models.add_argument("--reward-model", default=None, help="reward model [default: --model, i.e. the "
                                                               "generator's own likelihood]")
-    models.add_argument("--reward-scorer", default="lm-logprob", choices=["lm-logprob", "classifier"])
+    models.add_argument("--reward-scorer", default="lm-logprob", choices=list(SCORERS),
+                        help="lm-logprob: the reward model's own likelihood of the response; classifier: a "
+                             "sequence-classification reward model; judge: the reward model (an instruct model) "
+                             "asked whether the response is good, reward = log P(Yes) - log P(No) "
+                             "[default: lm-logprob]")
     models.add_argument("--device", default="auto", help="cpu, cuda, cuda:1 or auto")
     models.add_argument("--dtype", default="auto", help="float32, bfloat16, float16 or auto")
     models.add_argument("--kv-cache-budget", type=parse_bytes, default=None,

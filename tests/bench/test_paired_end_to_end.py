@@ -187,3 +187,13 @@ def test_the_runs_of_a_prompt_and_seed_are_timed_together_and_record_partial_rew
     first, last = (datetime.datetime.fromisoformat(time).strftime("%Y-%m-%d %H:%M UTC")
                    for time in (lines[0]["time"], lines[-1]["time"]))
     assert report_only["metadata"]["paired runs"].endswith(f"its units were journaled from {first} to {last}")
+
+
+def test_a_paired_run_with_the_judge_reward_records_it_on_every_run(tiny_model_dir, tmp_path):
+    out = tmp_path / "results"
+    results = _small_paired_run(tiny_model_dir, tmp_path, out, "--reward-scorer", "judge", "--seeds", "1")
+    settings, *lines = [json.loads(line) for line in (out / "paired-journal.jsonl").read_text().splitlines()]
+    scorer = settings["settings"]["reward"]
+    assert scorer.startswith("judge") and all(line["value"]["reward scorer"] == scorer for line in lines)
+    assert {pair["reward_scorer"] for pair in results["paired"]["pairs"]} == {scorer}
+    assert f"| {scorer} | 4 | double-4, α=0.5 |" in (out / "results.md").read_text()
