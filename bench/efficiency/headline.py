@@ -198,9 +198,9 @@ def summarize(args, pairs: list[dict]) -> dict:
             [p["sr"]["score"] - p["stack_bon"]["score"] for p in pairs], indices).__dict__
         summary["reward_gap_stack_best_of_n_minus_best_of_n"] = mean_interval(
             [p["stack_bon"]["score"] - p["bon"]["score"] for p in pairs], indices).__dict__
-        # The stack seeds candidate i of seed s from (s, i) whatever the prompt, so on every prompt of one
-        # seed its candidates draw the same noise seeds, while plain vLLM's are unseeded: one seed's prompts
-        # are not independent draws, which resampling prompts does not see. Each seed's own mean shows it.
+        # The stack seeds candidate i of seed s from (s, i) whatever the prompt, while plain vLLM's are
+        # unseeded, so one seed's prompts may share noise that resampling prompts does not see (a check
+        # found that coupling weak). Each seed's own mean shows whether one seed carries a gap.
         summary["reward_gap_by_seed"] = {
             str(seed): {side: float(np.mean([p[side]["score"] - p["bon"]["score"] for p in pairs if p["seed"] == seed]))
                         for side in ("sr", "stack_bon")}
