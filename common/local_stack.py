@@ -51,10 +51,12 @@ def stop_process(process: subprocess.Popen, grace: float = 10.0) -> None:
 
 class Service:
     """One service as a real process: `python -m module --port P --metrics-port M ...` (free ports unless
-    given: a restarted replica takes its old ones); `tls` is how to reach it when it serves TLS."""
+    given: a restarted replica takes its old ones); `tls` is how to reach it when it serves TLS; `env`
+    adds to the environment it inherits."""
 
     def __init__(self, module: str, *args: str, log_dir: pathlib.Path, wait: bool = True,
-                 tls: ChannelTls | None = None, port: int | None = None, metrics_port: int | None = None):
+                 tls: ChannelTls | None = None, port: int | None = None, metrics_port: int | None = None,
+                 env: dict[str, str] | None = None):
         self.module, self.tls = module, tls
         self.port, self.metrics_port = port or free_port(), metrics_port or free_port()
         self.address = f"127.0.0.1:{self.port}"
@@ -64,7 +66,7 @@ class Service:
             [sys.executable, "-m", module, "--host", "127.0.0.1", "--port", str(self.port),
              "--metrics-port", str(self.metrics_port), *args],
             cwd=ROOT, stdout=self._log, stderr=subprocess.STDOUT,
-            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+            env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})},
         )
         if wait:
             self.wait_serving()

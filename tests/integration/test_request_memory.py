@@ -56,11 +56,16 @@ def roomy_generator(tiny_model_dir, service_logs):
     """A generator with its default KV budget, where n = 0 means its whole batch limit of rows, on the
     native backend, whose sampling this checks: vLLM's sampler keeps row x vocabulary buffers of its
     own, and how many it holds at once depends on how it scheduled the steps (120-180 MiB for 256
-    candidates on a busy CPU, within 100 MiB on an idle one)."""
+    candidates on a busy CPU, within 100 MiB on an idle one).
+
+    A fixed mmap threshold makes glibc hand every freed block of 1 MiB or more straight back, so the
+    peak is what the request held at once: with its default, growing threshold, blocks freed by
+    earlier requests stay resident or not depending on which threads allocated them, and the same
+    request's peak ranged 0-190 MiB from one call to the next."""
     from common.local_stack import Service
 
     service = Service("generator_service", "--model", str(tiny_model_dir), "--backend", "native", "--compile", "off",
-                      log_dir=service_logs)
+                      log_dir=service_logs, env={"MALLOC_MMAP_THRESHOLD_": str(MIB)})
     yield service
     service.stop()
 
