@@ -12,6 +12,9 @@ from bench.shared.formatting import fmt
 from bench.stats.bootstrap import LEVEL, RESAMPLES, Interval
 from bench.stats.equivalence import ABOVE_CAP, AT_MOST_ONE
 
+# Rewards are float32 means of log-probabilities of order 1: differences below this are rounding.
+REWARD_ROUNDING = 1e-6
+
 
 def paired_payload(results: PairedResults) -> tuple[dict, list[VariantSummary], list[AdaptiveComparison]]:
     summaries = summarize_pairs(results)
@@ -86,7 +89,7 @@ def paired_section(results: PairedResults, summaries: Sequence[VariantSummary],
         lines.append(
             f"| {s.n0} | {s.variant.schedule} | {_rule(s)} | {s.pairs} "
             f"| {s.same_index_count} of {s.pairs}, {_share(s.same_index)}; text {s.same_text_share:.0%} "
-            f"| {_interval(s.reward_gap, 3)} "
+            f"| {_reward_difference(s.reward_gap)} "
             f"| {_interval(s.decoded_ratio)} | {_interval(s.token_compute_ratio)} "
             f"| {_interval(s.weighted_compute_ratio)} | {_interval(s.wall_ratio)} "
             f"| {fmt(s.sr_mean_decoded)} + {fmt(s.sr_mean_scored)} | {_equivalent(s.equivalent_n, s.n0)} "
@@ -106,7 +109,7 @@ def paired_section(results: PairedResults, summaries: Sequence[VariantSummary],
         "|---:|---|---|---:|---:|---:|---:|---:|",
     ]
     lines += [f"| {s.n0} | {s.variant.schedule} | {_rule(s)} | {s.pairs} | {fmt(s.sr_mean_decoded)} "
-              f"| {_interval(s.ratio_at_equal_reward)} | {_interval(s.gain_at_equal_compute, 3)} "
+              f"| {_interval(s.ratio_at_equal_reward)} | {_reward_difference(s.gain_at_equal_compute)} "
               f"| {_share(s.win_rate_at_equal_compute)} |" for s in summaries]
     lines += [
         "",
@@ -118,7 +121,7 @@ def paired_section(results: PairedResults, summaries: Sequence[VariantSummary],
     ]
     for s in summaries:
         b = s.pair_bootstrap
-        lines.append(f"| {s.n0} | {s.variant.schedule} | {_rule(s)} | {s.pairs} | {_interval(b['reward_gap'], 3)} "
+        lines.append(f"| {s.n0} | {s.variant.schedule} | {_rule(s)} | {s.pairs} | {_reward_difference(b['reward_gap'])} "
                      f"| {_interval(b['decoded_ratio'])} | {_interval(b['token_compute_ratio'])} "
                      f"| {_interval(b['weighted_compute_ratio'])} | {_interval(b['wall_ratio'])} |")
     lines += ["", _agreement_section(partial_agreement(results.pairs))]
@@ -133,7 +136,7 @@ def paired_section(results: PairedResults, summaries: Sequence[VariantSummary],
             "|---:|---|---|---:|---:|---|",
         ]
         for c in comparisons:
-            lines.append(f"| {c.n0} | {c.adaptive.label} | {c.fixed.label} | {_interval(c.reward_difference, 3)} "
+            lines.append(f"| {c.n0} | {c.adaptive.label} | {c.fixed.label} | {_reward_difference(c.reward_difference)} "
                          f"| {fmt(c.adaptive_compute_ratio)} / {fmt(c.fixed_compute_ratio)} | {c.verdict} |")
         lines.append("")
     return "\n".join(lines) + "\n"
@@ -167,6 +170,15 @@ def _agreement_section(agreements: Sequence[DecisionPointAgreement]) -> str:
 
 def _interval(interval: Interval, digits: int = 3) -> str:
     return f"{fmt(interval.estimate, digits)} [{fmt(interval.low, digits)}, {fmt(interval.high, digits)}]"
+
+
+def _reward_difference(interval: Interval) -> str:
+    """A difference of rewards; ones within float32 rounding of 0 print as 0: one response scored
+    incrementally and in one pass differs by ~1e-8, which printed as 0.0000000397 read like a finding."""
+    def text(value: float) -> str:
+        return fmt(0.0 if abs(value) < REWARD_ROUNDING else value, 3)
+
+    return f"{text(interval.estimate)} [{text(interval.low)}, {text(interval.high)}]"
 
 
 def _share(interval: Interval) -> str:

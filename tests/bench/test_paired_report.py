@@ -204,3 +204,13 @@ def test_a_refilled_variant_is_reported_as_its_own_rule(results):
     summaries = {s.variant: s for s in summarize_pairs(branched, resamples=100)}
     assert summaries[refill].pairs == 6
     assert f"| {N0} | double-4 | α = 0.5, refill | 6 |" in paired_section(branched, *paired_payload(branched)[1:])
+
+
+def test_a_reward_gap_within_float_rounding_of_zero_reads_as_zero(results):
+    # The same response, scored incrementally by SR and in one pass for Best-of-n0, differs by ~1e-8.
+    ties = PairedResults([Pair(p.prompt_id, p.seed, p.n0, p.variant, run(3, p.bon.reward + 4e-8, 400, 600, 2.0),
+                               p.bon) for p in results.pairs if p.variant == ADAPTIVE],
+                         results.pools, results.max_new_tokens, results.kv_budget_bytes, results.kv_bytes_per_token)
+    section = paired_section(ties, *paired_payload(ties)[1:])
+    assert "| 6 of 6, 100.0% [54.1%, 100.0%]; text 100% | 0 [0, 0] |" in section
+    assert "0.00000004" not in section
