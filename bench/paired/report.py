@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import asdict
+from dataclasses import asdict, replace
 
 from bench.paired.experiment import PairedResults
 from bench.paired.partial_agreement import DecisionPointAgreement, partial_agreement
@@ -175,10 +175,11 @@ def _interval(interval: Interval, digits: int = 3) -> str:
 def _reward_difference(interval: Interval) -> str:
     """A difference of rewards; ones within float32 rounding of 0 print as 0: one response scored
     incrementally and in one pass differs by ~1e-8, which printed as 0.0000000397 read like a finding."""
-    def text(value: float) -> str:
-        return fmt(0.0 if abs(value) < REWARD_ROUNDING else value, 3)
+    def rounded(value: float) -> float:
+        return 0.0 if abs(value) < REWARD_ROUNDING else value
 
-    return f"{text(interval.estimate)} [{text(interval.low)}, {text(interval.high)}]"
+    return _interval(replace(interval, estimate=rounded(interval.estimate), low=rounded(interval.low),
+                             high=rounded(interval.high)), 3)
 
 
 def _share(interval: Interval) -> str:
