@@ -124,14 +124,14 @@ def run_bench(config: BenchConfig, options: Options, out_dir: str | Path) -> Ben
                 if options.stop_after_seconds == 0:
                     run_notes["paired runs"] = (
                         f"report only: this run re-read the journal {journal.path.name} and ran nothing "
-                        f"(--stop-after-minutes 0); {len(paired.pairs)} pairs of the {asked} asked for; "
+                        f"(--stop-after-minutes 0); {len(paired.pairs)} pairs of the {asked} asked for{POOL_NOTE}; "
                         + _journal_span(journal))
                 elif paired.complete:
                     run_notes["paired runs"] = f"{len(paired.pairs)} pairs, all asked for"
                 else:
                     run_notes["paired runs"] = (
-                        f"{len(paired.pairs)} pairs of the {asked} asked for: stopped by --stop-after-minutes; "
-                        "the same command goes on from there")
+                        f"{len(paired.pairs)} pairs of the {asked} asked for{POOL_NOTE}: stopped by "
+                        "--stop-after-minutes; the same command goes on from there")
             if THROUGHPUT in parts:
                 bar.set_description("throughput")
                 results.throughput = local.throughput(prompts[0], step)
@@ -155,6 +155,8 @@ def run_bench(config: BenchConfig, options: Options, out_dir: str | Path) -> Ben
 
 
 PAIRED_JOURNAL = "paired-journal.jsonl"
+# A journal may hold a prompt's groups before its pool: their pairs wait for the pool to be reported.
+POOL_NOTE = " (a pair counts once its prompt's pool is journaled)"
 
 
 def _journal_span(journal: Journal) -> str:

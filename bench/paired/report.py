@@ -4,7 +4,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import asdict, replace
 
-from bench.paired.experiment import PairedResults
+from bench.paired.experiment import Pair, PairedResults
 from bench.paired.partial_agreement import DecisionPointAgreement, partial_agreement
 from bench.paired.summary import AdaptiveComparison, EquivalentNInterval, VariantSummary, compare_adaptive, \
     summarize_pairs, token_costs
@@ -14,6 +14,9 @@ from bench.stats.equivalence import ABOVE_CAP, AT_MOST_ONE
 
 # Rewards are float32 means of log-probabilities of order 1: differences below this are rounding.
 REWARD_ROUNDING = 1e-6
+# A run's per-candidate scores (every decision point's partial rewards, Best-of-n0's final rewards) are most
+# of its record and already kept in the paired journal: results.json keeps each run's totals.
+PER_CANDIDATE_FIELDS = ("partial_scores", "candidate_rewards")
 
 
 def paired_payload(results: PairedResults) -> tuple[dict, list[VariantSummary], list[AdaptiveComparison]]:
@@ -25,7 +28,9 @@ def paired_payload(results: PairedResults) -> tuple[dict, list[VariantSummary], 
         "adaptive_comparisons": [asdict(c) | {"verdict": c.verdict} for c in comparisons],
         "token_costs": {n0: asdict(token_costs([p for p in results.pairs if p.n0 == n0]))
                         for n0 in sorted({p.n0 for p in results.pairs})},
-        "pairs": [asdict(p) for p in results.pairs],
+        "pairs": [_pair_totals(p) for p in results.pairs],
+        "per_candidate_scores": "in paired-journal.jsonl, beside this file: " + ", ".join(PER_CANDIDATE_FIELDS)
+                                + " of every run",
         "pools": [asdict(p) for p in results.pools],
         "pool_seeds": results.pool_seeds,
         "kv_budget_bytes": results.kv_budget_bytes,
@@ -33,6 +38,14 @@ def paired_payload(results: PairedResults) -> tuple[dict, list[VariantSummary], 
         "max_new_tokens": results.max_new_tokens,
     }
     return payload, summaries, comparisons
+
+
+def _pair_totals(pair: Pair) -> dict:
+    record = asdict(pair)
+    for outcome in (record["sr"], record["bon"]):
+        for name in PER_CANDIDATE_FIELDS:
+            del outcome[name]
+    return record
 
 
 def paired_section(results: PairedResults, summaries: Sequence[VariantSummary],

@@ -169,6 +169,12 @@ def test_the_runs_of_a_prompt_and_seed_are_timed_together_and_record_partial_rew
             assert sum(c[3] for c in point["candidates"]) == kept
             assert all(isinstance(c[1], float) and isinstance(c[2], bool) for c in point["candidates"])
         assert len(points[0]["candidates"]) == 4  # every initial candidate is scored at the first decision point
+    # results.json keeps each run's totals and points to the journal for the per-candidate scores, so that it
+    # does not hold them twice.
+    for pair in results["paired"]["pairs"]:
+        assert not {"partial_scores", "candidate_rewards"} & (pair["sr"].keys() | pair["bon"].keys())
+        assert pair["sr"]["decision_points"] and pair["bon"]["decoded_tokens"] > 0
+    assert results["paired"]["per_candidate_scores"].startswith("in paired-journal.jsonl")
 
     (agreement, *_) = results["paired"]["partial_agreement"]
     assert agreement["reward_scorer"] == scorer
