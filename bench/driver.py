@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from bench.efficiency.experiment import jobs, run_efficiency
-from bench.paired.experiment import PairedResults, PairedRun, pairs_asked, pool_target
+from bench.paired.experiment import JOURNAL_NAME, PairedResults, PairedRun, pairs_asked, pool_target
 from bench.paired.experiment import jobs as paired_jobs
 from bench.run_results import BenchResults
 from bench.shared.config import EVERY, MEMORY, BenchConfig, Schedule
@@ -113,7 +113,7 @@ def run_bench(config: BenchConfig, options: Options, out_dir: str | Path) -> Ben
                 results.pools, results.runs = run_efficiency(backend, prompts, config, step)
             if PAIRED in parts:
                 bar.set_description("paired")
-                journal = Journal(Path(out_dir) / PAIRED_JOURNAL, _journal_settings(config, options, description))
+                journal = Journal(Path(out_dir) / JOURNAL_NAME, _journal_settings(config, options, description))
                 stop_at = None if options.stop_after_seconds is None else began + options.stop_after_seconds
                 paired = PairedRun(backend, prompts, config, journal, step, stop_at).run()
                 results.paired = PairedResults(
@@ -154,7 +154,6 @@ def run_bench(config: BenchConfig, options: Options, out_dir: str | Path) -> Ben
     return results
 
 
-PAIRED_JOURNAL = "paired-journal.jsonl"
 # A journal may hold a prompt's groups before its pool: their pairs wait for the pool to be reported.
 POOL_NOTE = " (a pair counts once its prompt's pool is journaled)"
 

@@ -35,6 +35,7 @@ from bench.shared.records import Pool
 from bench.shared.requests import build_pool, request, schedule_arguments
 from specrej.v1 import coordinator_pb2 as pb
 
+JOURNAL_NAME = "paired-journal.jsonl"  # in the run's output folder, beside results.json
 POOL_FACTOR = 4  # pools hold at least this many times n0, so Best-of-n0's curve is well estimated
 
 

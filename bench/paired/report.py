@@ -4,7 +4,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import asdict, replace
 
-from bench.paired.experiment import Pair, PairedResults
+from bench.paired.experiment import JOURNAL_NAME, Pair, PairedResults
 from bench.paired.partial_agreement import DecisionPointAgreement, partial_agreement
 from bench.paired.summary import AdaptiveComparison, EquivalentNInterval, VariantSummary, compare_adaptive, \
     summarize_pairs, token_costs
@@ -29,7 +29,7 @@ def paired_payload(results: PairedResults) -> tuple[dict, list[VariantSummary], 
         "token_costs": {n0: asdict(token_costs([p for p in results.pairs if p.n0 == n0]))
                         for n0 in sorted({p.n0 for p in results.pairs})},
         "pairs": [_pair_totals(p) for p in results.pairs],
-        "per_candidate_scores": "in paired-journal.jsonl, beside this file: " + ", ".join(PER_CANDIDATE_FIELDS)
+        "per_candidate_scores": f"in {JOURNAL_NAME}, beside this file: " + ", ".join(PER_CANDIDATE_FIELDS)
                                 + " of every run",
         "pools": [asdict(p) for p in results.pools],
         "pool_seeds": results.pool_seeds,
